@@ -1,0 +1,1 @@
+"""Thin Faust agents: they move records between topics and call pipeline functions."""

@@ -1,0 +1,205 @@
+"""``governor``: the local stack, the worker, the demo and (as issues land) the answers."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from streams import stack
+from streams.settings import Settings
+
+# tables stay readable when the output is a file or a CI log, not only in a terminal
+console = Console(width=None if sys.stdout.isatty() else 160)
+app = typer.Typer(
+    help="Governor: run fleets of AI agents (budgets, policies, answers, alerts) on Kafka.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+topics_app = typer.Typer(help="Governor's topics: list them as the broker reports, create them.")
+app.add_typer(topics_app, name="topics")
+
+log = logging.getLogger("governor")
+
+
+def settings() -> Settings:
+    return Settings.from_env()
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code=1)
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+    )
+
+
+# --- the local stack -----------------------------------------------------------------------
+
+
+@app.command()
+def up(
+    brokers: Annotated[int, typer.Option(help="Kafka nodes (KRaft, combined mode).")] = 1,
+) -> None:
+    """Start a local Kafka (KRaft) and Redis under the state folder, then create the topics.
+
+    Kafka's jars come from Maven Central (cached); redis-server must be installed
+    (`make setup` installs it). Running it twice starts nothing twice.
+    """
+    s = settings()
+    try:
+        started = stack.up(s, brokers=brokers)
+        _ensure_topics(s)
+    except stack.StackError as exc:
+        raise _fail(str(exc)) from exc
+    console.print(f"started: {', '.join(started)}" if started else "already running")
+    _print_status(s)
+
+
+@app.command()
+def down() -> None:
+    """Stop the local Kafka and Redis that `governor up` started (nothing else)."""
+    stopped = stack.down(settings())
+    console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@app.command()
+def status() -> None:
+    """Show what of the local stack runs where."""
+    _print_status(settings())
+
+
+def _print_status(s: Settings) -> None:
+    table = Table(title=f"local stack ({s.state_dir})")
+    for column in ("service", "address", "pid", "state", "log"):
+        table.add_column(column)
+    for st in stack.status(s):
+        table.add_row(
+            st.service.name,
+            st.service.address,
+            str(st.pid or "-"),
+            "[green]running[/]" if st.running else "[dim]stopped[/]",
+            str(st.service.log_file),
+        )
+    console.print(table)
+
+
+# --- topics --------------------------------------------------------------------------------
+
+
+def _ensure_topics(s: Settings) -> None:
+    from streams.topics import ensure_topics
+
+    created = ensure_topics(s)
+    if created:
+        log.info("created topics: %s", ", ".join(created))
+
+
+@topics_app.callback(invoke_without_command=True)
+def topics_main(ctx: typer.Context) -> None:
+    """List Governor's topics with the configuration the broker reports."""
+    if ctx.invoked_subcommand is None:
+        topics_list()
+
+
+@topics_app.command("list")
+def topics_list() -> None:
+    """List Governor's topics with the configuration the broker reports."""
+    from streams.topics import admin_client, describe_topics, topic_specs
+
+    s = settings()
+    specs = topic_specs(s)
+    infos = describe_topics(admin_client(s), [spec.name(s) for spec in specs])
+    table = Table(title=f"topics on {s.bootstrap}")
+    for column in ("topic", "key", "value", "partitions", "replicas", "min ISR", "retention",
+                   "cleanup"):  # fmt: skip
+        table.add_column(column)
+    for spec, info in zip(specs, infos, strict=True):
+        if not info.exists:
+            table.add_row(info.name, spec.key, spec.value, "[red]missing[/]", "", "", "", "")
+            continue
+        table.add_row(
+            info.name, spec.key, spec.value, str(info.partitions), str(info.replication),
+            info.min_insync_replicas, _retention(info.retention_ms), info.cleanup_policy,
+        )  # fmt: skip
+    console.print(table)
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create every missing Governor topic (existing ones are left as they are)."""
+    _ensure_topics(settings())
+    topics_list()
+
+
+def _retention(ms: str) -> str:
+    if not ms:
+        return ""
+    value = int(ms)
+    if value < 0:
+        return "forever"
+    hours = value / 3_600_000
+    return f"{hours / 24:g} d" if hours >= 24 else f"{hours:g} h"
+
+
+# --- the worker ----------------------------------------------------------------------------
+
+
+@app.command()
+def worker() -> None:
+    """Run the stream worker (Faust) until interrupted; its web port serves /metrics."""
+    from streams.worker import run_worker
+
+    s = settings()
+    _ensure_topics(s)
+    run_worker(s)
+
+
+# --- the demo ------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    sessions: Annotated[int, typer.Option(help="Simulated sessions to send.")] = 500,
+    corrupt: Annotated[int, typer.Option(help="Undecodable payloads to send.")] = 3,
+    keep_stack: Annotated[bool, typer.Option(help="Leave Kafka and Redis running.")] = False,
+) -> None:
+    """The whole story at this stage: stack up, worker, events through the codec, counts by kind.
+
+    Corrupt payloads are sent too and land on the dead-letter topic with their reason.
+    """
+    from streams.demo import run_demo
+
+    s = settings()
+    was_running = all(st.running for st in stack.status(s))
+    try:
+        stack.up(s)
+        _ensure_topics(s)
+        run_demo(s, console, sessions=sessions, corrupt=corrupt)
+    except stack.StackError as exc:
+        raise _fail(str(exc)) from exc
+    finally:
+        if not keep_stack and not was_running:
+            stack.down(s)
+            console.print("local stack stopped")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""One frozen settings object for every part of Governor.
+
+Every address, port, path and limit comes from here, read from ``GOVERNOR_*`` environment
+variables with sane defaults, so a user can point Governor at an existing cluster instead of the
+local stack. Nothing here performs I/O beyond reading the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+ENV_PREFIX = "GOVERNOR_"
+
+DAY_MS = 24 * 3600 * 1000
+
+
+def project_root() -> Path:
+    """The checkout (or installed data folder) that holds schemas/, policies/ and ops/."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "_data"
+    return packaged if packaged.is_dir() else here.parent
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Configuration of a Governor process. Build it with :meth:`from_env`."""
+
+    # where the services are
+    bootstrap: str = "127.0.0.1:19092"
+    redis_url: str = "redis://127.0.0.1:16379/0"
+    topic_prefix: str = "gov."
+
+    # topics
+    event_partitions: int = 6
+    #: 0 means "as many as the cluster can hold, up to 3"
+    replication_factor: int = 0
+    events_retention_ms: int = 7 * DAY_MS
+    retention_ms: int = 30 * DAY_MS
+
+    # the worker
+    app_id: str = "governor"
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    log_level: str = "info"
+
+    # the local stack (governor up)
+    state_dir: Path = field(default_factory=lambda: Path(".governor").resolve())
+    cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "governor")
+    kafka_version: str = "4.1.1"
+    kafka_heap_mb: int = 512
+    #: broker n (1-based) listens on kafka_port + 10*(n-1), its controller on the port after it
+    kafka_port: int = 19092
+    start_timeout_s: float = 90.0
+
+    # paths of the project's data
+    schemas_dir: Path = field(default_factory=lambda: project_root() / "schemas")
+    policies_dir: Path = field(default_factory=lambda: project_root() / "policies")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read ``GOVERNOR_<FIELD>`` variables; explicit keyword overrides win."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(f.name, str(f.type), raw)
+        values.update(overrides)
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The ``GOVERNOR_*`` variables that rebuild these settings in another process."""
+        return {
+            ENV_PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in dataclasses.fields(self)
+        }
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def topic(self, suffix: str) -> str:
+        """Full topic name for a suffix such as ``events`` or ``events.dlq``."""
+        return f"{self.topic_prefix}{suffix}"
+
+    @property
+    def redis_host(self) -> str:
+        return urlparse(self.redis_url).hostname or "127.0.0.1"
+
+    @property
+    def redis_port(self) -> int:
+        return urlparse(self.redis_url).port or 6379
+
+    def kafka_ports(self, node: int) -> tuple[int, int]:
+        """(client port, controller port) of local broker ``node`` (1-based)."""
+        base = self.kafka_port + 10 * (node - 1)
+        return base, base + 1
+
+
+def _parse(name: str, type_name: str, raw: str) -> Any:
+    try:
+        if type_name == "int":
+            return int(raw)
+        if type_name == "float":
+            return float(raw)
+        if type_name == "Path":
+            return Path(raw).expanduser().resolve()
+    except ValueError as exc:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r}: expected {type_name}") from exc
+    return raw

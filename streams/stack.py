@@ -1,0 +1,475 @@
+"""The local stack: real Apache Kafka (KRaft) and a real redis-server, with no Docker.
+
+``up`` resolves the Kafka jars from Maven Central (``ops/local/pom.xml``, cached under
+``cache_dir``), formats KRaft storage once per cluster layout, starts each node with the
+machine's Java, starts ``redis-server`` and waits until each one really answers. Pid files under
+``state_dir/run`` let ``down`` stop exactly what ``up`` started; a pid whose process is gone or is
+no longer ours is treated as stale.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from streams.settings import Settings, project_root
+
+log = logging.getLogger(__name__)
+
+KAFKA_MAIN = "kafka.Kafka"
+STORAGE_TOOL = "kafka.tools.StorageTool"
+STACK_MARKER = "-Dgovernor.stack="
+
+
+class StackError(RuntimeError):
+    """A service could not be provided; the message says why and shows its log."""
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    address: str
+    pid_file: Path
+    log_file: Path
+    #: a substring of /proc/<pid>/cmdline that proves the pid is still ours
+    marker: str
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    service: Service
+    pid: int | None
+    running: bool
+
+
+# --- paths and layout ----------------------------------------------------------------------
+
+
+def run_dir(settings: Settings) -> Path:
+    return settings.state_dir / "run"
+
+
+def layout_file(settings: Settings) -> Path:
+    return run_dir(settings) / "stack.json"
+
+
+def kafka_libs_dir(settings: Settings) -> Path:
+    return settings.cache_dir / f"kafka-{settings.kafka_version}" / "libs"
+
+
+def kafka_services(settings: Settings, brokers: int) -> list[Service]:
+    services = []
+    for node in range(1, brokers + 1):
+        port, _ = settings.kafka_ports(node)
+        services.append(
+            Service(
+                name=f"kafka-{node}",
+                address=f"127.0.0.1:{port}",
+                pid_file=run_dir(settings) / f"kafka-{node}.pid",
+                log_file=settings.state_dir / "logs" / f"kafka-{node}.log",
+                marker=f"{STACK_MARKER}{settings.state_dir}/kafka-{node}",
+            )
+        )
+    return services
+
+
+def redis_service(settings: Settings) -> Service:
+    return Service(
+        name="redis",
+        address=f"{settings.redis_host}:{settings.redis_port}",
+        pid_file=run_dir(settings) / "redis.pid",
+        log_file=settings.state_dir / "logs" / "redis.log",
+        marker=f"{settings.redis_port}",
+    )
+
+
+def running_brokers(settings: Settings) -> int:
+    """How many Kafka nodes the last ``up`` started (0 if none is recorded)."""
+    try:
+        return int(json.loads(layout_file(settings).read_text())["brokers"])
+    except (FileNotFoundError, KeyError, ValueError):
+        return 0
+
+
+def bootstrap_servers(settings: Settings, brokers: int) -> str:
+    return ",".join(s.address for s in kafka_services(settings, brokers))
+
+
+# --- processes -----------------------------------------------------------------------------
+
+
+def _read_pid(pid_file: Path) -> int | None:
+    try:
+        return int(pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def live_pid(service: Service) -> int | None:
+    """The pid in the service's pid file if that process runs and is ours, else None."""
+    pid = _read_pid(service.pid_file)
+    if pid is None or _is_zombie(pid):
+        return None
+    if service.marker not in _cmdline(pid):
+        return None
+    return pid
+
+
+def status(settings: Settings) -> list[ServiceStatus]:
+    brokers = max(running_brokers(settings), 1)
+    result = []
+    for service in [*kafka_services(settings, brokers), redis_service(settings)]:
+        pid = live_pid(service)
+        result.append(ServiceStatus(service=service, pid=pid, running=pid is not None))
+    return result
+
+
+def _spawn(service: Service, argv: list[str], cwd: Path) -> int:
+    service.log_file.parent.mkdir(parents=True, exist_ok=True)
+    service.pid_file.parent.mkdir(parents=True, exist_ok=True)
+    with service.log_file.open("ab") as log_fh:
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log_fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # not killed with the terminal that ran `governor up`
+        )
+    service.pid_file.write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def _stop_all(services: list[Service], timeout_s: float = 30.0) -> None:
+    """SIGTERM every running service of ours at once, SIGKILL what is left after the timeout.
+
+    Signalling all KRaft nodes together matters: a node stopped last would otherwise wait for a
+    controller quorum that is already gone.
+    """
+    running: dict[int, Service] = {}
+    stopped: list[int] = []
+    for service in services:
+        pid = live_pid(service)
+        service.pid_file.unlink(missing_ok=True)
+        if pid is not None:
+            running[pid] = service
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while running and time.monotonic() < deadline:
+        for pid, service in list(running.items()):
+            _reap(pid)
+            if _is_zombie(pid) or service.marker not in _cmdline(pid):
+                stopped.append(pid)
+                del running[pid]
+        time.sleep(0.1)
+    for pid, service in running.items():
+        log.warning("%s (pid %d) ignored SIGTERM for %.0fs, killing", service.name, pid, timeout_s)
+        os.kill(pid, signal.SIGKILL)
+        stopped.append(pid)
+    # an orphan's zombie lingers until init reaps it; wait so `ps` shows nothing of ours
+    deadline = time.monotonic() + 5
+    while any(Path(f"/proc/{pid}").exists() for pid in stopped) and time.monotonic() < deadline:
+        for pid in stopped:
+            _reap(pid)
+        time.sleep(0.1)
+
+
+def _reap(pid: int) -> None:
+    # the process is our child only when `up` and `down` run in one Python process (tests)
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def log_tail(path: Path, lines: int = 25) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return f"(no log at {path})"
+    return "\n".join(text[-lines:])
+
+
+def _wait(
+    service: Service, probe: Callable[[], bool], timeout_s: float, pid: int | None
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if pid is not None and live_pid(service) is None:
+            raise StackError(
+                f"{service.name} exited during start-up; last lines of {service.log_file}:\n"
+                f"{log_tail(service.log_file)}"
+            )
+        if probe():
+            return
+        time.sleep(0.25)
+    raise StackError(
+        f"{service.name} did not answer at {service.address} within {timeout_s:.0f}s; "
+        f"last lines of {service.log_file}:\n{log_tail(service.log_file)}"
+    )
+
+
+# --- Kafka ----------------------------------------------------------------------------------
+
+
+def ensure_kafka_jars(settings: Settings) -> Path:
+    """Resolve the broker jars with Maven once; later calls reuse the cache."""
+    libs = kafka_libs_dir(settings)
+    done = libs.parent / ".complete"
+    if done.exists():
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise StackError("Maven (mvn) is needed to fetch the Kafka jars; install it first")
+    pom = project_root() / "ops" / "local" / "pom.xml"
+    log.info("resolving Apache Kafka %s jars from Maven Central into %s", settings.kafka_version, libs)
+    if libs.exists():
+        shutil.rmtree(libs)
+    cmd = [
+        mvn, "-B", "-q", "-f", str(pom), "dependency:copy-dependencies",
+        f"-DoutputDirectory={libs}", f"-Dkafka.version={settings.kafka_version}",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0 or not any(libs.glob("kafka_2.13-*.jar")):
+        raise StackError(
+            f"mvn could not resolve Kafka {settings.kafka_version} (exit {proc.returncode}):\n"
+            f"{(proc.stdout + proc.stderr)[-3000:]}"
+        )
+    done.write_text(settings.kafka_version + "\n")
+    return libs
+
+
+def _java() -> str:
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and (Path(java_home) / "bin" / "java").exists():
+        return str(Path(java_home) / "bin" / "java")
+    java = shutil.which("java")
+    if java is None:
+        raise StackError("Java 17+ is needed to run Kafka; install a JDK first")
+    return java
+
+
+def kafka_properties(settings: Settings, node: int, brokers: int, data_dir: Path) -> str:
+    """server.properties of local node ``node`` in a ``brokers``-node combined-mode cluster."""
+    port, controller_port = settings.kafka_ports(node)
+    voters = ",".join(
+        f"{n}@127.0.0.1:{settings.kafka_ports(n)[1]}" for n in range(1, brokers + 1)
+    )
+    replication = min(3, brokers)
+    min_isr = 2 if replication >= 3 else 1
+    props = {
+        "process.roles": "broker,controller",
+        "node.id": node,
+        "controller.quorum.voters": voters,
+        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "log.dirs": str(data_dir),
+        "num.partitions": 1,
+        "default.replication.factor": replication,
+        "min.insync.replicas": min_isr,
+        "offsets.topic.replication.factor": replication,
+        "offsets.topic.num.partitions": 12,
+        "transaction.state.log.replication.factor": replication,
+        "transaction.state.log.min.isr": min_isr,
+        "share.coordinator.state.topic.replication.factor": replication,
+        "share.coordinator.state.topic.min.isr": min_isr,
+        # a local stack should be ready for consumers at once
+        "group.initial.rebalance.delay.ms": 0,
+        "auto.create.topics.enable": "true",
+        "log.segment.bytes": 64 * 1024 * 1024,
+    }
+    return "".join(f"{k}={v}\n" for k, v in props.items())
+
+
+def _port_open(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _kafka_answers(bootstrap: str, brokers: int) -> bool:
+    """True once a metadata request lists all ``brokers`` nodes."""
+    from confluent_kafka.admin import AdminClient
+
+    if not all(_port_open(address) for address in bootstrap.split(",")):
+        return False
+    # log_level 0: connection refusals while a node starts are expected, not worth printing
+    admin = AdminClient(
+        {"bootstrap.servers": bootstrap, "socket.timeout.ms": 2000, "log_level": 0}
+    )
+    try:
+        metadata = admin.list_topics(timeout=2)
+    except Exception:
+        return False
+    return len(metadata.brokers) >= brokers
+
+
+def _start_kafka(settings: Settings, brokers: int) -> list[str]:
+    libs = ensure_kafka_jars(settings)
+    java = _java()
+    cluster_root = settings.state_dir / f"kafka-{brokers}node"
+    cluster_id_file = cluster_root / "cluster.id"
+    cluster_root.mkdir(parents=True, exist_ok=True)
+    if not cluster_id_file.exists():
+        # a KRaft cluster id is 16 random bytes, base64url without padding (22 characters)
+        import base64
+
+        raw = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id_file.write_text(raw + "\n")
+    cluster_id = cluster_id_file.read_text().strip()
+    log4j = project_root() / "ops" / "local" / "log4j2.yaml"
+    classpath = f"{libs}/*"
+    started = []
+    services = kafka_services(settings, brokers)
+    for node, service in enumerate(services, start=1):
+        if live_pid(service) is not None:
+            continue
+        node_dir = cluster_root / f"node-{node}"
+        data_dir = node_dir / "data"
+        node_dir.mkdir(parents=True, exist_ok=True)
+        config = node_dir / "server.properties"
+        config.write_text(kafka_properties(settings, node, brokers, data_dir))
+        if not (data_dir / "meta.properties").exists():
+            fmt = subprocess.run(
+                [java, "-cp", classpath, STORAGE_TOOL, "format", "--ignore-formatted",
+                 "-t", cluster_id, "-c", str(config)],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if fmt.returncode != 0:
+                raise StackError(f"formatting {data_dir} failed:\n{fmt.stdout}{fmt.stderr}")
+        argv = [
+            java,
+            f"-Xmx{settings.kafka_heap_mb}m",
+            f"-Xms{min(settings.kafka_heap_mb, 256)}m",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={log4j}",
+            f"{STACK_MARKER}{settings.state_dir}/kafka-{node}",
+            "-cp",
+            classpath,
+            KAFKA_MAIN,
+            str(config),
+        ]
+        pid = _spawn(service, argv, cwd=node_dir)
+        log.info("started %s (pid %d) on %s", service.name, pid, service.address)
+        started.append(service.name)
+    bootstrap = bootstrap_servers(settings, brokers)
+    for service in services:
+        _wait(
+            service,
+            lambda: _kafka_answers(bootstrap, brokers),
+            settings.start_timeout_s,
+            pid=_read_pid(service.pid_file),
+        )
+    return started
+
+
+# --- Redis ----------------------------------------------------------------------------------
+
+
+def _redis_answers(settings: Settings) -> bool:
+    import redis
+
+    client = redis.Redis(
+        host=settings.redis_host, port=settings.redis_port, socket_connect_timeout=1
+    )
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def _start_redis(settings: Settings) -> list[str]:
+    service = redis_service(settings)
+    if live_pid(service) is not None:
+        return []
+    server = shutil.which("redis-server")
+    if server is None:
+        raise StackError(
+            "redis-server is not installed; run `make setup` (it installs Debian's redis-server)"
+        )
+    data = settings.state_dir / "redis"
+    data.mkdir(parents=True, exist_ok=True)
+    argv = [
+        server,
+        "--bind", settings.redis_host,
+        "--port", str(settings.redis_port),
+        "--dir", str(data),
+        "--daemonize", "no",
+        "--save", "",
+        "--appendonly", "no",
+        "--protected-mode", "yes",
+    ]  # fmt: skip
+    pid = _spawn(service, argv, cwd=data)
+    log.info("started redis (pid %d) on %s", pid, service.address)
+    _wait(service, lambda: _redis_answers(settings), settings.start_timeout_s, pid=pid)
+    return [service.name]
+
+
+# --- the stack -----------------------------------------------------------------------------
+
+
+def up(settings: Settings, brokers: int = 1) -> list[str]:
+    """Start whatever of the stack is not running; returns the names of what was started."""
+    if brokers < 1:
+        raise StackError("--brokers must be at least 1")
+    current = running_brokers(settings)
+    if current and current != brokers and any(
+        live_pid(s) for s in kafka_services(settings, current)
+    ):
+        raise StackError(
+            f"a {current}-broker Kafka is running; run `governor down` before "
+            f"starting one with {brokers}"
+        )
+    run_dir(settings).mkdir(parents=True, exist_ok=True)
+    layout_file(settings).write_text(json.dumps({"brokers": brokers}) + "\n")
+    try:
+        started = _start_kafka(settings, brokers) + _start_redis(settings)
+    except BaseException:
+        down(settings)
+        raise
+    return started
+
+
+def down(settings: Settings) -> list[str]:
+    """Stop everything ``up`` started (any layout); returns the names of what was stopped."""
+    brokers = max(running_brokers(settings), 3)
+    services = [redis_service(settings), *kafka_services(settings, brokers)]
+    running = [s for s in services if live_pid(s) is not None]
+    _stop_all(services)
+    layout_file(settings).unlink(missing_ok=True)
+    return [s.name for s in running]

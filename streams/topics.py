@@ -1,0 +1,165 @@
+"""Every Governor topic: name, key, value schema, partitions, replication, retention, cleanup.
+
+``ensure_topics`` creates what is missing and leaves existing topics alone, so it is safe to run
+at every start; ``describe_topics`` reports the configuration the broker actually holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+
+from streams.settings import Settings
+
+#: retention.ms = -1 keeps a topic forever: the audit chain must never lose its head
+FOREVER = -1
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    suffix: str
+    key: str
+    value: str
+    partitions: int
+    retention_ms: int
+    cleanup_policy: str = "delete"
+    description: str = ""
+
+    def name(self, settings: Settings) -> str:
+        return settings.topic(self.suffix)
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """The topics of DESIGN.md. ``gov.replay.<id>`` topics are made by ``governor replay``."""
+    p = settings.event_partitions
+    keep = settings.retention_ms
+    return [
+        TopicSpec("events", "session_id", "StepEvent", p, settings.events_retention_ms,
+                  description="one event per agent step"),
+        TopicSpec("control", "target", "Decision", 3, keep,
+                  description="signed enforcement decisions, read by every client"),
+        TopicSpec("sessions", "session_id", "SessionSummary", p, keep,
+                  description="one summary per finished or timed-out session"),
+        TopicSpec("pii", "session_id", "PiiFinding", p, keep,
+                  description="PII findings: fingerprints, never values"),
+        TopicSpec("alerts", "alert_id", "Alert", 3, keep,
+                  description="SLO burn, budget, drift and lag alerts"),
+        TopicSpec("audit", "tenant_id", "AuditRecord", 3, FOREVER,
+                  description="hash-chained audit trail per tenant"),
+        TopicSpec("events.dlq", "original key", "original bytes", 3, keep,
+                  description="undecodable events with Kafka-Connect error headers"),
+        TopicSpec("incidents", "incident_id", "JSON incident record", 1, FOREVER, "compact",
+                  description="incident records, latest state per incident"),
+    ]  # fmt: skip
+
+
+def admin_client(settings: Settings) -> AdminClient:
+    return AdminClient({"bootstrap.servers": settings.bootstrap, "socket.timeout.ms": 10000})
+
+
+def cluster_size(admin: AdminClient, timeout_s: float = 10.0) -> int:
+    return len(admin.list_topics(timeout=timeout_s).brokers)
+
+
+def replication_for(settings: Settings, brokers: int) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas): the setting, or up to 3 copies by default."""
+    replication = settings.replication_factor or min(3, brokers)
+    if replication > brokers:
+        raise ValueError(
+            f"replication factor {replication} needs {replication} brokers, the cluster has "
+            f"{brokers}"
+        )
+    return replication, 2 if replication >= 3 else 1
+
+
+def new_topic(name: str, partitions: int, replication: int, config: dict[str, str]) -> NewTopic:
+    return NewTopic(name, num_partitions=partitions, replication_factor=replication, config=config)
+
+
+def create_topics(admin: AdminClient, topics: Iterable[NewTopic], timeout_s: float = 30) -> list[str]:
+    """Create topics that do not exist yet; returns the names that were created."""
+    topics = list(topics)
+    if not topics:
+        return []
+    created = []
+    futures = admin.create_topics(topics, operation_timeout=timeout_s, request_timeout=timeout_s)
+    for name, future in futures.items():
+        try:
+            future.result()
+            created.append(name)
+        except KafkaException as exc:
+            if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                raise
+    return created
+
+
+def ensure_topics(settings: Settings, admin: AdminClient | None = None) -> list[str]:
+    """Create every Governor topic that is missing; returns the names that were created."""
+    admin = admin or admin_client(settings)
+    replication, min_isr = replication_for(settings, cluster_size(admin))
+    return create_topics(
+        admin,
+        (
+            new_topic(
+                spec.name(settings),
+                spec.partitions,
+                replication,
+                {
+                    "retention.ms": str(spec.retention_ms),
+                    "cleanup.policy": spec.cleanup_policy,
+                    "min.insync.replicas": str(min_isr),
+                },
+            )
+            for spec in topic_specs(settings)
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class TopicInfo:
+    name: str
+    exists: bool
+    partitions: int
+    replication: int
+    retention_ms: str
+    cleanup_policy: str
+    min_insync_replicas: str
+
+
+REPORTED_CONFIGS = ("retention.ms", "cleanup.policy", "min.insync.replicas")
+
+
+def describe_topics(admin: AdminClient, names: list[str], timeout_s: float = 10) -> list[TopicInfo]:
+    """What the broker reports for each named topic (missing ones are marked so)."""
+    metadata = admin.list_topics(timeout=timeout_s)
+    present = [n for n in names if n in metadata.topics]
+    configs: dict[str, dict[str, str]] = {}
+    if present:
+        resources = [ConfigResource(ConfigResource.Type.TOPIC, n) for n in present]
+        for resource, future in admin.describe_configs(resources).items():
+            entries = future.result()
+            configs[resource.name] = {k: entries[k].value for k in REPORTED_CONFIGS if k in entries}
+    result = []
+    for name in names:
+        topic = metadata.topics.get(name)
+        if topic is None:
+            result.append(TopicInfo(name, False, 0, 0, "", "", ""))
+            continue
+        partitions = topic.partitions
+        replication = len(next(iter(partitions.values())).replicas) if partitions else 0
+        cfg = configs.get(name, {})
+        result.append(
+            TopicInfo(
+                name=name,
+                exists=True,
+                partitions=len(partitions),
+                replication=replication,
+                retention_ms=cfg.get("retention.ms", ""),
+                cleanup_policy=cfg.get("cleanup.policy", ""),
+                min_insync_replicas=cfg.get("min.insync.replicas", ""),
+            )
+        )
+    return result

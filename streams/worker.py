@@ -1,0 +1,110 @@
+"""Running the worker: in this process (``governor worker``) or as a child process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from streams.settings import Settings
+
+
+def run_worker(settings: Settings) -> None:
+    """Run the Faust worker in this process until SIGINT/SIGTERM."""
+    import faust
+
+    from streams.app import build_app
+    from streams.topics import admin_client, cluster_size
+
+    app = build_app(settings, brokers=cluster_size(admin_client(settings)))
+    Path(app.conf.datadir).parent.mkdir(parents=True, exist_ok=True)
+    loop = "uvloop" if _has_uvloop() else None
+    worker = faust.Worker(app, loglevel=settings.log_level, loop=_event_loop(loop))
+    worker.execute_from_commandline()
+
+
+def _has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _event_loop(kind: str | None) -> Any:
+    import asyncio
+
+    if kind == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+class WorkerProcess:
+    """``governor worker`` as a child process, for the demo and the integration tests."""
+
+    def __init__(self, settings: Settings, log_file: Path) -> None:
+        self.settings = settings
+        self.log_file = log_file
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.web_host}:{self.settings.web_port}"
+
+    def start(self, timeout_s: float = 60.0) -> WorkerProcess:
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.settings.to_env()}
+        with self.log_file.open("ab") as fh:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "worker"],
+                env=env,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if self.get_json("/ingest") is not None:
+                return self
+            time.sleep(0.25)
+        self.stop()
+        raise RuntimeError(f"worker did not serve {self.url} in {timeout_s:.0f}s:\n{self.log_tail()}")
+
+    def get_json(self, path: str) -> Any:
+        """GET a JSON view of the worker; None while it does not answer."""
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=2) as response:
+                return json.loads(response.read())
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return None
+
+    def log_tail(self, lines: int = 40) -> str:
+        from streams.stack import log_tail
+
+        return log_tail(self.log_file, lines)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> WorkerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
