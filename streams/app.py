@@ -41,14 +41,14 @@ def build_app(settings: Settings, brokers: int = 1) -> faust.App:
     attach_ingest(app, settings, codecs, metrics, kind_counts)
 
     @app.page("/metrics")
-    class MetricsView(View):  # type: ignore[misc]
+    class MetricsView(View):
         async def get(self, request: Request) -> Response:
             return self.bytes(
                 metrics.exposition(), content_type="text/plain; version=0.0.4; charset=utf-8"
             )
 
     @app.page("/ingest")
-    class IngestView(View):  # type: ignore[misc]
+    class IngestView(View):
         async def get(self, request: Request) -> Response:
             dead = sum(int(s.value) for s in _samples(metrics.dead_letters))
             return self.json({"by_kind": dict(kind_counts), "dead_letters": dead})

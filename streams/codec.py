@@ -184,8 +184,7 @@ class Codec:
             value = fastavro.schemaless_reader(buf, writer.parsed, reader)
         except Exception as exc:  # fastavro raises many kinds on bad bytes
             raise MalformedBodyError(
-                f"{self.record}.v{writer.version} body does not parse: "
-                f"{type(exc).__name__}: {exc}"
+                f"{self.record}.v{writer.version} body does not parse: {type(exc).__name__}: {exc}"
             ) from exc
         if buf.tell() != len(data):
             raise MalformedBodyError(

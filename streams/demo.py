@@ -25,71 +25,70 @@ TOOLS = ("search_docs", "lookup_order", "send_email", "run_sql")
 CATEGORIES = ("billing", "shipping", "returns", "technical")
 
 
-def demo_sessions(sessions: int, seed: int = 7, start_us: int = 1_764_000_000_000_000) -> Iterator[
-    dict[str, Any]
-]:
+def demo_sessions(
+    sessions: int, seed: int = 7, start_us: int = 1_764_000_000_000_000
+) -> Iterator[dict[str, Any]]:
     """Events of ``sessions`` sessions, each in per-session order with a gap-free ``seq``."""
     rng = random.Random(seed)
-    now = start_us
+    clock = start_us
     for n in range(sessions):
-        session_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
-        tenant = f"tenant-{n % 3}"
-        agent = f"support-bot-{n % 2}"
         base = {
-            "session_id": session_id,
-            "tenant_id": tenant,
-            "agent_id": agent,
+            "session_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            "tenant_id": f"tenant-{n % 3}",
+            "agent_id": f"support-bot-{n % 2}",
             "agent_version": "1.4.0",
             "prompt_version": "p7",
             "model_version": "2025-06",
             "tool_schema_version": "t3",
             "category": rng.choice(CATEGORIES),
         }
-        seq = 0
-
-        def event(kind: str, duration_us: int = 0, **fields: Any) -> dict[str, Any]:
-            nonlocal seq, now
-            seq += 1
-            now += rng.randint(1_000, 50_000)
-            return {
+        for seq, (kind, duration_us, fields) in enumerate(_session_steps(rng), start=1):
+            clock += rng.randint(1_000, 50_000)
+            yield {
                 **base,
                 "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
                 "seq": seq,
                 "kind": kind,
-                "start_time_us": now,
+                "start_time_us": clock,
                 "duration_us": duration_us,
                 "status": fields.pop("status", "OK"),
                 **fields,
             }
 
-        yield event("SESSION_START")
-        for _ in range(rng.randint(1, 6)):
-            model, provider = rng.choice(MODELS)
-            yield event(
-                "LLM_CALL",
-                rng.randint(200_000, 4_000_000),
-                operation="chat",
-                model=model,
-                provider=provider,
-                input_tokens=rng.randint(200, 8000),
-                output_tokens=rng.randint(20, 800),
+
+def _session_steps(rng: random.Random) -> Iterator[tuple[str, int, dict[str, Any]]]:
+    yield "SESSION_START", 0, {}
+    for _ in range(rng.randint(1, 6)):
+        model, provider = rng.choice(MODELS)
+        yield (
+            "LLM_CALL",
+            rng.randint(200_000, 4_000_000),
+            {
+                "operation": "chat",
+                "model": model,
+                "provider": provider,
+                "input_tokens": rng.randint(200, 8000),
+                "output_tokens": rng.randint(20, 800),
+            },
+        )
+        if rng.random() < 0.6:
+            failed = rng.random() < 0.1
+            yield (
+                "TOOL_CALL",
+                rng.randint(5_000, 900_000),
+                {
+                    "operation": "execute_tool",
+                    "tool_name": rng.choice(TOOLS),
+                    "status": "ERROR" if failed else "OK",
+                    "error_type": "ToolTimeout" if failed else None,
+                },
             )
-            if rng.random() < 0.6:
-                failed = rng.random() < 0.1
-                yield event(
-                    "TOOL_CALL",
-                    rng.randint(5_000, 900_000),
-                    operation="execute_tool",
-                    tool_name=rng.choice(TOOLS),
-                    status="ERROR" if failed else "OK",
-                    error_type="ToolTimeout" if failed else None,
-                )
-        yield event("EVALUATION", evaluation_name="helpfulness", evaluation_score=rng.random())
-        yield event("SESSION_END")
+    yield "EVALUATION", 0, {"evaluation_name": "helpfulness", "evaluation_score": rng.random()}
+    yield "SESSION_END", 0, {}
 
 
 def run_demo(settings: Settings, console: Console, sessions: int, corrupt: int) -> None:
-    """Send ``sessions`` sessions and ``corrupt`` bad payloads; show what the worker made of them."""
+    """Send sessions and corrupt payloads; show what the worker made of them."""
     from confluent_kafka import Producer
 
     codecs = Codecs.load(settings.schemas_dir)
@@ -130,16 +129,15 @@ def run_demo(settings: Settings, console: Console, sessions: int, corrupt: int) 
 
 
 def _ingested(now: Any, before: dict[str, Any]) -> int:
-    if now is None:
-        return 0
-    return sum(now["by_kind"].values()) + now["dead_letters"] - (
-        sum(before["by_kind"].values()) + before["dead_letters"]
-    )
+    """Records the worker handled (decoded or dead-lettered) since ``before``."""
+
+    def total(view: dict[str, Any]) -> int:
+        return sum(int(n) for n in view["by_kind"].values()) + int(view["dead_letters"])
+
+    return 0 if now is None else total(now) - total(before)
 
 
-def _print_counts(
-    console: Console, before: dict[str, Any], after: Any, expected: int
-) -> None:
+def _print_counts(console: Console, before: dict[str, Any], after: Any, expected: int) -> None:
     if after is None:
         console.print("[red]the worker did not answer[/]")
         return

@@ -78,7 +78,8 @@ class Settings:
     def to_env(self) -> dict[str, str]:
         """The ``GOVERNOR_*`` variables that rebuild these settings in another process."""
         return {
-            ENV_PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in dataclasses.fields(self)
+            ENV_PREFIX + f.name.upper(): str(getattr(self, f.name))
+            for f in dataclasses.fields(self)
         }
 
     def replace(self, **changes: Any) -> Settings:

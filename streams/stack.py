@@ -9,6 +9,7 @@ no longer ours is treated as stale.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -201,10 +202,8 @@ def _stop_all(services: list[Service], timeout_s: float = 30.0) -> None:
 
 def _reap(pid: int) -> None:
     # the process is our child only when `up` and `down` run in one Python process (tests)
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def log_tail(path: Path, lines: int = 25) -> str:
@@ -215,9 +214,7 @@ def log_tail(path: Path, lines: int = 25) -> str:
     return "\n".join(text[-lines:])
 
 
-def _wait(
-    service: Service, probe: Callable[[], bool], timeout_s: float, pid: int | None
-) -> None:
+def _wait(service: Service, probe: Callable[[], bool], timeout_s: float, pid: int | None) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if pid is not None and live_pid(service) is None:
@@ -247,7 +244,9 @@ def ensure_kafka_jars(settings: Settings) -> Path:
     if mvn is None:
         raise StackError("Maven (mvn) is needed to fetch the Kafka jars; install it first")
     pom = project_root() / "ops" / "local" / "pom.xml"
-    log.info("resolving Apache Kafka %s jars from Maven Central into %s", settings.kafka_version, libs)
+    log.info(
+        "resolving Apache Kafka %s jars from Maven Central into %s", settings.kafka_version, libs
+    )
     if libs.exists():
         shutil.rmtree(libs)
     cmd = [
@@ -277,9 +276,7 @@ def _java() -> str:
 def kafka_properties(settings: Settings, node: int, brokers: int, data_dir: Path) -> str:
     """server.properties of local node ``node`` in a ``brokers``-node combined-mode cluster."""
     port, controller_port = settings.kafka_ports(node)
-    voters = ",".join(
-        f"{n}@127.0.0.1:{settings.kafka_ports(n)[1]}" for n in range(1, brokers + 1)
-    )
+    voters = ",".join(f"{n}@127.0.0.1:{settings.kafka_ports(n)[1]}" for n in range(1, brokers + 1))
     replication = min(3, brokers)
     min_isr = 2 if replication >= 3 else 1
     props = {
@@ -325,9 +322,7 @@ def _kafka_answers(bootstrap: str, brokers: int) -> bool:
     if not all(_port_open(address) for address in bootstrap.split(",")):
         return False
     # log_level 0: connection refusals while a node starts are expected, not worth printing
-    admin = AdminClient(
-        {"bootstrap.servers": bootstrap, "socket.timeout.ms": 2000, "log_level": 0}
-    )
+    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 2000, "log_level": 0})
     try:
         metadata = admin.list_topics(timeout=2)
     except Exception:
@@ -448,8 +443,10 @@ def up(settings: Settings, brokers: int = 1) -> list[str]:
     if brokers < 1:
         raise StackError("--brokers must be at least 1")
     current = running_brokers(settings)
-    if current and current != brokers and any(
-        live_pid(s) for s in kafka_services(settings, current)
+    if (
+        current
+        and current != brokers
+        and any(live_pid(s) for s in kafka_services(settings, current))
     ):
         raise StackError(
             f"a {current}-broker Kafka is running; run `governor down` before "

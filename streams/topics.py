@@ -79,7 +79,9 @@ def new_topic(name: str, partitions: int, replication: int, config: dict[str, st
     return NewTopic(name, num_partitions=partitions, replication_factor=replication, config=config)
 
 
-def create_topics(admin: AdminClient, topics: Iterable[NewTopic], timeout_s: float = 30) -> list[str]:
+def create_topics(
+    admin: AdminClient, topics: Iterable[NewTopic], timeout_s: float = 30
+) -> list[str]:
     """Create topics that do not exist yet; returns the names that were created."""
     topics = list(topics)
     if not topics:

@@ -78,7 +78,9 @@ class WorkerProcess:
                 return self
             time.sleep(0.25)
         self.stop()
-        raise RuntimeError(f"worker did not serve {self.url} in {timeout_s:.0f}s:\n{self.log_tail()}")
+        raise RuntimeError(
+            f"worker did not serve {self.url} in {timeout_s:.0f}s:\n{self.log_tail()}"
+        )
 
     def get_json(self, path: str) -> Any:
         """GET a JSON view of the worker; None while it does not answer."""

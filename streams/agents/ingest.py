@@ -29,6 +29,13 @@ def source_record(event: Any) -> SourceRecord:
     )
 
 
+def raw_topic(app: faust.App, name: str) -> faust.TopicT:
+    """A topic of undecoded bytes: decoding is ours, so failures reach the dead-letter path."""
+    return app.topic(
+        name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
+
+
 def attach_ingest(
     app: faust.App,
     settings: Settings,
@@ -36,9 +43,8 @@ def attach_ingest(
     metrics: WorkerMetrics,
     kind_counts: Counter[str],
 ) -> None:
-    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
-    events = app.topic(settings.topic("events"), **raw)
-    dlq = app.topic(settings.topic("events.dlq"), **raw)
+    events = raw_topic(app, settings.topic("events"))
+    dlq = raw_topic(app, settings.topic("events.dlq"))
 
     @app.agent(events, name="ingest")
     async def ingest(stream: Any) -> None:
