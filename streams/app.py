@@ -7,6 +7,7 @@ from typing import Any
 
 import faust
 from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from streams.agents.ingest import attach_ingest
 from streams.codec import Codecs
@@ -43,9 +44,7 @@ def build_app(settings: Settings, brokers: int = 1) -> faust.App:
     @app.page("/metrics")
     class MetricsView(View):
         async def get(self, request: Request) -> Response:
-            return self.bytes(
-                metrics.exposition(), content_type="text/plain; version=0.0.4; charset=utf-8"
-            )
+            return self.bytes(metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     @app.page("/ingest")
     class IngestView(View):

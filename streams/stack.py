@@ -42,8 +42,6 @@ class Service:
     address: str
     pid_file: Path
     log_file: Path
-    #: a substring of /proc/<pid>/cmdline that proves the pid is still ours
-    marker: str
 
 
 @dataclass(frozen=True)
@@ -78,7 +76,6 @@ def kafka_services(settings: Settings, brokers: int) -> list[Service]:
                 address=f"127.0.0.1:{port}",
                 pid_file=run_dir(settings) / f"kafka-{node}.pid",
                 log_file=settings.state_dir / "logs" / f"kafka-{node}.log",
-                marker=f"{STACK_MARKER}{settings.state_dir}/kafka-{node}",
             )
         )
     return services
@@ -90,7 +87,6 @@ def redis_service(settings: Settings) -> Service:
         address=f"{settings.redis_host}:{settings.redis_port}",
         pid_file=run_dir(settings) / "redis.pid",
         log_file=settings.state_dir / "logs" / "redis.log",
-        marker=f"{settings.redis_port}",
     )
 
 
@@ -109,34 +105,45 @@ def bootstrap_servers(settings: Settings, brokers: int) -> str:
 # --- processes -----------------------------------------------------------------------------
 
 
-def _read_pid(pid_file: Path) -> int | None:
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (state is [0]), None if gone."""
     try:
-        return int(pid_file.read_text().strip())
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()
+
+
+def _start_ticks(pid: int) -> str | None:
+    fields = _proc_stat(pid)
+    return fields[19] if fields else None  # field 22 of stat: start time since boot
+
+
+def _is_gone(pid: int) -> bool:
+    fields = _proc_stat(pid)
+    return fields is None or fields[0] in ("Z", "X")
+
+
+def _write_pid(pid_file: Path, pid: int) -> None:
+    # the start time makes the pid file unambiguous: a reused pid has another start time
+    pid_file.write_text(f"{pid} {_start_ticks(pid)}\n")
+
+
+def _read_pid(pid_file: Path) -> tuple[int, str] | None:
+    try:
+        pid, ticks = pid_file.read_text().split()
+        return int(pid), ticks
     except (FileNotFoundError, ValueError):
         return None
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
-
-
 def live_pid(service: Service) -> int | None:
-    """The pid in the service's pid file if that process runs and is ours, else None."""
-    pid = _read_pid(service.pid_file)
-    if pid is None or _is_zombie(pid):
+    """The pid in the service's pid file if that very process still runs, else None."""
+    recorded = _read_pid(service.pid_file)
+    if recorded is None:
         return None
-    if service.marker not in _cmdline(pid):
+    pid, ticks = recorded
+    if _is_gone(pid) or _start_ticks(pid) != ticks:
         return None
     return pid
 
@@ -162,7 +169,7 @@ def _spawn(service: Service, argv: list[str], cwd: Path) -> int:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # not killed with the terminal that ran `governor up`
         )
-    service.pid_file.write_text(f"{proc.pid}\n")
+    _write_pid(service.pid_file, proc.pid)
     return proc.pid
 
 
@@ -184,7 +191,7 @@ def _stop_all(services: list[Service], timeout_s: float = 30.0) -> None:
     while running and time.monotonic() < deadline:
         for pid, service in list(running.items()):
             _reap(pid)
-            if _is_zombie(pid) or service.marker not in _cmdline(pid):
+            if _is_gone(pid):
                 stopped.append(pid)
                 del running[pid]
         time.sleep(0.1)
@@ -386,7 +393,7 @@ def _start_kafka(settings: Settings, brokers: int) -> list[str]:
             service,
             lambda: _kafka_answers(bootstrap, brokers),
             settings.start_timeout_s,
-            pid=_read_pid(service.pid_file),
+            pid=live_pid(service),
         )
     return started
 

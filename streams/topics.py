@@ -6,6 +6,7 @@ at every start; ``describe_topics`` reports the configuration the broker actuall
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -82,7 +83,10 @@ def new_topic(name: str, partitions: int, replication: int, config: dict[str, st
 def create_topics(
     admin: AdminClient, topics: Iterable[NewTopic], timeout_s: float = 30
 ) -> list[str]:
-    """Create topics that do not exist yet; returns the names that were created."""
+    """Create topics that do not exist yet and wait until every partition has a leader.
+
+    Returns the names that were created.
+    """
     topics = list(topics)
     if not topics:
         return []
@@ -95,7 +99,27 @@ def create_topics(
         except KafkaException as exc:
             if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                 raise
+    wait_for_topics(admin, [t.topic for t in topics], timeout_s)
     return created
+
+
+def wait_for_topics(admin: AdminClient, names: list[str], timeout_s: float = 30) -> None:
+    """Block until the cluster's metadata shows each topic with a leader for every partition."""
+    deadline = time.monotonic() + timeout_s
+    pending = list(names)
+    while pending:
+        metadata = admin.list_topics(timeout=timeout_s)
+        pending = [
+            n
+            for n in pending
+            if n not in metadata.topics
+            or not metadata.topics[n].partitions
+            or any(p.leader < 0 for p in metadata.topics[n].partitions.values())
+        ]
+        if pending and time.monotonic() > deadline:
+            raise TimeoutError(f"topics without leaders after {timeout_s:.0f}s: {pending}")
+        if pending:
+            time.sleep(0.1)
 
 
 def ensure_topics(settings: Settings, admin: AdminClient | None = None) -> list[str]:

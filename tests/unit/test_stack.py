@@ -39,9 +39,11 @@ def test_missing_and_stale_pid_files_mean_not_running(tmp_path: Path) -> None:
     service = stack.redis_service(s)
     assert stack.live_pid(service) is None
     service.pid_file.parent.mkdir(parents=True)
-    service.pid_file.write_text("999999999\n")  # no such process
+    service.pid_file.write_text("999999999 5\n")  # no such process
     assert stack.live_pid(service) is None
-    service.pid_file.write_text(f"{os.getpid()}\n")  # alive, but not a redis of ours
+    service.pid_file.write_text(f"{os.getpid()} 1\n")  # alive, but a reused pid
+    assert stack.live_pid(service) is None
+    service.pid_file.write_text(f"{os.getpid()}\n")  # a pid file of another tool
     assert stack.live_pid(service) is None
     service.pid_file.write_text("not a pid\n")
     assert stack.live_pid(service) is None

@@ -1,0 +1,43 @@
+# Governor's two commands:  `make demo`  and  `make test`  (each sets up what it needs first).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TEST_STATE := .governor/test/session
+
+.PHONY: help setup demo test lint typecheck down clean
+
+help:
+	@echo "make demo   set up, then run the demo (local Kafka + Redis + worker + fleet)"
+	@echo "make test   set up, then ruff, mypy and pytest against a real local stack"
+	@echo "make down   stop the local stack   |   make clean   remove venv and state"
+
+setup: $(BIN)/.installed
+	@ops/local/setup.sh
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+demo: setup
+	$(BIN)/governor demo
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy
+
+# the pytest session fixture stops the stack it started; `down` also covers an interrupted run
+test: lint typecheck
+	$(BIN)/pytest -ra; status=$$?; \
+	GOVERNOR_STATE_DIR=$(TEST_STATE) $(BIN)/governor down >/dev/null 2>&1; \
+	exit $$status
+
+down:
+	$(BIN)/governor down
+
+clean: down
+	rm -rf $(VENV) .governor

@@ -1,0 +1,94 @@
+"""The worker decodes good events and dead-letters bad ones with their reason (real broker)."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from streams.codec import (
+    DLQ_EXCEPTION_CLASS,
+    DLQ_EXCEPTION_MESSAGE,
+    DLQ_OFFSET,
+    DLQ_PARTITION,
+    DLQ_TOPIC,
+    Codecs,
+)
+from streams.demo import demo_sessions
+from streams.settings import Settings
+from streams.worker import WorkerProcess
+from tests.kafka_helpers import consume, produce
+
+
+def _wait_for(worker: WorkerProcess, total: int, timeout_s: float = 60) -> dict[str, object]:
+    deadline = time.monotonic() + timeout_s
+    view: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        view = worker.get_json("/ingest") or {}
+        by_kind = view.get("by_kind", {})
+        seen = sum(by_kind.values()) if isinstance(by_kind, dict) else 0
+        if seen + int(str(view.get("dead_letters", 0))) >= total:
+            return view
+        time.sleep(0.2)
+    raise AssertionError(f"worker saw {view} of {total} records:\n{worker.log_tail()}")
+
+
+def test_corrupt_payloads_land_in_the_dlq_with_reason_and_good_ones_decode(
+    topics: Settings,
+) -> None:
+    codecs = Codecs.load(topics.schemas_dir)
+    good = list(demo_sessions(5, seed=2))
+    corrupt = [
+        (b"bad-1", b"not avro"),
+        (b"bad-2", codecs.decision.encode(_decision())),  # valid Avro, wrong record
+        (b"bad-3", codecs.step_event.encode(good[0])[:-3]),  # truncated body
+    ]
+    events_topic = topics.topic("events")
+    records = [(e["session_id"].encode(), codecs.step_event.encode(e)) for e in good]
+    produce(topics.bootstrap, events_topic, records[:3] + corrupt + records[3:])
+
+    with WorkerProcess(topics, topics.state_dir / "worker.log") as worker:
+        view = _wait_for(worker, len(good) + len(corrupt))
+        metrics = worker_metrics_text(worker)
+
+    assert view["dead_letters"] == 3
+    assert sum(view["by_kind"].values()) == len(good)  # type: ignore[attr-defined]
+    assert view["by_kind"]["SESSION_START"] == 5  # type: ignore[index]
+
+    letters = consume(topics.bootstrap, topics.topic("events.dlq"), 3)
+    by_key = {m.key(): m for m in letters}
+    assert set(by_key) == {b"bad-1", b"bad-2", b"bad-3"}
+    for key, value in corrupt:
+        headers = dict(by_key[key].headers() or [])
+        assert by_key[key].value() == value, "the original bytes are kept"
+        assert headers[DLQ_TOPIC] == events_topic.encode()
+        assert int(headers[DLQ_PARTITION]) >= 0
+        assert int(headers[DLQ_OFFSET]) >= 0
+        assert headers[DLQ_EXCEPTION_CLASS].startswith(b"streams.codec.")
+        assert headers[DLQ_EXCEPTION_MESSAGE]
+    assert dict(by_key[b"bad-2"].headers() or [])[DLQ_EXCEPTION_CLASS].endswith(b"WrongRecordError")
+
+    families = {f.name: f for f in text_string_to_metric_families(metrics)}
+    assert sum(s.value for s in families["governor_dlq_records"].samples) == 3
+    events_by_kind = {s.labels["kind"]: s.value for s in families["governor_events"].samples
+                      if s.name == "governor_events_total"}  # fmt: skip
+    assert events_by_kind["SESSION_END"] == 5
+
+
+def worker_metrics_text(worker: WorkerProcess) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(worker.url + "/metrics", timeout=5) as response:
+        return response.read().decode()
+
+
+def _decision() -> dict[str, object]:
+    return {
+        "decision_id": "d-1",
+        "target": "session:s-1",
+        "tenant_id": "acme",
+        "action": "KILL",
+        "epoch": 1,
+        "issued_at_us": 1,
+        "signature": b"",
+    }
