@@ -189,7 +189,7 @@ def _stop_all(services: list[Service], timeout_s: float = 30.0) -> None:
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while running and time.monotonic() < deadline:
-        for pid, service in list(running.items()):
+        for pid in list(running):
             _reap(pid)
             if _is_gone(pid):
                 stopped.append(pid)

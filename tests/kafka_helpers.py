@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from collections.abc import Sequence
 
-from confluent_kafka import Consumer, Message, Producer
+from confluent_kafka import Consumer, KafkaError, Message, Producer
 
 
 def producer(bootstrap: str) -> Producer:
     return Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True})
 
 
-def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
+def produce(bootstrap: str, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
     """Produce (key, value) records and wait until every one is acknowledged."""
-    errors: list[Any] = []
+    errors: list[KafkaError] = []
+
+    def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            errors.append(err)
+
     p = producer(bootstrap)
     for key, value in records:
-        p.produce(topic, value, key, on_delivery=lambda err, _msg: err and errors.append(err))
+        p.produce(topic, value, key, on_delivery=on_delivery)
     assert p.flush(30) == 0, "records still in flight after 30 s"
     assert not errors, errors
 
@@ -47,3 +52,9 @@ def consume(bootstrap: str, topic: str, count: int, timeout_s: float = 30) -> li
         consumer.close()
     assert len(got) == count, f"{topic}: {len(got)} of {count} records within {timeout_s}s"
     return got
+
+
+def headers_of(message: Message) -> dict[str, bytes]:
+    raw = message.headers() or []
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    return {k: v.encode() if isinstance(v, str) else (v or b"") for k, v in pairs}

@@ -21,7 +21,9 @@ def test_events_round_trip_through_kafka_with_keys_and_per_session_order(
     )
     messages = consume(topics.bootstrap, topic, len(events))
     decoded = [codecs.step_event.decode(m.value() or b"") for m in messages]
-    assert all((m.key() or b"").decode() == d["session_id"] for m, d in zip(messages, decoded))
+    assert all(
+        (m.key() or b"").decode() == d["session_id"] for m, d in zip(messages, decoded, strict=True)
+    )
     by_id = {d["event_id"]: d for d in decoded}
     assert all({k: by_id[e["event_id"]][k] for k in e} == e for e in events)
     seqs: dict[str, list[int]] = {}

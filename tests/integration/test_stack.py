@@ -97,11 +97,11 @@ def test_three_brokers_take_acks_all_writes_with_min_isr_two(tmp_path: Path) -> 
             {"bootstrap.servers": bootstrap, "group.id": "check", "auto.offset.reset": "earliest"}
         )
         consumer.assign([TopicPartition("replicated", p) for p in range(3)])
-        got = []
+        got: list[bytes] = []
         while len(got) < 30:
             msg = consumer.poll(10)
             assert msg is not None, f"only {len(got)} of 30 records came back"
-            got.append(msg.value())
+            got.append(msg.value() or b"")
         consumer.close()
         assert sorted(got) == sorted(f"v{n}".encode() for n in range(30))
     finally:

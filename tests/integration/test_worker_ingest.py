@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+import urllib.request
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -17,20 +19,23 @@ from streams.codec import (
 from streams.demo import demo_sessions
 from streams.settings import Settings
 from streams.worker import WorkerProcess
-from tests.kafka_helpers import consume, produce
+from tests.kafka_helpers import consume, headers_of, produce
 
 
-def _wait_for(worker: WorkerProcess, total: int, timeout_s: float = 60) -> dict[str, object]:
+def _wait_for(worker: WorkerProcess, total: int, timeout_s: float = 60) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
-    view: dict[str, object] = {}
+    view: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        view = worker.get_json("/ingest") or {}
-        by_kind = view.get("by_kind", {})
-        seen = sum(by_kind.values()) if isinstance(by_kind, dict) else 0
-        if seen + int(str(view.get("dead_letters", 0))) >= total:
+        view = worker.get_json("/ingest") or {"by_kind": {}, "dead_letters": 0}
+        if sum(view["by_kind"].values()) + view["dead_letters"] >= total:
             return view
         time.sleep(0.2)
     raise AssertionError(f"worker saw {view} of {total} records:\n{worker.log_tail()}")
+
+
+def _metrics_text(worker: WorkerProcess) -> str:
+    with urllib.request.urlopen(worker.url + "/metrics", timeout=5) as response:
+        return bytes(response.read()).decode()
 
 
 def test_corrupt_payloads_land_in_the_dlq_with_reason_and_good_ones_decode(
@@ -44,42 +49,37 @@ def test_corrupt_payloads_land_in_the_dlq_with_reason_and_good_ones_decode(
         (b"bad-3", codecs.step_event.encode(good[0])[:-3]),  # truncated body
     ]
     events_topic = topics.topic("events")
-    records = [(e["session_id"].encode(), codecs.step_event.encode(e)) for e in good]
+    records = [(str(e["session_id"]).encode(), codecs.step_event.encode(e)) for e in good]
     produce(topics.bootstrap, events_topic, records[:3] + corrupt + records[3:])
 
     with WorkerProcess(topics, topics.state_dir / "worker.log") as worker:
         view = _wait_for(worker, len(good) + len(corrupt))
-        metrics = worker_metrics_text(worker)
+        metrics = _metrics_text(worker)
 
     assert view["dead_letters"] == 3
-    assert sum(view["by_kind"].values()) == len(good)  # type: ignore[attr-defined]
-    assert view["by_kind"]["SESSION_START"] == 5  # type: ignore[index]
+    assert sum(view["by_kind"].values()) == len(good)
+    assert view["by_kind"]["SESSION_START"] == 5
 
-    letters = consume(topics.bootstrap, topics.topic("events.dlq"), 3)
-    by_key = {m.key(): m for m in letters}
-    assert set(by_key) == {b"bad-1", b"bad-2", b"bad-3"}
+    letters = {m.key(): m for m in consume(topics.bootstrap, topics.topic("events.dlq"), 3)}
+    assert set(letters) == {b"bad-1", b"bad-2", b"bad-3"}
     for key, value in corrupt:
-        headers = dict(by_key[key].headers() or [])
-        assert by_key[key].value() == value, "the original bytes are kept"
+        headers = headers_of(letters[key])
+        assert letters[key].value() == value, "the original bytes are kept"
         assert headers[DLQ_TOPIC] == events_topic.encode()
         assert int(headers[DLQ_PARTITION]) >= 0
         assert int(headers[DLQ_OFFSET]) >= 0
         assert headers[DLQ_EXCEPTION_CLASS].startswith(b"streams.codec.")
         assert headers[DLQ_EXCEPTION_MESSAGE]
-    assert dict(by_key[b"bad-2"].headers() or [])[DLQ_EXCEPTION_CLASS].endswith(b"WrongRecordError")
+    assert headers_of(letters[b"bad-2"])[DLQ_EXCEPTION_CLASS].endswith(b"WrongRecordError")
 
     families = {f.name: f for f in text_string_to_metric_families(metrics)}
     assert sum(s.value for s in families["governor_dlq_records"].samples) == 3
-    events_by_kind = {s.labels["kind"]: s.value for s in families["governor_events"].samples
-                      if s.name == "governor_events_total"}  # fmt: skip
+    events_by_kind = {
+        s.labels["kind"]: s.value
+        for s in families["governor_events"].samples
+        if s.name == "governor_events_total"
+    }
     assert events_by_kind["SESSION_END"] == 5
-
-
-def worker_metrics_text(worker: WorkerProcess) -> str:
-    import urllib.request
-
-    with urllib.request.urlopen(worker.url + "/metrics", timeout=5) as response:
-        return response.read().decode()
 
 
 def _decision() -> dict[str, object]:
