@@ -58,6 +58,16 @@ class Settings:
     kafka_port: int = 19092
     start_timeout_s: float = 90.0
 
+    # the control protocol: where the worker's signing key and the trusted public keys live;
+    # GOVERNOR_CONTROL_PUBLIC_KEYS ("kid:base64,...") lets clients trust keys without the folder
+    keys_dir: Path | None = None
+    control_public_keys: str = ""
+
+    # the client: how much it buffers while the broker is away, and how long PAUSE may block
+    client_buffer_events: int = 100_000
+    client_buffer_max_age_s: float = 300.0
+    pause_timeout_s: float = 600.0
+
     # paths of the project's data
     schemas_dir: Path = field(default_factory=lambda: project_root() / "schemas")
     policies_dir: Path = field(default_factory=lambda: project_root() / "policies")
@@ -80,6 +90,7 @@ class Settings:
         return {
             ENV_PREFIX + f.name.upper(): str(getattr(self, f.name))
             for f in dataclasses.fields(self)
+            if getattr(self, f.name) is not None
         }
 
     def replace(self, **changes: Any) -> Settings:
@@ -88,6 +99,15 @@ class Settings:
     def topic(self, suffix: str) -> str:
         """Full topic name for a suffix such as ``events`` or ``events.dlq``."""
         return f"{self.topic_prefix}{suffix}"
+
+    @property
+    def control_keys_dir(self) -> Path:
+        return self.keys_dir or self.state_dir / "keys"
+
+    @property
+    def redis_key_prefix(self) -> str:
+        """Prefix of every Redis key, so several Governors can share one Redis."""
+        return self.topic_prefix
 
     @property
     def redis_host(self) -> str:
@@ -109,7 +129,7 @@ def _parse(name: str, type_name: str, raw: str) -> Any:
             return int(raw)
         if type_name == "float":
             return float(raw)
-        if type_name == "Path":
+        if type_name in ("Path", "Path | None"):
             return Path(raw).expanduser().resolve()
     except ValueError as exc:
         raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r}: expected {type_name}") from exc

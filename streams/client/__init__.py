@@ -1,0 +1,18 @@
+"""What agent fleets import: ``from streams.client import Governor``."""
+
+from streams.client.budget import Reservation
+from streams.client.emitter import EmitterStats
+from streams.client.errors import BudgetExhausted, GovernorError, PauseTimeout, SessionKilled
+from streams.client.governor import Governor, Session, Step
+
+__all__ = [
+    "BudgetExhausted",
+    "EmitterStats",
+    "Governor",
+    "GovernorError",
+    "PauseTimeout",
+    "Reservation",
+    "Session",
+    "SessionKilled",
+    "Step",
+]
