@@ -17,7 +17,6 @@ from streams.codec import Codecs
 from streams.control import SigningKey, decision_id, decision_redis_key
 from streams.settings import Settings
 
-
 #: a late or replayed older decision must not replace a newer one in the read-model
 MIRROR_IF_NEWER = """
 local current = redis.call('HGET', KEYS[1], 'epoch')
