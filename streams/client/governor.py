@@ -504,12 +504,18 @@ class Session:
 
     # --- context -----------------------------------------------------------------------
 
-    def _begin(self) -> None:
+    def start(self) -> None:
+        """Emit SESSION_START (the context manager does this for you)."""
         self.gov._register(self)
         self._started_us = self.gov.now_us()
         self.emit("SESSION_START", start_us=self._started_us)
 
-    def _end(self, exc: BaseException | None) -> None:
+    def finish(self, exc: BaseException | None = None) -> None:
+        """Emit SESSION_END: KILLED for :class:`SessionKilled`, ERROR for another exception.
+
+        A session that is never finished is what an abandoned session looks like: the worker
+        closes it as TIMEOUT after its idle timeout.
+        """
         if isinstance(exc, SessionKilled):
             status, error_type = "KILLED", None
         elif exc is not None:
@@ -522,7 +528,7 @@ class Session:
         self.gov._unregister(self)
 
     def __enter__(self) -> Session:
-        self._begin()
+        self.start()
         return self
 
     def __exit__(
@@ -531,10 +537,10 @@ class Session:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._end(exc)
+        self.finish(exc)
 
     async def __aenter__(self) -> Session:
-        self._begin()
+        self.start()
         return self
 
     async def __aexit__(
@@ -543,7 +549,7 @@ class Session:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._end(exc)
+        self.finish(exc)
 
 
 def _delay_s(decision: Mapping[str, Any]) -> float:
