@@ -19,7 +19,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -469,11 +469,25 @@ def up(settings: Settings, brokers: int = 1) -> list[str]:
     return started
 
 
+def stop(settings: Settings, names: Iterable[str]) -> list[str]:
+    """Stop some services of the stack (e.g. ``kafka-2`` for a fault test); ``up`` restarts them.
+
+    Returns the names that were running and are now stopped.
+    """
+    wanted = set(names)
+    services = [s for s in _all_services(settings) if s.name in wanted]
+    running = [s.name for s in services if live_pid(s) is not None]
+    _stop_all(services)
+    return running
+
+
 def down(settings: Settings) -> list[str]:
     """Stop everything ``up`` started (any layout); returns the names of what was stopped."""
-    brokers = max(running_brokers(settings), 3)
-    services = [redis_service(settings), *kafka_services(settings, brokers)]
-    running = [s for s in services if live_pid(s) is not None]
-    _stop_all(services)
+    stopped = stop(settings, [s.name for s in _all_services(settings)])
     layout_file(settings).unlink(missing_ok=True)
-    return [s.name for s in running]
+    return stopped
+
+
+def _all_services(settings: Settings) -> list[Service]:
+    brokers = max(running_brokers(settings), 3)
+    return [redis_service(settings), *kafka_services(settings, brokers)]

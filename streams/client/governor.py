@@ -516,7 +516,8 @@ class Session:
         A session that is never finished is what an abandoned session looks like: the worker
         closes it as TIMEOUT after its idle timeout.
         """
-        if isinstance(exc, SessionKilled):
+        if isinstance(exc, SessionKilled) or self.killed_by is not None:
+            # killed even if the agent caught SessionKilled and returned normally
             status, error_type = "KILLED", None
         elif exc is not None:
             status, error_type = "ERROR", type(exc).__name__

@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Callable
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from streams.codec import Codec, DecodeError
 from streams.control import DecisionBook, DropReason
@@ -16,6 +16,11 @@ from streams.control import DecisionBook, DropReason
 log = logging.getLogger("governor.client")
 
 RECONNECT_PROBE_S = 1.0
+_LEADERSHIP_CHANGES = (
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+)
 
 
 class ControlSubscriber:
@@ -63,14 +68,28 @@ class ControlSubscriber:
         partitions = metadata.topics[self.topic].partitions
         if not partitions:
             raise RuntimeError(f"control topic {self.topic} does not exist")
-        assignment = []
-        for p in partitions:
-            _low, high = self._consumer.get_watermark_offsets(
-                TopicPartition(self.topic, p), timeout=timeout_s
-            )
-            assignment.append(TopicPartition(self.topic, p, high))
+        deadline = time.monotonic() + timeout_s
+        assignment = [
+            TopicPartition(self.topic, p, self._end_offset(p, deadline)) for p in partitions
+        ]
         self._consumer.assign(assignment)
         self._thread.start()
+
+    def _end_offset(self, partition: int, deadline: float) -> int:
+        while True:
+            try:
+                _low, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, partition),
+                    timeout=max(0.1, deadline - time.monotonic()),
+                )
+                return int(high)
+            except KafkaException as exc:
+                # a freshly created or just failed-over partition answers "not leader" for a while
+                error = exc.args[0]
+                transient = error.retriable() or error.code() in _LEADERSHIP_CHANGES
+                if not transient or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     def _on_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
