@@ -1,0 +1,202 @@
+"""Policies: their validated model, and ``decide`` (pure) turning state into outcomes."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Action = Literal["warn", "throttle", "pause", "kill"]
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_s(text: str) -> float:
+    """``30s``, ``5m``, ``1h``, ``7d`` in seconds."""
+    match = _DURATION.match(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration like 30s, 5m, 1h or 7d")
+    return float(match[1]) * _UNIT_S[match[2]]
+
+
+def _check_duration(value: str) -> str:
+    duration_s(value)
+    return value
+
+
+class Match(BaseModel):
+    """Which tenants and agents a policy applies to (shell globs)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    tenants: list[str] = ["*"]
+    agents: list[str] = ["*"]
+
+    def covers(self, tenant_id: str, agent_id: str) -> bool:
+        return any(fnmatch.fnmatchcase(tenant_id, g) for g in self.tenants) and any(
+            fnmatch.fnmatchcase(agent_id, g) for g in self.agents
+        )
+
+
+class PolicyBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
+    description: str = ""
+    enabled: bool = True
+    match: Match = Match()
+
+
+class BudgetPolicy(PolicyBase):
+    """Spend limit of a session, or of an agent or tenant over a rolling event-time window."""
+
+    kind: Literal["budget"]
+    scope: Literal["session", "agent", "tenant"]
+    limit_usd: Annotated[float, Field(gt=0)]
+    window: str = "1d"  #: ignored for scope session (the session is the window)
+    warn_at: Annotated[float, Field(gt=0, lt=1)] | None = 0.8
+    action: Action = "kill"
+    throttle_delay_ms: Annotated[int, Field(ge=0)] = 1000
+    #: also a hard cap: mirrored to Redis for the client's opt-in pre-flight reservations
+    hard: bool = False
+
+    _window = field_validator("window")(classmethod(lambda cls, v: _check_duration(v)))
+
+
+class ConcurrencyPolicy(PolicyBase):
+    """At most ``max_active`` open sessions per agent or tenant; new sessions are held back."""
+
+    kind: Literal["concurrency"]
+    scope: Literal["agent", "tenant"] = "agent"
+    max_active: Annotated[int, Field(ge=1)]
+    action: Action = "throttle"
+    throttle_delay_ms: Annotated[int, Field(ge=0)] = 1000
+
+
+class StepRatePolicy(PolicyBase):
+    """At most ``max_steps`` LLM and tool steps per window for a session or an agent."""
+
+    kind: Literal["step_rate"]
+    scope: Literal["session", "agent"] = "session"
+    max_steps: Annotated[int, Field(ge=1)]
+    window: str = "1m"
+    action: Action = "throttle"
+    throttle_delay_ms: Annotated[int, Field(ge=0)] = 1000
+
+    _window = field_validator("window")(classmethod(lambda cls, v: _check_duration(v)))
+
+
+class ToolPolicy(PolicyBase):
+    """Tools allowed and denied by glob; deny wins."""
+
+    kind: Literal["tools"]
+    allow: list[str] = ["*"]
+    deny: list[str] = []
+    action: Action = "kill"
+
+    def permits(self, tool: str) -> bool:
+        if any(fnmatch.fnmatchcase(tool, g) for g in self.deny):
+            return False
+        return any(fnmatch.fnmatchcase(tool, g) for g in self.allow)
+
+
+class LoopPolicy(PolicyBase):
+    """``max_repeats`` identical tool calls (same tool, same arguments) in a row."""
+
+    kind: Literal["loop"]
+    max_repeats: Annotated[int, Field(ge=2)]
+    action: Action = "kill"
+
+
+class DurationPolicy(PolicyBase):
+    """A session may last at most ``max_duration`` of event time."""
+
+    kind: Literal["max_duration"]
+    max_duration: str
+    action: Action = "kill"
+
+    _max = field_validator("max_duration")(classmethod(lambda cls, v: _check_duration(v)))
+
+
+class UnpricedModelPolicy(PolicyBase):
+    """What to do when an LLM call uses a model without a price: warn, or fail closed."""
+
+    kind: Literal["unpriced_model"]
+    action: Action = "warn"
+
+
+class DegradationPolicy(PolicyBase):
+    """A tool failing ``max_failures`` times within ``window``: act on the agents that use it."""
+
+    kind: Literal["degradation"]
+    tool: str
+    max_failures: Annotated[int, Field(ge=1)]
+    window: str = "5m"
+    action: Action = "pause"
+    #: after this long without new failures the agents get a RESUME
+    resume_after: str = "10m"
+    throttle_delay_ms: Annotated[int, Field(ge=0)] = 1000
+
+    _durations = field_validator("window", "resume_after")(
+        classmethod(lambda cls, v: _check_duration(v))
+    )
+
+
+Policy = Annotated[
+    BudgetPolicy
+    | ConcurrencyPolicy
+    | StepRatePolicy
+    | ToolPolicy
+    | LoopPolicy
+    | DurationPolicy
+    | UnpricedModelPolicy
+    | DegradationPolicy,
+    Field(discriminator="kind"),
+]
+
+
+class PolicyFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    version: Annotated[int, Field(ge=1)]
+    policies: list[Policy] = []
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> PolicyFile:
+        ids = [p.id for p in self.policies]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"policy ids must be unique, repeated: {', '.join(duplicates)}")
+        return self
+
+    @staticmethod
+    def kind_tags() -> set[str]:
+        return {"budget", "concurrency", "step_rate", "tools", "loop", "max_duration",
+                "unpriced_model", "degradation"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PolicySet:
+    """The policies in force, with the version decisions cite."""
+
+    version: int
+    digest: str
+    policies: tuple[Any, ...] = ()
+    by_kind: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, files: Sequence[PolicyFile], digest: str = "") -> PolicySet:
+        policies = tuple(p for f in files for p in f.policies if p.enabled)
+        by_kind: dict[str, list[Any]] = {}
+        for policy in policies:
+            by_kind.setdefault(policy.kind, []).append(policy)
+        return cls(
+            version=max((f.version for f in files), default=0),
+            digest=digest,
+            policies=policies,
+            by_kind={k: tuple(v) for k, v in by_kind.items()},
+        )
+
+    def of_kind(self, kind: str) -> tuple[Any, ...]:
+        return self.by_kind.get(kind, ())

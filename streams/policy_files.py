@@ -1,0 +1,126 @@
+"""Loading and validating ``policies/*.yaml``: errors name the file, the line and the field.
+
+A policy set is every ``*.yaml`` file of the folder but ``prices.yaml`` (the price table) and
+the files other features own (``pii.yaml``, ``slo.yaml``). It is refused as a whole if any file
+is invalid, so the last good set stays in force.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from streams.pipeline.policy import PolicyFile, PolicySet
+
+#: files in the policies folder that are not enforcement policies
+OTHER_FILES = {"prices.yaml", "pii.yaml", "slo.yaml"}
+
+
+class PolicyError(ValueError):
+    """One or more problems in policy files, each as ``file:line: field: reason``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class LoadedYaml:
+    data: Any
+    #: line (1-based) of every key path, e.g. ("policies", 2, "limit_usd") -> 14
+    lines: dict[tuple[Any, ...], int]
+
+
+def load_yaml_with_lines(text: str) -> LoadedYaml:
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    lines: dict[tuple[Any, ...], int] = {}
+    if node is None:
+        return LoadedYaml(None, lines)
+    return LoadedYaml(_build(node, (), lines), lines)
+
+
+def _build(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> Any:
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        result = {}
+        for key_node, value_node in node.value:
+            key = _scalar(key_node)
+            lines[(*path, key)] = key_node.start_mark.line + 1  # the key's line, not the value's
+            result[key] = _build(value_node, (*path, key), lines)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [_build(item, (*path, i), lines) for i, item in enumerate(node.value)]
+    return _scalar(node)
+
+
+def _scalar(node: yaml.Node) -> Any:
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_object(node, deep=True)
+    finally:
+        loader.dispose()
+
+
+def _line_of(loaded: LoadedYaml, loc: tuple[Any, ...]) -> int:
+    for end in range(len(loc), -1, -1):
+        line = loaded.lines.get(tuple(loc[:end]))
+        if line is not None:
+            return line
+    return 1
+
+
+def parse_policy_file(path: Path, text: str) -> PolicyFile:
+    """Validate one file; raises :class:`PolicyError` with file:line: field: reason."""
+    try:
+        loaded = load_yaml_with_lines(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        raise PolicyError([f"{path}:{line}: not valid YAML: {exc}"]) from exc
+    if not isinstance(loaded.data, dict):
+        raise PolicyError([f"{path}:1: a policy file is a mapping with 'version' and 'policies'"])
+    try:
+        return PolicyFile.model_validate(loaded.data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            loc = tuple(part for part in error["loc"] if not _is_union_tag(part))
+            field = ".".join(str(p) for p in loc) or "(file)"
+            problems.append(f"{path}:{_line_of(loaded, loc)}: {field}: {error['msg']}")
+        raise PolicyError(problems) from exc
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic names the chosen member of a discriminated union in the location; drop it
+    return isinstance(part, str) and part in PolicyFile.kind_tags()
+
+
+def load_policy_set(folder: Path) -> PolicySet:
+    """Every policy file of ``folder`` as one set; :class:`PolicyError` lists every problem."""
+    files = sorted(p for p in folder.glob("*.yaml") if p.name not in OTHER_FILES)
+    problems: list[str] = []
+    parsed: list[tuple[Path, PolicyFile]] = []
+    digest = hashlib.sha256()
+    for path in files:
+        text = path.read_text()
+        digest.update(path.name.encode() + b"\0" + text.encode())
+        try:
+            parsed.append((path, parse_policy_file(path, text)))
+        except PolicyError as exc:
+            problems.extend(exc.problems)
+    seen: dict[str, Path] = {}
+    for path, policy_file in parsed:
+        for policy in policy_file.policies:
+            if policy.id in seen:
+                problems.append(
+                    f"{path}:1: policies: id {policy.id!r} is also in {seen[policy.id]}"
+                )
+            seen[policy.id] = path
+    if problems:
+        raise PolicyError(problems)
+    return PolicySet.build([pf for _, pf in parsed], digest=digest.hexdigest()[:12])
