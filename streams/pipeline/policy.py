@@ -200,3 +200,134 @@ class PolicySet:
 
     def of_kind(self, kind: str) -> tuple[Any, ...]:
         return self.by_kind.get(kind, ())
+
+
+# --- deciding ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a policy wants done to a target; enforcement turns it into a signed Decision."""
+
+    policy_id: str
+    target: str
+    action: str  #: WARN, THROTTLE, PAUSE, KILL or RESUME
+    reason: str
+    #: escalation level within the policy (warn stage 1, enforcement 2): re-issued only if higher
+    level: int
+    parameters: dict[str, str] = field(default_factory=dict)
+    #: seconds after which the decision lapses (window-based limits), None = until resumed
+    ttl_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What ``decide`` may look at beyond the session: computed by the caller per event."""
+
+    #: spend in micro-USD of ("agent", id) / ("tenant", id) over the last ``window_s`` seconds
+    spend: Any  # Callable[[str, str, float], int]
+    #: open sessions of ("agent", id) / ("tenant", id)
+    active: Any  # Callable[[str, str], int]
+    #: LLM/tool steps of ("session"|"agent", id) in the last ``window_s`` seconds
+    steps: Any  # Callable[[str, str, float], int]
+    #: failures of a tool (all agents) in the last ``window_s`` seconds
+    tool_failures: Any  # Callable[[str, float], int]
+
+
+def _act(policy: Any, target: str, reason: str, level: int = 2, **extra: Any) -> Outcome:
+    action = policy.action.upper()
+    params = {}
+    if action == "THROTTLE":
+        params["delay_ms"] = str(policy.throttle_delay_ms)
+    return Outcome(policy.id, target, action, reason, level, params, extra.get("ttl_s"))
+
+
+def _usd(micros: int) -> str:
+    return f"${micros / 1_000_000:,.4f}"
+
+
+def decide(policies: PolicySet, state: Any, delta: Any, facts: Facts) -> list[Outcome]:
+    """The outcomes the policies call for after ``delta`` was applied to ``state``.
+
+    ``state`` is the session's SessionState and ``delta`` the event's StepDelta. Outcomes are
+    wanted states, not messages: enforcement publishes one only when it escalates.
+    """
+    outcomes: list[Outcome] = []
+    tenant, agent = state.tenant_id, state.agent_id
+    session = f"session:{state.session_id}"
+    for policy in policies.policies:
+        if not policy.match.covers(tenant, agent):
+            continue
+        kind = policy.kind
+        if kind == "budget":
+            outcomes.extend(_budget(policy, state, delta, facts, session))
+        elif kind == "tools" and delta.kind == "TOOL_CALL" and delta.name is not None:
+            if not policy.permits(delta.name):
+                outcomes.append(_act(policy, session, f"tool {delta.name!r} is not allowed"))
+        elif kind == "loop" and delta.kind == "TOOL_CALL":
+            if state.repeat_count >= policy.max_repeats:
+                reason = f"{state.repeat_count} identical calls of {delta.name!r} in a row"
+                outcomes.append(_act(policy, session, reason))
+        elif kind == "max_duration" and not delta.ended:
+            limit_us = duration_s(policy.max_duration) * 1_000_000
+            if state.duration_us > limit_us:
+                outcomes.append(_act(policy, session, f"session longer than {policy.max_duration}"))
+        elif kind == "unpriced_model" and delta.unpriced:
+            outcomes.append(_act(policy, session, f"model {delta.name!r} has no price"))
+        elif kind == "concurrency" and delta.started:
+            scope_id = agent if policy.scope == "agent" else tenant
+            active = facts.active(policy.scope, scope_id)
+            if active > policy.max_active:
+                reason = (
+                    f"{active} open sessions of {policy.scope} {scope_id} > {policy.max_active}"
+                )
+                outcomes.append(_act(policy, session, reason))
+        elif kind == "step_rate" and delta.kind in STEP_KINDS_POLICY:
+            outcomes.extend(_step_rate(policy, state, facts, session))
+        elif kind == "degradation" and delta.kind == "TOOL_CALL" and delta.name is not None:
+            outcomes.extend(_degradation(policy, state, delta, facts))
+    return outcomes
+
+
+STEP_KINDS_POLICY = ("LLM_CALL", "TOOL_CALL")
+
+
+def _budget(policy: Any, state: Any, delta: Any, facts: Facts, session: str) -> list[Outcome]:
+    if not delta.cost_micros:
+        return []
+    limit = round(policy.limit_usd * 1_000_000)
+    if policy.scope == "session":
+        spent, target, ttl = state.cost_micros, session, None
+    else:
+        scope_id = state.agent_id if policy.scope == "agent" else state.tenant_id
+        window_s = duration_s(policy.window)
+        spent = facts.spend(policy.scope, scope_id, window_s)
+        target, ttl = f"{policy.scope}:{scope_id}", window_s
+    what = f"{policy.scope} spend {_usd(spent)}"
+    if spent > limit:
+        return [_act(policy, target, f"{what} over the {_usd(limit)} limit", ttl_s=ttl)]
+    if policy.warn_at is not None and spent >= limit * policy.warn_at:
+        reason = f"{what} reached {policy.warn_at:.0%} of {_usd(limit)}"
+        return [Outcome(policy.id, target, "WARN", reason, 1, {}, ttl)]
+    return []
+
+
+def _step_rate(policy: Any, state: Any, facts: Facts, session: str) -> list[Outcome]:
+    window_s = duration_s(policy.window)
+    scope_id = state.session_id if policy.scope == "session" else state.agent_id
+    steps = facts.steps(policy.scope, scope_id, window_s)
+    if steps <= policy.max_steps:
+        return []
+    target = session if policy.scope == "session" else f"agent:{state.agent_id}"
+    reason = f"{steps} steps in {policy.window} > {policy.max_steps}"
+    return [_act(policy, target, reason, ttl_s=window_s)]
+
+
+def _degradation(policy: Any, state: Any, delta: Any, facts: Facts) -> list[Outcome]:
+    if not fnmatch.fnmatchcase(delta.name, policy.tool) or delta.status in ("OK", "UNKNOWN"):
+        return []
+    failures = facts.tool_failures(delta.name, duration_s(policy.window))
+    if failures < policy.max_failures:
+        return []
+    reason = f"tool {delta.name!r} failed {failures} times in {policy.window}"
+    return [_act(policy, f"agent:{state.agent_id}", reason, ttl_s=duration_s(policy.resume_after))]
