@@ -68,6 +68,17 @@ class Settings:
     client_buffer_max_age_s: float = 300.0
     pause_timeout_s: float = 600.0
 
+    # the worker's accounting (event time)
+    #: a session with no event for this long (event time) is closed as TIMEOUT
+    session_idle_timeout_s: float = 900.0
+    #: finished sessions stay queryable in the worker this long (event time) before eviction
+    finished_retention_s: float = 3600.0
+    #: hourly buckets are kept 8 days, daily ones 35 (event time), for "today vs last week"
+    hourly_retention_s: float = 8 * 86400.0
+    daily_retention_s: float = 35 * 86400.0
+    #: how often the worker checkpoints its state and commits offsets (one transaction)
+    checkpoint_interval_s: float = 0.5
+
     # paths of the project's data
     schemas_dir: Path = field(default_factory=lambda: project_root() / "schemas")
     policies_dir: Path = field(default_factory=lambda: project_root() / "policies")

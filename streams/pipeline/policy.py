@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from streams.pipeline.aggregates import scope_of
+
 Action = Literal["warn", "throttle", "pause", "kill"]
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -224,10 +226,10 @@ class Outcome:
 class Facts:
     """What ``decide`` may look at beyond the session: computed by the caller per event."""
 
-    #: spend in micro-USD of ("agent", id) / ("tenant", id) over the last ``window_s`` seconds
-    spend: Any  # Callable[[str, str, float], int]
-    #: open sessions of ("agent", id) / ("tenant", id)
-    active: Any  # Callable[[str, str], int]
+    #: spend in micro-USD of a scope (see aggregates.scope_of) over the last ``window_s`` seconds
+    spend: Any  # Callable[[str, float], int]
+    #: open sessions of a scope
+    active: Any  # Callable[[str], int]
     #: LLM/tool steps of ("session"|"agent", id) in the last ``window_s`` seconds
     steps: Any  # Callable[[str, str, float], int]
     #: failures of a tool (all agents) in the last ``window_s`` seconds
@@ -276,7 +278,7 @@ def decide(policies: PolicySet, state: Any, delta: Any, facts: Facts) -> list[Ou
             outcomes.append(_act(policy, session, f"model {delta.name!r} has no price"))
         elif kind == "concurrency" and delta.started:
             scope_id = agent if policy.scope == "agent" else tenant
-            active = facts.active(policy.scope, scope_id)
+            active = facts.active(scope_of(policy.scope, tenant, agent))
             if active > policy.max_active:
                 reason = (
                     f"{active} open sessions of {policy.scope} {scope_id} > {policy.max_active}"
@@ -301,7 +303,7 @@ def _budget(policy: Any, state: Any, delta: Any, facts: Facts, session: str) -> 
     else:
         scope_id = state.agent_id if policy.scope == "agent" else state.tenant_id
         window_s = duration_s(policy.window)
-        spent = facts.spend(policy.scope, scope_id, window_s)
+        spent = facts.spend(scope_of(policy.scope, state.tenant_id, state.agent_id), window_s)
         target, ttl = f"{policy.scope}:{scope_id}", window_s
     what = f"{policy.scope} spend {_usd(spent)}"
     if spent > limit:

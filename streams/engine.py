@@ -1,0 +1,421 @@
+"""The worker's accounting engine: per-partition state, aggregates, policies, outputs.
+
+``Engine.process`` folds a batch of decoded StepEvents of one source partition into that
+partition's state, updates the event-time aggregates, asks the policies for outcomes and
+collects what must be published (session summaries, decisions). It does no I/O: the runner
+(:mod:`streams.agents.accounting`) consumes, calls it, publishes and checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from streams.pipeline.accounting import (
+    SessionState,
+    StepDelta,
+    close_timed_out,
+    fold,
+    new_state,
+    summary,
+)
+from streams.pipeline.aggregates import (
+    DAY_US,
+    HOUR_US,
+    MINUTE_US,
+    Histogram,
+    Totals,
+    agent_scope,
+    bucket_start,
+    expired,
+    tenant_scope,
+)
+from streams.pipeline.policy import Facts, Outcome, PolicySet, decide
+from streams.pipeline.pricing import PriceTable
+
+SESSION_KIND = "SESSION"  #: histogram kind of whole-session latency
+
+
+@dataclass
+class PartitionState:
+    """Everything the engine keeps for one source partition; all of it is checkpointed."""
+
+    partition: int
+    sessions: dict[str, SessionState] = field(default_factory=dict)
+    #: last seq of sessions evicted after they finished, so late duplicates stay duplicates
+    closed: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: (scope, bucket size, bucket start) -> totals
+    buckets: dict[tuple[str, int, int], Totals] = field(default_factory=dict)
+    #: (agent scope, step kind, model or tool, hour start) -> latency histogram
+    histograms: dict[tuple[str, str, str, int], Histogram] = field(default_factory=dict)
+    #: open sessions per scope
+    active: Counter[str] = field(default_factory=Counter)
+    #: (policy id, target) -> (escalation level, epoch) of what was already decided
+    enforced: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+    watermark_us: int = 0
+    dirty: set[tuple[str, Any]] = field(default_factory=set)
+
+    def mark(self, kind: str, key: Any) -> None:
+        self.dirty.add((kind, key))
+
+
+@dataclass(frozen=True)
+class Decided:
+    """An outcome that escalated, with the deterministic epoch and trigger of its decision."""
+
+    outcome: Outcome
+    tenant_id: str
+    epoch: int
+    issued_at_us: int
+    trigger_event_id: str | None
+    policy_version: int
+
+
+@dataclass
+class BatchResult:
+    applied: int = 0
+    duplicates: int = 0
+    late: int = 0
+    summaries: list[dict[str, Any]] = field(default_factory=list)
+    decisions: list[Decided] = field(default_factory=list)
+    deltas: list[tuple[SessionState, StepDelta]] = field(default_factory=list)
+
+
+class Engine:
+    """Accounting, aggregates and policy outcomes for the partitions this worker owns."""
+
+    def __init__(
+        self,
+        prices: PriceTable,
+        policies: PolicySet,
+        idle_timeout_s: float = 900.0,
+        finished_retention_s: float = 3600.0,
+        hourly_retention_s: float = 8 * 86400.0,
+        daily_retention_s: float = 35 * 86400.0,
+    ) -> None:
+        self.prices = prices
+        self.policies = policies
+        self.idle_timeout_us = int(idle_timeout_s * 1_000_000)
+        self.finished_retention_us = int(finished_retention_s * 1_000_000)
+        self.hourly_retention_us = int(hourly_retention_s * 1_000_000)
+        self.daily_retention_us = int(daily_retention_s * 1_000_000)
+        self.partitions: dict[int, PartitionState] = {}
+        # minute counters for rates (not checkpointed: a restart forgets the last minutes)
+        self._steps: Counter[tuple[str, int]] = Counter()
+        self._tool_failures: Counter[tuple[str, int]] = Counter()
+        self.facts = Facts(
+            spend=self.spend, active=self.active, steps=self.steps, tool_failures=self.failures
+        )
+
+    # --- partitions --------------------------------------------------------------------
+
+    def assign(self, state: PartitionState) -> None:
+        self.partitions[state.partition] = state
+
+    def revoke(self, partition: int) -> None:
+        self.partitions.pop(partition, None)
+
+    def state(self, partition: int) -> PartitionState:
+        if partition not in self.partitions:
+            self.partitions[partition] = PartitionState(partition)
+        return self.partitions[partition]
+
+    @property
+    def watermark_us(self) -> int:
+        return max((p.watermark_us for p in self.partitions.values()), default=0)
+
+    # --- facts for policies --------------------------------------------------------------
+
+    def spend(self, key: str, window_s: float) -> int:
+        """Spend of a scope over the window, hour-aligned (the current hour counts whole)."""
+        now = self.watermark_us
+        first = bucket_start(now - int(window_s * 1_000_000), HOUR_US) + HOUR_US
+        total = 0
+        for hour in range(first, bucket_start(now, HOUR_US) + HOUR_US, HOUR_US):
+            for part in self.partitions.values():
+                totals = part.buckets.get((key, HOUR_US, hour))
+                if totals is not None:
+                    total += totals.cost_micros
+        return total
+
+    def active(self, key: str) -> int:
+        return sum(p.active.get(key, 0) for p in self.partitions.values())
+
+    def steps(self, scope: str, scope_id: str, window_s: float) -> int:
+        now_min = bucket_start(self.watermark_us, MINUTE_US)
+        minutes = max(1, int(window_s // 60))
+        key = f"{scope}:{scope_id}"
+        return sum(self._steps.get((key, now_min - i * MINUTE_US), 0) for i in range(minutes))
+
+    def failures(self, tool: str, window_s: float) -> int:
+        now_min = bucket_start(self.watermark_us, MINUTE_US)
+        minutes = max(1, int(window_s // 60))
+        return sum(
+            self._tool_failures.get((tool, now_min - i * MINUTE_US), 0) for i in range(minutes)
+        )
+
+    # --- processing ----------------------------------------------------------------------
+
+    def process(self, partition: int, events: Iterable[dict[str, Any]]) -> BatchResult:
+        part = self.state(partition)
+        result = BatchResult()
+        for event in events:
+            self._apply(part, event, result)
+        return result
+
+    def _apply(self, part: PartitionState, event: dict[str, Any], result: BatchResult) -> None:
+        session_id = event["session_id"]
+        state = part.sessions.get(session_id)
+        if state is None:
+            closed = part.closed.get(session_id)
+            if closed is not None:
+                if event["seq"] <= closed[0]:
+                    result.duplicates += 1
+                else:
+                    result.late += 1  # after the session was closed and evicted
+                return
+            state = new_state(event)
+            part.sessions[session_id] = state
+        elif state.ended and state.status == "TIMEOUT":
+            # a session closed for silence speaks again: its totals keep counting
+            pass
+        delta = fold(state, event, self.prices, self.policies.version)
+        if delta is None:
+            result.duplicates += 1
+            return
+        result.applied += 1
+        part.mark("s", session_id)
+        if delta.event_time_us > part.watermark_us:
+            part.watermark_us = delta.event_time_us
+        tenant = tenant_scope(state.tenant_id)
+        agent = agent_scope(state.tenant_id, state.agent_id)
+        self._aggregate(part, state, delta, tenant, agent)
+        result.deltas.append((state, delta))
+        if self.policies.policies and not (state.ended and not delta.ended):
+            for index, outcome in enumerate(decide(self.policies, state, delta, self.facts)):
+                decided = self._escalate(part, outcome, state, delta, event, index)
+                if decided is not None:
+                    result.decisions.append(decided)
+                    state.violations += outcome.level >= 2
+        if delta.ended:
+            self._finish(part, state, result)
+
+    def _aggregate(
+        self, part: PartitionState, state: SessionState, delta: StepDelta, tenant: str, agent: str
+    ) -> None:
+        when = delta.event_time_us
+        step = Totals(
+            cost_micros=delta.cost_micros,
+            input_tokens=delta.input_tokens,
+            output_tokens=delta.output_tokens,
+            llm_calls=delta.kind == "LLM_CALL",
+            tool_calls=delta.kind == "TOOL_CALL",
+            sessions_started=delta.started,
+            sessions_ended=delta.ended,
+        )
+        for scope in (tenant, agent):
+            for size in (HOUR_US, DAY_US):
+                key = (scope, size, bucket_start(when, size))
+                totals = part.buckets.get(key)
+                if totals is None:
+                    totals = part.buckets[key] = Totals()
+                totals.add(step)
+                part.mark("b", key)
+        if delta.started:
+            part.active[tenant] += 1
+            part.active[agent] += 1
+            part.mark("a", None)
+        if delta.kind in ("LLM_CALL", "TOOL_CALL"):
+            hour = bucket_start(when, HOUR_US)
+            hkey = (agent, delta.kind, delta.name or "unknown", hour)
+            histogram = part.histograms.get(hkey)
+            if histogram is None:
+                histogram = part.histograms[hkey] = Histogram()
+            histogram.observe(delta.duration_us / 1000)
+            part.mark("h", hkey)
+            minute = bucket_start(when, MINUTE_US)
+            self._steps[(f"session:{state.session_id}", minute)] += 1
+            self._steps[(f"agent:{state.agent_id}", minute)] += 1
+            if delta.kind == "TOOL_CALL" and delta.status not in ("OK", "UNKNOWN"):
+                self._tool_failures[(delta.name or "unknown", minute)] += 1
+
+    def _escalate(
+        self,
+        part: PartitionState,
+        outcome: Outcome,
+        state: SessionState,
+        delta: StepDelta,
+        event: dict[str, Any],
+        index: int,
+    ) -> Decided | None:
+        key = (outcome.policy_id, outcome.target)
+        level, _epoch = part.enforced.get(key, (0, 0))
+        if outcome.level <= level:
+            return None
+        # event time makes the epoch deterministic under replay; the index orders outcomes of
+        # one event, so two decisions for one target never share an epoch
+        epoch = delta.event_time_us * 16 + min(index, 15)
+        part.enforced[key] = (outcome.level, epoch)
+        part.mark("e", key)
+        return Decided(
+            outcome=outcome,
+            tenant_id=state.tenant_id,
+            epoch=epoch,
+            issued_at_us=delta.event_time_us,
+            trigger_event_id=event.get("event_id"),
+            policy_version=self.policies.version,
+        )
+
+    def _finish(self, part: PartitionState, state: SessionState, result: BatchResult) -> None:
+        tenant = tenant_scope(state.tenant_id)
+        agent = agent_scope(state.tenant_id, state.agent_id)
+        if state.start_time_us is not None:
+            part.active[tenant] -= 1
+            part.active[agent] -= 1
+            part.mark("a", None)
+        hour = bucket_start(state.end_time_us or state.last_event_us, HOUR_US)
+        hkey = (agent, SESSION_KIND, "", hour)
+        histogram = part.histograms.get(hkey)
+        if histogram is None:
+            histogram = part.histograms[hkey] = Histogram()
+        histogram.observe(state.duration_us / 1000)
+        part.mark("h", hkey)
+        result.summaries.append(summary(state))
+
+    # --- time ----------------------------------------------------------------------------
+
+    def tick(self, partition: int) -> BatchResult:
+        """Close silent sessions, evict old finished ones and expire old buckets (event time)."""
+        part = self.state(partition)
+        result = BatchResult()
+        now = part.watermark_us
+        for session_id, state in list(part.sessions.items()):
+            if not state.ended and state.last_event_us < now - self.idle_timeout_us:
+                close_timed_out(state)
+                part.mark("s", session_id)
+                self._finish(part, state, result)
+            elif state.ended and (state.end_time_us or 0) < now - self.finished_retention_us:
+                part.closed[session_id] = (state.last_seq, state.end_time_us or 0)
+                del part.sessions[session_id]
+                part.mark("s", session_id)
+                part.mark("c", session_id)
+        for key in [k for k in part.buckets if self._bucket_expired(k[1], k[2], now)]:
+            del part.buckets[key]
+            part.mark("b", key)
+        for hkey in [k for k in part.histograms if expired(k[3], HOUR_US, now,
+                                                            self.hourly_retention_us)]:  # fmt: skip
+            del part.histograms[hkey]
+            part.mark("h", hkey)
+        for session_id in [s for s, (_, end) in part.closed.items()
+                           if end < now - self.daily_retention_us]:  # fmt: skip
+            del part.closed[session_id]
+            part.mark("c", session_id)
+        self._expire_minutes(now)
+        return result
+
+    def _bucket_expired(self, size: int, start: int, now: int) -> bool:
+        retention = self.hourly_retention_us if size == HOUR_US else self.daily_retention_us
+        return expired(start, size, now, retention)
+
+    def _expire_minutes(self, now: int) -> None:
+        horizon = bucket_start(now, MINUTE_US) - 2 * HOUR_US  # longest rate window kept: 2 h
+        for counter in (self._steps, self._tool_failures):
+            for key in [k for k in counter if k[1] < horizon]:
+                del counter[key]
+
+
+# --- checkpoint records --------------------------------------------------------------------
+
+
+def checkpoint_records(part: PartitionState) -> list[tuple[bytes, bytes | None]]:
+    """The dirty state of ``part`` as changelog records (key, value or None to delete)."""
+    records: list[tuple[bytes, bytes | None]] = []
+    for kind, key in part.dirty:
+        if kind == "s":
+            state = part.sessions.get(key)
+            value = None if state is None else json.dumps(state.to_dict()).encode()
+            records.append((f"s|{key}".encode(), value))
+        elif kind == "c":
+            closed = part.closed.get(key)
+            value = None if closed is None else json.dumps(closed).encode()
+            records.append((f"c|{key}".encode(), value))
+        elif kind == "b":
+            totals = part.buckets.get(key)
+            value = None if totals is None else json.dumps(_totals(totals)).encode()
+            records.append((("b|" + json.dumps(list(key))).encode(), value))
+        elif kind == "h":
+            hist = part.histograms.get(key)
+            value = (
+                None
+                if hist is None
+                else json.dumps(
+                    {"counts": _sparse(hist.counts), "count": hist.count, "sum_ms": hist.sum_ms}
+                ).encode()
+            )
+            records.append((("h|" + json.dumps(list(key))).encode(), value))
+        elif kind == "e":
+            level, epoch = part.enforced[key]
+            records.append((("e|" + json.dumps(list(key))).encode(),
+                            json.dumps([level, epoch]).encode()))  # fmt: skip
+        elif kind == "a":
+            records.append((b"a|", json.dumps(dict(part.active)).encode()))
+    part.dirty.clear()
+    records.append((b"w|", json.dumps(part.watermark_us).encode()))
+    return records
+
+
+def restore_record(part: PartitionState, key: bytes, value: bytes | None) -> None:
+    """Apply one changelog record while rebuilding ``part`` (later records win)."""
+    kind, _, rest = key.decode().partition("|")
+    data = None if value is None else json.loads(value)
+    if kind == "s":
+        if data is None:
+            part.sessions.pop(rest, None)
+        else:
+            part.sessions[rest] = SessionState.from_dict(data)
+    elif kind == "c":
+        if data is None:
+            part.closed.pop(rest, None)
+        else:
+            part.closed[rest] = (data[0], data[1])
+    elif kind == "b":
+        bkey = tuple(json.loads(rest))
+        if data is None:
+            part.buckets.pop(bkey, None)
+        else:
+            part.buckets[bkey] = Totals(**data)
+    elif kind == "h":
+        hkey = tuple(json.loads(rest))
+        if data is None:
+            part.histograms.pop(hkey, None)
+        else:
+            hist = Histogram(count=data["count"], sum_ms=data["sum_ms"])
+            for index, n in data["counts"].items():
+                hist.counts[int(index)] = n
+            part.histograms[hkey] = hist
+    elif kind == "e" and data is not None:
+        policy_id, target = json.loads(rest)
+        part.enforced[(policy_id, target)] = (data[0], data[1])
+    elif kind == "a" and data is not None:
+        part.active = Counter(data)
+    elif kind == "w" and data is not None:
+        part.watermark_us = int(data)
+
+
+def _totals(t: Totals) -> dict[str, int]:
+    return {
+        "cost_micros": t.cost_micros,
+        "input_tokens": t.input_tokens,
+        "output_tokens": t.output_tokens,
+        "llm_calls": t.llm_calls,
+        "tool_calls": t.tool_calls,
+        "sessions_started": t.sessions_started,
+        "sessions_ended": t.sessions_ended,
+    }
+
+
+def _sparse(counts: list[int]) -> dict[str, int]:
+    return {str(i): n for i, n in enumerate(counts) if n}
