@@ -343,9 +343,14 @@ class Session:
         operation: str = "chat",
         reservation: Reservation | None = None,
         start_us: int | None = None,
+        obey: bool = True,
     ) -> dict[str, Any]:
-        """Record a finished LLM call (after the policy check for this step)."""
-        self.check()
+        """Record a finished LLM call (after the policy check for this step).
+
+        ``obey=False`` records a call that already ran without applying the decision in force:
+        adapters that report after the fact check before the step instead."""
+        if obey:
+            self.check()
         if reservation is not None:
             reservation.settle(cost_usd or 0.0)
         return self.emit(
@@ -377,9 +382,12 @@ class Session:
         call_id: str | None = None,
         cost_usd: float | None = None,
         start_us: int | None = None,
+        obey: bool = True,
     ) -> dict[str, Any]:
-        """Record a finished tool call (after the policy check for this step)."""
-        self.check()
+        """Record a finished tool call (after the policy check for this step); ``obey`` as
+        in :meth:`llm_call`."""
+        if obey:
+            self.check()
         content = []
         if args is not None:
             content.append(("TOOL_ARGUMENTS", _as_text(args)))
@@ -504,28 +512,40 @@ class Session:
 
     # --- context -----------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Emit SESSION_START (the context manager does this for you)."""
+    def start(self, start_us: int | None = None) -> None:
+        """Emit SESSION_START (the context manager does this for you); ``start_us`` lets an
+        adapter report when the session really began (an OTel span's start)."""
         self.gov._register(self)
-        self._started_us = self.gov.now_us()
+        self._started_us = self.gov.now_us() if start_us is None else start_us
         self.emit("SESSION_START", start_us=self._started_us)
 
-    def finish(self, exc: BaseException | None = None) -> None:
+    def finish(
+        self,
+        exc: BaseException | None = None,
+        *,
+        end_us: int | None = None,
+        status: str | None = None,
+        error_type: str | None = None,
+    ) -> None:
         """Emit SESSION_END: KILLED for :class:`SessionKilled`, ERROR for another exception.
 
+        An adapter that saw the session end elsewhere (an OTel span) passes ``end_us`` and,
+        instead of an exception, ``status`` and ``error_type``.
         A session that is never finished is what an abandoned session looks like: the worker
         closes it as TIMEOUT after its idle timeout.
         """
-        if isinstance(exc, SessionKilled) or self.killed_by is not None:
+        if status is not None:
+            pass  # the adapter saw how the session ended
+        elif isinstance(exc, SessionKilled) or self.killed_by is not None:
             # killed even if the agent caught SessionKilled and returned normally
             status, error_type = "KILLED", None
         elif exc is not None:
             status, error_type = "ERROR", type(exc).__name__
         else:
             status, error_type = "OK", None
-        now = self.gov.now_us()
-        self.emit("SESSION_END", duration_us=max(0, now - self._started_us), status=status,
-                  error_type=error_type)  # fmt: skip
+        now = self.gov.now_us() if end_us is None else end_us
+        self.emit("SESSION_END", start_us=now, duration_us=max(0, now - self._started_us),
+                  status=status, error_type=error_type)  # fmt: skip
         self.gov._unregister(self)
 
     def __enter__(self) -> Session:
