@@ -1,19 +1,38 @@
-"""The worker's topology: ``build_app(settings)`` returns a Faust app; nothing runs at import."""
+"""The worker's topology: ``build_app(settings)`` returns a Faust app; nothing runs at import.
+
+The app owns the lifecycle, the web server (``/metrics``, JSON views) and the policy reload
+timer; the hot path is the accounting runner (:mod:`streams.agents.accounting`), started and
+stopped with the app as a service.
+"""
 
 from __future__ import annotations
 
-from collections import Counter
+import asyncio
+import logging
+from dataclasses import dataclass
 from typing import Any
 
 import faust
 from faust.web import Request, Response, View
+from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from streams.agents.ingest import attach_ingest
+from streams.agents.accounting import AccountingRunner
 from streams.codec import Codecs
-from streams.metrics import worker_metrics
+from streams.control import ensure_signing_key
+from streams.engine import Engine
+from streams.metrics import WorkerMetrics, worker_metrics
+from streams.pipeline.accounting import summary
+from streams.pipeline.policy import PolicySet
+from streams.pipeline.pricing import load_prices
+from streams.policy_files import PolicyError, PolicyWatch
+from streams.publisher import DecisionPublisher
 from streams.settings import Settings
 from streams.topics import replication_for
+
+log = logging.getLogger("governor.worker")
+
+POLICY_POLL_S = 2.0
 
 
 def faust_config(settings: Settings, brokers: int = 1) -> dict[str, Any]:
@@ -34,31 +53,143 @@ def faust_config(settings: Settings, brokers: int = 1) -> dict[str, Any]:
     }
 
 
+@dataclass
+class WorkerParts:
+    """What ``build_app`` wired together, for views, the CLI and tests."""
+
+    settings: Settings
+    codecs: Codecs
+    metrics: WorkerMetrics
+    engine: Engine
+    runner: AccountingRunner
+    policies: PolicyWatch
+
+
 def build_app(settings: Settings, brokers: int = 1) -> faust.App:
     app = faust.App(settings.app_id, **faust_config(settings, brokers))
     codecs = Codecs.load(settings.schemas_dir)
     metrics = worker_metrics()
-    kind_counts: Counter[str] = Counter()
-    attach_ingest(app, settings, codecs, metrics, kind_counts)
+    watch = PolicyWatch(settings.policies_dir, settings.state_dir / "policies-last-good")
+    policy_set = watch.load_initial()
+    if watch.last_error is not None:
+        log.error("policy files refused, enforcing the last good set:\n%s", watch.last_error)
+    metrics.policy_version.set(policy_set.version)
+    engine = Engine(
+        load_prices(settings.policies_dir / "prices.yaml"),
+        policy_set,
+        idle_timeout_s=settings.session_idle_timeout_s,
+        finished_retention_s=settings.finished_retention_s,
+        hourly_retention_s=settings.hourly_retention_s,
+        daily_retention_s=settings.daily_retention_s,
+    )
+    publisher = DecisionPublisher(settings, ensure_signing_key(settings.control_keys_dir), codecs)
+    runner = AccountingRunner(settings, engine, codecs, publisher, metrics)
+    parts = WorkerParts(settings, codecs, metrics, engine, runner, watch)
+    app.governor = parts  # type: ignore[attr-defined]
 
-    @app.page("/metrics")
-    class MetricsView(View):
-        async def get(self, request: Request) -> Response:
-            return self.bytes(metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    @app.service
+    class Accounting(Service):
+        async def on_start(self) -> None:
+            await asyncio.to_thread(runner.start)
 
-    @app.page("/ingest")
-    class IngestView(View):
-        async def get(self, request: Request) -> Response:
-            dead = sum(int(s.value) for s in _samples(metrics.dead_letters))
-            return self.json({"by_kind": dict(kind_counts), "dead_letters": dead})
+        async def on_stop(self) -> None:
+            await asyncio.to_thread(runner.stop)
 
+    @app.timer(interval=POLICY_POLL_S)  # type: ignore[untyped-decorator]
+    async def reload_policies() -> None:
+        try:
+            changed = watch.poll()
+        except PolicyError as exc:
+            metrics.policy_reload_errors.inc()
+            log.error("policy change refused, version %s stays in force:\n%s",
+                      engine.policies.version, exc)  # fmt: skip
+            return
+        if changed is not None:
+            apply_policies(parts, changed)
+
+    _views(app, parts)
     return app
 
 
-def _samples(counter: Any) -> list[Any]:
-    return [
-        sample
-        for family in counter.collect()
-        for sample in family.samples
-        if sample.name.endswith("_total")
-    ]
+def apply_policies(parts: WorkerParts, policy_set: PolicySet) -> None:
+    with parts.runner.lock:
+        previous = parts.engine.policies
+        parts.engine.policies = policy_set
+    parts.metrics.policy_version.set(policy_set.version)
+    log.info("policies v%s (%s) in force, was v%s (%s): %s", policy_set.version,
+             policy_set.digest, previous.version, previous.digest,
+             ", ".join(p.id for p in policy_set.policies))  # fmt: skip
+    parts.runner.audit_policy_change(previous, policy_set)
+
+
+def _views(app: faust.App, parts: WorkerParts) -> None:
+    @app.page("/metrics")
+    class MetricsView(View):
+        async def get(self, request: Request) -> Response:
+            return self.bytes(
+                parts.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+            )
+
+    @app.page("/ingest")
+    class IngestView(View):
+        """Events handled so far, by kind, and dead letters (the demo's progress)."""
+
+        async def get(self, request: Request) -> Response:
+            return self.json(
+                {
+                    "by_kind": _counter_by_label(parts.metrics.events, "kind"),
+                    "dead_letters": int(
+                        sum(_counter_by_label(parts.metrics.dead_letters, "error_class").values())
+                    ),
+                    "ready": parts.runner.ready.is_set(),
+                }
+            )
+
+    @app.page("/state/session/{session_id}")
+    class SessionView(View):
+        """One session's accounting state, as the worker holds it."""
+
+        async def get(self, request: Request, session_id: str) -> Response:
+            with parts.runner.lock:
+                for part in parts.engine.partitions.values():
+                    state = part.sessions.get(session_id)
+                    if state is not None:
+                        return self.json(summary(state) | {"status": state.status})
+            return self.json({"error": f"no session {session_id}"}, status=404)
+
+    @app.page("/state/sessions")
+    class SessionsView(View):
+        """Every session the worker holds (for tests and small fleets), as summaries."""
+
+        async def get(self, request: Request) -> Response:
+            with parts.runner.lock:
+                sessions = [
+                    summary(state) | {"status": state.status}
+                    for part in parts.engine.partitions.values()
+                    for state in part.sessions.values()
+                ]
+            return self.json({"sessions": sessions, "processed": parts.runner.processed})
+
+    @app.page("/policies")
+    class PoliciesView(View):
+        async def get(self, request: Request) -> Response:
+            current = parts.engine.policies
+            error = parts.policies.last_error
+            return self.json(
+                {
+                    "version": current.version,
+                    "digest": current.digest,
+                    "policies": [p.id for p in current.policies],
+                    "refused": None if error is None else error.problems,
+                }
+            )
+
+
+def _counter_by_label(counter: Any, label: str) -> dict[str, float]:
+    values: dict[str, float] = {}
+    for family in counter.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                key = sample.labels[label]
+                values[key] = values.get(key, 0) + sample.value
+    return values

@@ -95,9 +95,9 @@ def run_demo(settings: Settings, console: Console, sessions: int, corrupt: int) 
     events = list(demo_sessions(sessions, start_us=int(time.time() * 1e6)))
     worker = WorkerProcess(settings, settings.state_dir / "logs" / "worker.log")
     console.rule("[bold]Governor demo")
-    with console.status("starting the worker"):
+    with console.status("starting the worker and catching up with earlier events"):
         worker.start()
-    before = worker.get_json("/ingest") or {"by_kind": {}, "dead_letters": 0}
+        before = _caught_up(worker)
     try:
         producer = Producer(
             {"bootstrap.servers": settings.bootstrap, "acks": "all", "enable.idempotence": True}
@@ -128,6 +128,22 @@ def run_demo(settings: Settings, console: Console, sessions: int, corrupt: int) 
     _print_counts(console, before, after, expected)
 
 
+def _caught_up(worker: WorkerProcess, quiet_s: float = 1.5, timeout_s: float = 120) -> Any:
+    """The worker's counts once it owns its partitions and has gone quiet (earlier runs' events
+    are consumed first), so this run's events can be told apart."""
+    deadline = time.monotonic() + timeout_s
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        view = worker.get_json("/ingest")
+        if view is not None and view.get("ready"):
+            if view != last:
+                last, since = view, time.monotonic()
+            elif time.monotonic() - since >= quiet_s:
+                return view
+        time.sleep(0.2)
+    return last or {"by_kind": {}, "dead_letters": 0}
+
+
 def _ingested(now: Any, before: dict[str, Any]) -> int:
     """Records the worker handled (decoded or dead-lettered) since ``before``."""
 
@@ -145,10 +161,10 @@ def _print_counts(console: Console, before: dict[str, Any], after: Any, expected
     table.add_column("kind")
     table.add_column("events", justify="right")
     for kind, total in sorted(after["by_kind"].items()):
-        table.add_row(kind, f"{total - before['by_kind'].get(kind, 0):,}")
-    dead = after["dead_letters"] - before["dead_letters"]
+        table.add_row(kind, f"{int(total - before['by_kind'].get(kind, 0)):,}")
+    dead = int(after["dead_letters"] - before["dead_letters"])
     table.add_row("[red]dead-lettered[/]", f"{dead:,}")
     console.print(table)
     seen = _ingested(after, before)
     verdict = "[green]all accounted for[/]" if seen == expected else "[red]missing events[/]"
-    console.print(f"sent {expected:,}, worker saw {seen:,}: {verdict}")
+    console.print(f"sent {expected:,}, worker saw {int(seen):,}: {verdict}")

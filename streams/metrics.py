@@ -1,10 +1,15 @@
-"""Prometheus metrics of the worker. Labels have fixed, bounded value sets: never session ids."""
+"""Prometheus metrics of the worker. Labels have bounded value sets: never session ids."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+#: Prometheus buckets (seconds) for step and session latency: coarse on purpose, the worker's
+#: own histograms (pipeline.aggregates) are the fine-grained ones
+LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 1800)
+DELAY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
 
 
 @dataclass(frozen=True)
@@ -12,6 +17,19 @@ class WorkerMetrics:
     registry: CollectorRegistry
     events: Counter
     dead_letters: Counter
+    duplicates: Counter
+    sessions: Counter
+    session_latency: Histogram
+    step_latency: Histogram
+    cost: Counter
+    tokens: Counter
+    unpriced_calls: Counter
+    decisions: Counter
+    consumer_lag: Gauge
+    processing_delay: Histogram
+    policy_version: Gauge
+    policy_reload_errors: Counter
+    active_sessions: Gauge
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -19,16 +37,59 @@ class WorkerMetrics:
 
 def worker_metrics() -> WorkerMetrics:
     """A fresh registry per app, so several apps in one process (tests) do not collide."""
-    registry = CollectorRegistry()
+    r = CollectorRegistry()
     return WorkerMetrics(
-        registry=registry,
-        events=Counter(
-            "governor_events", "StepEvents decoded, by kind", ["kind"], registry=registry
-        ),
+        registry=r,
+        events=Counter("governor_events", "StepEvents decoded, by kind", ["kind"], registry=r),
         dead_letters=Counter(
-            "governor_dlq_records",
-            "Records sent to the dead-letter topic, by error class",
-            ["error_class"],
-            registry=registry,
+            "governor_dlq_records", "Records sent to the dead-letter topic, by error class",
+            ["error_class"], registry=r,
         ),
-    )
+        duplicates=Counter(
+            "governor_duplicate_events", "Redelivered events ignored (seq already applied)",
+            registry=r,
+        ),
+        sessions=Counter(
+            "governor_sessions", "Finished sessions by outcome and error type",
+            ["tenant", "agent", "outcome", "error_type"], registry=r,
+        ),
+        session_latency=Histogram(
+            "governor_session_duration_seconds", "Session duration (event time)",
+            ["tenant", "agent"], buckets=LATENCY_BUCKETS_S, registry=r,
+        ),
+        step_latency=Histogram(
+            "governor_step_duration_seconds", "Step duration by kind",
+            ["agent", "kind"], buckets=LATENCY_BUCKETS_S, registry=r,
+        ),
+        cost=Counter(
+            "governor_cost_usd", "Spend in USD", ["tenant", "agent", "model"], registry=r
+        ),
+        tokens=Counter(
+            "governor_tokens", "Tokens by direction", ["tenant", "agent", "model", "direction"],
+            registry=r,
+        ),
+        unpriced_calls=Counter(
+            "governor_unpriced_calls", "LLM calls whose model has no price", ["model"], registry=r
+        ),
+        decisions=Counter(
+            "governor_decisions", "Decisions published, by action and policy",
+            ["action", "policy"], registry=r,
+        ),
+        consumer_lag=Gauge(
+            "governor_consumer_lag", "Events not yet consumed, by partition", ["partition"],
+            registry=r,
+        ),
+        processing_delay=Histogram(
+            "governor_processing_delay_seconds", "From an event's time to its processing",
+            buckets=DELAY_BUCKETS_S, registry=r,
+        ),
+        policy_version=Gauge(
+            "governor_policy_version", "Version of the policy set in force", registry=r
+        ),
+        policy_reload_errors=Counter(
+            "governor_policy_reload_errors", "Policy files refused on reload", registry=r
+        ),
+        active_sessions=Gauge(
+            "governor_active_sessions", "Open sessions", ["tenant", "agent"], registry=r
+        ),
+    )  # fmt: skip

@@ -124,3 +124,65 @@ def load_policy_set(folder: Path) -> PolicySet:
     if problems:
         raise PolicyError(problems)
     return PolicySet.build([pf for _, pf in parsed], digest=digest.hexdigest()[:12])
+
+
+class PolicyWatch:
+    """The policy set in force, reloaded when the folder changes; a bad change is refused.
+
+    Every accepted set is copied to ``last_good_dir``, so a worker that starts while the folder
+    holds a broken file enforces the last good set instead of nothing.
+    """
+
+    def __init__(self, folder: Path, last_good_dir: Path) -> None:
+        self.folder = folder
+        self.last_good_dir = last_good_dir
+        self.current: PolicySet | None = None
+        self.last_error: PolicyError | None = None
+        self._seen_digest: str | None = None
+
+    def _digest(self) -> str:
+        digest = hashlib.sha256()
+        for path in sorted(p for p in self.folder.glob("*.yaml") if p.name not in OTHER_FILES):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        return digest.hexdigest()[:12]
+
+    def load_initial(self) -> PolicySet:
+        try:
+            policy_set = load_policy_set(self.folder)
+        except PolicyError as exc:
+            self.last_error = exc
+            self._seen_digest = self._digest()
+            if not any(self.last_good_dir.glob("*.yaml")):
+                raise
+            policy_set = load_policy_set(self.last_good_dir)
+        else:
+            self._keep(policy_set)
+        self.current = policy_set
+        return policy_set
+
+    def poll(self) -> PolicySet | None:
+        """The new set if the folder changed and is valid; None if unchanged or refused."""
+        digest = self._digest()
+        if digest == self._seen_digest:
+            return None
+        self._seen_digest = digest
+        try:
+            policy_set = load_policy_set(self.folder)
+        except PolicyError as exc:
+            self.last_error = exc
+            raise
+        self.last_error = None
+        if self.current is not None and policy_set.digest == self.current.digest:
+            return None
+        self._keep(policy_set)
+        self.current = policy_set
+        return policy_set
+
+    def _keep(self, policy_set: PolicySet) -> None:
+        self._seen_digest = self._digest()
+        self.last_good_dir.mkdir(parents=True, exist_ok=True)
+        for old in self.last_good_dir.glob("*.yaml"):
+            old.unlink()
+        for path in self.folder.glob("*.yaml"):
+            if path.name not in OTHER_FILES:
+                (self.last_good_dir / path.name).write_bytes(path.read_bytes())

@@ -54,6 +54,8 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
                   description="undecodable events with Kafka-Connect error headers"),
         TopicSpec("incidents", "incident_id", "JSON incident record", 1, FOREVER, "compact",
                   description="incident records, latest state per incident"),
+        TopicSpec("audit.heads", "tenant_id", "JSON chain head", 1, FOREVER, "compact",
+                  description="latest chain_seq and hash per tenant: detects truncation"),
     ]  # fmt: skip
 
 

@@ -1,0 +1,96 @@
+"""The tamper-evident audit trail: one SHA-256 hash chain per tenant (pure, no I/O).
+
+Each AuditRecord carries ``prev_hash`` (the previous record's ``hash``, 64 zeros for the first)
+and ``hash`` = SHA-256 over ``prev_hash`` and the canonical JSON of the record without ``hash``.
+Editing, removing, reordering or truncating records breaks the chain at a nameable place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+GENESIS = "0" * 64
+AUDIT_NAMESPACE = uuid.UUID("0b6a7c52-3a3d-5b1e-8f7e-3f4e2a9c1d77")
+
+
+def record_hash(record: Mapping[str, Any]) -> str:
+    body = {k: v for k, v in record.items() if k != "hash"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256((record["prev_hash"] + canonical).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ChainHead:
+    chain_seq: int = 0
+    hash: str = GENESIS
+
+
+class AuditChains:
+    """The head of every tenant's chain; ``append`` links a new record to it."""
+
+    def __init__(self, heads: Mapping[str, ChainHead] | None = None) -> None:
+        self.heads: dict[str, ChainHead] = dict(heads or {})
+
+    def append(
+        self,
+        tenant_id: str,
+        kind: str,
+        time_us: int,
+        subject: str,
+        summary: str,
+        details: Mapping[str, str],
+        actor: str = "governor-worker",
+        record_id: str | None = None,
+    ) -> dict[str, Any]:
+        head = self.heads.get(tenant_id, ChainHead())
+        record: dict[str, Any] = {
+            "tenant_id": tenant_id,
+            "chain_seq": head.chain_seq + 1,
+            "record_id": record_id
+            or str(uuid.uuid5(AUDIT_NAMESPACE, f"{tenant_id}|{kind}|{subject}|{time_us}")),
+            "kind": kind,
+            "time_us": time_us,
+            "actor": actor,
+            "subject": subject,
+            "summary": summary,
+            "details": dict(details),
+            "prev_hash": head.hash,
+        }
+        record["hash"] = record_hash(record)
+        self.heads[tenant_id] = ChainHead(record["chain_seq"], record["hash"])
+        return record
+
+
+@dataclass(frozen=True)
+class ChainBreak:
+    tenant_id: str
+    chain_seq: int
+    offset: int | None
+    problem: str
+
+
+def verify_chain(records: Iterable[tuple[int | None, Mapping[str, Any]]]) -> list[ChainBreak]:
+    """Check (offset, record) pairs of the audit topic in log order; every break is named."""
+    heads: dict[str, ChainHead] = {}
+    breaks: list[ChainBreak] = []
+    for offset, record in records:
+        tenant = record["tenant_id"]
+        head = heads.get(tenant, ChainHead())
+        seq = record["chain_seq"]
+        problem = None
+        if seq != head.chain_seq + 1:
+            what = "missing" if seq > head.chain_seq + 1 else "out of order or repeated"
+            problem = f"expected chain_seq {head.chain_seq + 1}, found {seq} ({what} records)"
+        elif record["prev_hash"] != head.hash:
+            problem = "prev_hash does not match the record before it (changed or removed)"
+        if problem is not None:
+            breaks.append(ChainBreak(tenant, seq, offset, problem))
+        if record_hash(record) != record["hash"]:
+            breaks.append(ChainBreak(tenant, seq, offset, "hash does not match the content"))
+        heads[tenant] = ChainHead(seq, record["hash"])
+    return breaks
