@@ -101,8 +101,11 @@ def build_app(settings: Settings, brokers: int = 1) -> faust.App:
             changed = watch.poll()
         except PolicyError as exc:
             metrics.policy_reload_errors.inc()
-            log.error("policy change refused, version %s stays in force:\n%s",
-                      engine.policies.version, exc)  # fmt: skip
+            log.error(
+                "policy change refused, version %s stays in force:\n%s",
+                engine.policies.version,
+                exc,
+            )
             return
         if changed is not None:
             apply_policies(parts, changed)
@@ -116,9 +119,14 @@ def apply_policies(parts: WorkerParts, policy_set: PolicySet) -> None:
         previous = parts.engine.policies
         parts.engine.policies = policy_set
     parts.metrics.policy_version.set(policy_set.version)
-    log.info("policies v%s (%s) in force, was v%s (%s): %s", policy_set.version,
-             policy_set.digest, previous.version, previous.digest,
-             ", ".join(p.id for p in policy_set.policies))  # fmt: skip
+    log.info(
+        "policies v%s (%s) in force, was v%s (%s): %s",
+        policy_set.version,
+        policy_set.digest,
+        previous.version,
+        previous.digest,
+        ", ".join(p.id for p in policy_set.policies),
+    )
     parts.runner.audit_policy_change(previous, policy_set)
 
 

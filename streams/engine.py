@@ -305,12 +305,14 @@ class Engine:
         for key in [k for k in part.buckets if self._bucket_expired(k[1], k[2], now)]:
             del part.buckets[key]
             part.mark("b", key)
-        for hkey in [k for k in part.histograms if expired(k[3], HOUR_US, now,
-                                                            self.hourly_retention_us)]:  # fmt: skip
+        for hkey in [
+            k for k in part.histograms if expired(k[3], HOUR_US, now, self.hourly_retention_us)
+        ]:
             del part.histograms[hkey]
             part.mark("h", hkey)
-        for session_id in [s for s, (_, end) in part.closed.items()
-                           if end < now - self.daily_retention_us]:  # fmt: skip
+        for session_id in [
+            s for s, (_, end) in part.closed.items() if end < now - self.daily_retention_us
+        ]:
             del part.closed[session_id]
             part.mark("c", session_id)
         self._expire_minutes(now)
@@ -358,8 +360,9 @@ def checkpoint_records(part: PartitionState) -> list[tuple[bytes, bytes | None]]
             records.append((("h|" + json.dumps(list(key))).encode(), value))
         elif kind == "e":
             level, epoch = part.enforced[key]
-            records.append((("e|" + json.dumps(list(key))).encode(),
-                            json.dumps([level, epoch]).encode()))  # fmt: skip
+            records.append(
+                (("e|" + json.dumps(list(key))).encode(), json.dumps([level, epoch]).encode())
+            )
         elif kind == "a":
             records.append((b"a|", json.dumps(dict(part.active)).encode()))
     part.dirty.clear()

@@ -42,46 +42,63 @@ def worker_metrics() -> WorkerMetrics:
         registry=r,
         events=Counter("governor_events", "StepEvents decoded, by kind", ["kind"], registry=r),
         dead_letters=Counter(
-            "governor_dlq_records", "Records sent to the dead-letter topic, by error class",
-            ["error_class"], registry=r,
+            "governor_dlq_records",
+            "Records sent to the dead-letter topic, by error class",
+            ["error_class"],
+            registry=r,
         ),
         duplicates=Counter(
-            "governor_duplicate_events", "Redelivered events ignored (seq already applied)",
+            "governor_duplicate_events",
+            "Redelivered events ignored (seq already applied)",
             registry=r,
         ),
         sessions=Counter(
-            "governor_sessions", "Finished sessions by outcome and error type",
-            ["tenant", "agent", "outcome", "error_type"], registry=r,
+            "governor_sessions",
+            "Finished sessions by outcome and error type",
+            ["tenant", "agent", "outcome", "error_type"],
+            registry=r,
         ),
         session_latency=Histogram(
-            "governor_session_duration_seconds", "Session duration (event time)",
-            ["tenant", "agent"], buckets=LATENCY_BUCKETS_S, registry=r,
+            "governor_session_duration_seconds",
+            "Session duration (event time)",
+            ["tenant", "agent"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
         ),
         step_latency=Histogram(
-            "governor_step_duration_seconds", "Step duration by kind",
-            ["agent", "kind"], buckets=LATENCY_BUCKETS_S, registry=r,
+            "governor_step_duration_seconds",
+            "Step duration by kind",
+            ["agent", "kind"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
         ),
-        cost=Counter(
-            "governor_cost_usd", "Spend in USD", ["tenant", "agent", "model"], registry=r
-        ),
+        cost=Counter("governor_cost_usd", "Spend in USD", ["tenant", "agent", "model"], registry=r),
         tokens=Counter(
-            "governor_tokens", "Tokens by direction", ["tenant", "agent", "model", "direction"],
+            "governor_tokens",
+            "Tokens by direction",
+            ["tenant", "agent", "model", "direction"],
             registry=r,
         ),
         unpriced_calls=Counter(
             "governor_unpriced_calls", "LLM calls whose model has no price", ["model"], registry=r
         ),
         decisions=Counter(
-            "governor_decisions", "Decisions published, by action and policy",
-            ["action", "policy"], registry=r,
+            "governor_decisions",
+            "Decisions published, by action and policy",
+            ["action", "policy"],
+            registry=r,
         ),
         consumer_lag=Gauge(
-            "governor_consumer_lag", "Events not yet consumed, by partition", ["partition"],
+            "governor_consumer_lag",
+            "Events not yet consumed, by partition",
+            ["partition"],
             registry=r,
         ),
         processing_delay=Histogram(
-            "governor_processing_delay_seconds", "From an event's time to its processing",
-            buckets=DELAY_BUCKETS_S, registry=r,
+            "governor_processing_delay_seconds",
+            "From an event's time to its processing",
+            buckets=DELAY_BUCKETS_S,
+            registry=r,
         ),
         policy_version=Gauge(
             "governor_policy_version", "Version of the policy set in force", registry=r
@@ -92,4 +109,4 @@ def worker_metrics() -> WorkerMetrics:
         active_sessions=Gauge(
             "governor_active_sessions", "Open sessions", ["tenant", "agent"], registry=r
         ),
-    )  # fmt: skip
+    )

@@ -257,9 +257,15 @@ def ensure_kafka_jars(settings: Settings) -> Path:
     if libs.exists():
         shutil.rmtree(libs)
     cmd = [
-        mvn, "-B", "-q", "-f", str(pom), "dependency:copy-dependencies",
-        f"-DoutputDirectory={libs}", f"-Dkafka.version={settings.kafka_version}",
-    ]  # fmt: skip
+        mvn,
+        "-B",
+        "-q",
+        "-f",
+        str(pom),
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={libs}",
+        f"-Dkafka.version={settings.kafka_version}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0 or not any(libs.glob("kafka_2.13-*.jar")):
         raise StackError(
@@ -364,10 +370,22 @@ def _start_kafka(settings: Settings, brokers: int) -> list[str]:
         config.write_text(kafka_properties(settings, node, brokers, data_dir))
         if not (data_dir / "meta.properties").exists():
             fmt = subprocess.run(
-                [java, "-cp", classpath, STORAGE_TOOL, "format", "--ignore-formatted",
-                 "-t", cluster_id, "-c", str(config)],
-                capture_output=True, text=True, check=False,
-            )  # fmt: skip
+                [
+                    java,
+                    "-cp",
+                    classpath,
+                    STORAGE_TOOL,
+                    "format",
+                    "--ignore-formatted",
+                    "-t",
+                    cluster_id,
+                    "-c",
+                    str(config),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             if fmt.returncode != 0:
                 raise StackError(f"formatting {data_dir} failed:\n{fmt.stdout}{fmt.stderr}")
         argv = [
@@ -428,14 +446,21 @@ def _start_redis(settings: Settings) -> list[str]:
     data.mkdir(parents=True, exist_ok=True)
     argv = [
         server,
-        "--bind", settings.redis_host,
-        "--port", str(settings.redis_port),
-        "--dir", str(data),
-        "--daemonize", "no",
-        "--save", "",
-        "--appendonly", "no",
-        "--protected-mode", "yes",
-    ]  # fmt: skip
+        "--bind",
+        settings.redis_host,
+        "--port",
+        str(settings.redis_port),
+        "--dir",
+        str(data),
+        "--daemonize",
+        "no",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--protected-mode",
+        "yes",
+    ]
     pid = _spawn(service, argv, cwd=data)
     log.info("started redis (pid %d) on %s", pid, service.address)
     _wait(service, lambda: _redis_answers(settings), settings.start_timeout_s, pid=pid)

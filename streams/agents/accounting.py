@@ -63,8 +63,11 @@ def changelog_topic(settings: Settings) -> str:
 def ensure_changelog(settings: Settings) -> None:
     admin = admin_client(settings)
     replication, min_isr = replication_for(settings, len(admin.list_topics(timeout=10).brokers))
-    config = {"cleanup.policy": "compact", "min.insync.replicas": str(min_isr),
-              "segment.ms": str(3600 * 1000)}  # fmt: skip
+    config = {
+        "cleanup.policy": "compact",
+        "min.insync.replicas": str(min_isr),
+        "segment.ms": str(3600 * 1000),
+    }
     create_topics(
         admin,
         [new_topic(changelog_topic(settings), settings.event_partitions, replication, config)],
@@ -235,8 +238,12 @@ class AccountingRunner:
                 self.codecs.session_summary.encode(record),
             )
             m = self.metrics
-            m.sessions.labels(record["tenant_id"], record["agent_id"], record["status"],
-                              record["error_type"] or "").inc()  # fmt: skip
+            m.sessions.labels(
+                record["tenant_id"],
+                record["agent_id"],
+                record["status"],
+                record["error_type"] or "",
+            ).inc()
             m.session_latency.labels(record["tenant_id"], record["agent_id"]).observe(
                 max(0, record["end_time_us"] - record["start_time_us"]) / 1e6
             )
@@ -293,10 +300,13 @@ class AccountingRunner:
                     str(self.settings.policies_dir),
                     f"policies v{previous.version} ({previous.digest}) -> "
                     f"v{current.version} ({current.digest})",
-                    {"from_version": str(previous.version), "to_version": str(current.version),
-                     "digest": current.digest,
-                     "policies": ",".join(p.id for p in current.policies)},
-                )  # fmt: skip
+                    {
+                        "from_version": str(previous.version),
+                        "to_version": str(current.version),
+                        "digest": current.digest,
+                        "policies": ",".join(p.id for p in current.policies),
+                    },
+                )
                 self._audit(record)
 
         self._calls.append(write)
@@ -323,8 +333,12 @@ class AccountingRunner:
             timestamp_ms=msg.timestamp()[1],
         )
         letter = dead_letter(source, exc)
-        self._txn_produce(self.settings.topic("events.dlq"), letter.key, letter.value,
-                          headers=list(letter.headers))  # fmt: skip
+        self._txn_produce(
+            self.settings.topic("events.dlq"),
+            letter.key,
+            letter.value,
+            headers=list(letter.headers),
+        )
         self.metrics.dead_letters.labels(type(exc).__name__).inc()
 
     def _tick(self) -> None:

@@ -74,8 +74,11 @@ class Emitter:
         except BufferError:
             with self._lock:
                 self.stats.dropped += 1
-            self._warn("dropped", "client buffer full: events are being dropped (%s so far)",
-                       self.stats.dropped)  # fmt: skip
+            self._warn(
+                "dropped",
+                "client buffer full: events are being dropped (%s so far)",
+                self.stats.dropped,
+            )
             return False
         return True
 
@@ -86,8 +89,9 @@ class Emitter:
             else:
                 self.stats.failed += 1
         if err is not None:
-            self._warn("failed", "events could not be delivered (%s so far): %s",
-                       self.stats.failed, err)  # fmt: skip
+            self._warn(
+                "failed", "events could not be delivered (%s so far): %s", self.stats.failed, err
+            )
 
     def _on_error(self, err: KafkaError) -> None:
         self._warn("broker", "broker unreachable, buffering events: %s", err)

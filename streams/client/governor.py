@@ -408,8 +408,9 @@ class Session:
 
     def evaluation(self, *, name: str, score: float, start_us: int | None = None) -> dict[str, Any]:
         """Record an evaluation score of this session (no policy check: it is not a step)."""
-        return self.emit("EVALUATION", start_us=start_us, evaluation_name=name,
-                         evaluation_score=score)  # fmt: skip
+        return self.emit(
+            "EVALUATION", start_us=start_us, evaluation_name=name, evaluation_score=score
+        )
 
     def error(self, error_type: str, message: str | None = None) -> dict[str, Any]:
         """Record an error that is not tied to one step."""
@@ -418,21 +419,34 @@ class Session:
 
     def output(self, text: str) -> dict[str, Any]:
         """Record what the agent finally returned to its user (scanned for PII, not a step)."""
-        return self.emit("EVALUATION", evaluation_name="output", content=[
-            {"role": "OUTPUT", "text": text}])  # fmt: skip
+        return self.emit(
+            "EVALUATION", evaluation_name="output", content=[{"role": "OUTPUT", "text": text}]
+        )
 
     def llm(
         self, *, model: str, provider: str | None = None, content: Content | None = None
     ) -> Step:
         """Time an LLM call yourself: ``with s.llm(model=...) as step: ...; step.usage(...)``."""
-        return Step(self, "LLM_CALL", model=model, provider=provider, operation="chat",
-                    content=_segments(content))  # fmt: skip
+        return Step(
+            self,
+            "LLM_CALL",
+            model=model,
+            provider=provider,
+            operation="chat",
+            content=_segments(content),
+        )
 
     def tool(self, *, name: str, args: Any = None, call_id: str | None = None) -> Step:
         """Time a tool call yourself: ``with s.tool(name=...) as step: step.result(...)``."""
         content = [("TOOL_ARGUMENTS", _as_text(args))] if args is not None else []
-        return Step(self, "TOOL_CALL", tool_name=name, tool_call_id=call_id,
-                    operation="execute_tool", content=_segments(content))  # fmt: skip
+        return Step(
+            self,
+            "TOOL_CALL",
+            tool_name=name,
+            tool_call_id=call_id,
+            operation="execute_tool",
+            content=_segments(content),
+        )
 
     # --- obeying -----------------------------------------------------------------------
 
@@ -544,8 +558,13 @@ class Session:
         else:
             status, error_type = "OK", None
         now = self.gov.now_us() if end_us is None else end_us
-        self.emit("SESSION_END", start_us=now, duration_us=max(0, now - self._started_us),
-                  status=status, error_type=error_type)  # fmt: skip
+        self.emit(
+            "SESSION_END",
+            start_us=now,
+            duration_us=max(0, now - self._started_us),
+            status=status,
+            error_type=error_type,
+        )
         self.gov._unregister(self)
 
     def __enter__(self) -> Session:
@@ -625,8 +644,14 @@ class Step:
             status, error_type = "ERROR", type(exc).__name__
         else:
             status, error_type = "OK", None
-        self.session.emit(self.kind, start_us=self._start_us, duration_us=duration_us,
-                          status=status, error_type=error_type, **self.fields)  # fmt: skip
+        self.session.emit(
+            self.kind,
+            start_us=self._start_us,
+            duration_us=duration_us,
+            status=status,
+            error_type=error_type,
+            **self.fields,
+        )
 
     def __enter__(self) -> Step:
         self.session.check()

@@ -118,8 +118,11 @@ def usage(response: LLMResult) -> dict[str, int | None]:
             totals[key] = (totals[key] or 0) + value
 
     for generation in (g for batch in response.generations for g in batch):
-        meta = getattr(generation.message, "usage_metadata", None) if isinstance(
-            generation, ChatGeneration) else None  # fmt: skip
+        meta = (
+            getattr(generation.message, "usage_metadata", None)
+            if isinstance(generation, ChatGeneration)
+            else None
+        )
         if not meta:
             continue
         found = True
@@ -225,8 +228,9 @@ class GovernorCallbackHandler(BaseCallbackHandler):
             fields["content"] = [*fields["content"], *output_segments(response)]
             fields.update(usage(response))
             with self._lock:
-                self.session.llm_call(obey=False, start_us=run.start_us,
-                                      duration_ms=run.duration_ms(), **fields)  # fmt: skip
+                self.session.llm_call(
+                    obey=False, start_us=run.start_us, duration_ms=run.duration_ms(), **fields
+                )
         except Exception as exc:
             self._problem("record_failed", exc)
 
@@ -243,9 +247,14 @@ class GovernorCallbackHandler(BaseCallbackHandler):
             run = self._pop(run_id, "llm")
             fields = {**run.fields, "model": run.fields["model"] or UNKNOWN}
             with self._lock:
-                self.session.llm_call(obey=False, start_us=run.start_us,
-                                      duration_ms=run.duration_ms(), status="ERROR",
-                                      error_type=type(error).__name__, **fields)  # fmt: skip
+                self.session.llm_call(
+                    obey=False,
+                    start_us=run.start_us,
+                    duration_ms=run.duration_ms(),
+                    status="ERROR",
+                    error_type=type(error).__name__,
+                    **fields,
+                )
         except Exception as exc:
             self._problem("record_failed", exc)
 
@@ -267,11 +276,15 @@ class GovernorCallbackHandler(BaseCallbackHandler):
         try:
             name = (serialized or {}).get("name") or kwargs.get("name") or UNKNOWN
             call_id = kwargs.get("tool_call_id")
-            self._begin(run_id, "tool", {
-                "name": str(name),
-                "args": inputs if inputs is not None else input_str,
-                "call_id": call_id if isinstance(call_id, str) else None,
-            })  # fmt: skip
+            self._begin(
+                run_id,
+                "tool",
+                {
+                    "name": str(name),
+                    "args": inputs if inputs is not None else input_str,
+                    "call_id": call_id if isinstance(call_id, str) else None,
+                },
+            )
         except Exception as exc:
             self._problem("record_failed", exc)
 
@@ -291,9 +304,13 @@ class GovernorCallbackHandler(BaseCallbackHandler):
                 fields["call_id"] = fields["call_id"] or output.tool_call_id
                 output = output.content
             with self._lock:
-                self.session.tool_call(obey=False, start_us=run.start_us,
-                                       duration_ms=run.duration_ms(), result=output,
-                                       **fields)  # fmt: skip
+                self.session.tool_call(
+                    obey=False,
+                    start_us=run.start_us,
+                    duration_ms=run.duration_ms(),
+                    result=output,
+                    **fields,
+                )
         except Exception as exc:
             self._problem("record_failed", exc)
 
@@ -308,9 +325,14 @@ class GovernorCallbackHandler(BaseCallbackHandler):
         try:
             run = self._pop(run_id, "tool")
             with self._lock:
-                self.session.tool_call(obey=False, start_us=run.start_us,
-                                       duration_ms=run.duration_ms(), status="ERROR",
-                                       error_type=type(error).__name__, **run.fields)  # fmt: skip
+                self.session.tool_call(
+                    obey=False,
+                    start_us=run.start_us,
+                    duration_ms=run.duration_ms(),
+                    status="ERROR",
+                    error_type=type(error).__name__,
+                    **run.fields,
+                )
         except Exception as exc:
             self._problem("record_failed", exc)
 
@@ -328,13 +350,18 @@ class GovernorCallbackHandler(BaseCallbackHandler):
         try:
             params = kwargs.get("invocation_params")
             provider = self.provider or (metadata or {}).get("ls_provider")
-            self._begin(run_id, "llm", {
-                "model": model_name(params if isinstance(params, Mapping) else None,
-                                    serialized, metadata),
-                "provider": provider if isinstance(provider, str) else None,
-                "operation": operation,
-                "content": content,
-            })  # fmt: skip
+            self._begin(
+                run_id,
+                "llm",
+                {
+                    "model": model_name(
+                        params if isinstance(params, Mapping) else None, serialized, metadata
+                    ),
+                    "provider": provider if isinstance(provider, str) else None,
+                    "operation": operation,
+                    "content": content,
+                },
+            )
         except Exception as exc:
             self._problem("record_failed", exc)
 
@@ -351,14 +378,20 @@ class GovernorCallbackHandler(BaseCallbackHandler):
             self._problem("unmatched_run")
             empty: dict[str, Any] = (
                 {"model": None, "provider": self.provider, "content": []}
-                if kind == "llm" else {"name": UNKNOWN, "args": None, "call_id": None}
-            )  # fmt: skip
+                if kind == "llm"
+                else {"name": UNKNOWN, "args": None, "call_id": None}
+            )
             return _Run(kind, self.session.gov.now_us(), time.perf_counter(), empty)
         return run
 
     def _problem(self, kind: str, exc: BaseException | None = None) -> None:
         self.problems[kind] += 1
         level = logging.WARNING if self.problems[kind] == 1 else logging.DEBUG
-        log.log(level, "governor langchain handler: %s (%d so far)%s", kind,
-                self.problems[kind], f": {exc!r}" if exc else "",
-                exc_info=exc is not None and level == logging.WARNING)  # fmt: skip
+        log.log(
+            level,
+            "governor langchain handler: %s (%d so far)%s",
+            kind,
+            self.problems[kind],
+            f": {exc!r}" if exc else "",
+            exc_info=exc is not None and level == logging.WARNING,
+        )

@@ -424,8 +424,12 @@ class GovernorSpanProcessor(SpanProcessor):
                 # spans that never end would otherwise grow this forever
                 self._problem("too_many_open_spans", "not tracking a span's conversation")
             if operation(attrs) == INVOKE_AGENT and conversation not in self._sessions:
-                self._open(conversation, session_fields(attrs, agent_span=True),
-                           (span.start_time or 0) // 1000, owner=span.context.span_id)  # fmt: skip
+                self._open(
+                    conversation,
+                    session_fields(attrs, agent_span=True),
+                    (span.start_time or 0) // 1000,
+                    owner=span.context.span_id,
+                )
 
     def _on_end(self, span: ReadableSpan) -> None:
         facts = facts_of(span)
@@ -442,8 +446,11 @@ class GovernorSpanProcessor(SpanProcessor):
                 self._problem("no_conversation", f"a {op or 'span'} span has no conversation id")
                 return
             session = self._sessions.get(conversation) or self._open(
-                conversation, session_fields(facts.attributes, agent_span=op == INVOKE_AGENT),
-                facts.start_us, owner=span_id if op == INVOKE_AGENT else None)  # fmt: skip
+                conversation,
+                session_fields(facts.attributes, agent_span=op == INVOKE_AGENT),
+                facts.start_us,
+                owner=span_id if op == INVOKE_AGENT else None,
+            )
             if op in LLM_OPERATIONS:
                 fields = llm_call_fields(facts)
                 if fields["model"] == UNKNOWN_MODEL:
@@ -481,6 +488,12 @@ class GovernorSpanProcessor(SpanProcessor):
         self.problems[kind] += 1
         # the first of each kind is a warning, the rest debug: a busy fleet must not flood logs
         level = logging.WARNING if self.problems[kind] == 1 else logging.DEBUG
-        log.log(level, "governor otel adapter: %s (%s, %d so far)%s", what, kind,
-                self.problems[kind], f": {exc!r}" if exc else "",
-                exc_info=exc is not None and level == logging.WARNING)  # fmt: skip
+        log.log(
+            level,
+            "governor otel adapter: %s (%s, %d so far)%s",
+            what,
+            kind,
+            self.problems[kind],
+            f": {exc!r}" if exc else "",
+            exc_info=exc is not None and level == logging.WARNING,
+        )

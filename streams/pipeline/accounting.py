@@ -176,8 +176,13 @@ def fold(
 
 
 def _versions(state: SessionState, event: dict[str, Any]) -> None:
-    for name in ("agent_version", "category", "prompt_version", "model_version",
-                 "tool_schema_version"):  # fmt: skip
+    for name in (
+        "agent_version",
+        "category",
+        "prompt_version",
+        "model_version",
+        "tool_schema_version",
+    ):
         value = event.get(name)
         if value is not None:
             setattr(state, name, value)
@@ -276,7 +281,8 @@ def summary(state: SessionState) -> dict[str, Any]:
         "error_type": state.error_type,
         "failure_step_kind": state.failure_step_kind,
         "failure_tool": state.failure_tool,
-        "start_time_us": state.start_time_us if state.start_time_us is not None
+        "start_time_us": state.start_time_us
+        if state.start_time_us is not None
         else state.first_event_us,
         "end_time_us": state.end_time_us if state.end_time_us is not None else state.last_event_us,
         "cost_micros": state.cost_micros,
@@ -294,9 +300,13 @@ def summary(state: SessionState) -> dict[str, Any]:
         "unpriced_calls": state.unpriced_calls,
         "violations": state.violations,
         "evaluations": dict(state.evaluations),
-        "slowest_step": None if slowest is None else {
-            "seq": slowest.seq, "kind": slowest.kind, "name": slowest.name,
+        "slowest_step": None
+        if slowest is None
+        else {
+            "seq": slowest.seq,
+            "kind": slowest.kind,
+            "name": slowest.name,
             "duration_us": slowest.duration_us,
         },
         "last_seq": state.last_seq,
-    }  # fmt: skip
+    }

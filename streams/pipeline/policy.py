@@ -174,8 +174,16 @@ class PolicyFile(BaseModel):
 
     @staticmethod
     def kind_tags() -> set[str]:
-        return {"budget", "concurrency", "step_rate", "tools", "loop", "max_duration",
-                "unpriced_model", "degradation"}  # fmt: skip
+        return {
+            "budget",
+            "concurrency",
+            "step_rate",
+            "tools",
+            "loop",
+            "max_duration",
+            "unpriced_model",
+            "degradation",
+        }
 
 
 @dataclass(frozen=True)

@@ -86,9 +86,11 @@ def test_three_brokers_take_acks_all_writes_with_min_isr_two(tmp_path: Path) -> 
         delivered: list[object] = []
         for n in range(30):
             producer.produce(
-                "replicated", f"v{n}".encode(), f"k{n}".encode(),
+                "replicated",
+                f"v{n}".encode(),
+                f"k{n}".encode(),
                 on_delivery=lambda err, msg: delivered.append(err or msg.offset()),
-            )  # fmt: skip
+            )
         assert producer.flush(30) == 0
         assert len(delivered) == 30
         assert all(isinstance(d, int) for d in delivered), delivered

@@ -45,8 +45,12 @@ def test_agents_run_through_a_broker_outage_and_loss_is_counted_exactly(
 ) -> None:
     # one client buffers everything; the other has room for 200 events, so it must drop
     roomy = Governor("acme", "roomy", settings=own_stack, public_keys=KeyRing({}))
-    tight = Governor("acme", "tight", settings=own_stack.replace(client_buffer_events=200),
-                     public_keys=KeyRing({}))  # fmt: skip
+    tight = Governor(
+        "acme",
+        "tight",
+        settings=own_stack.replace(client_buffer_events=200),
+        public_keys=KeyRing({}),
+    )
     slowest_call = 0.0
     outage_started = outage_ended = 0.0
     started = time.monotonic()
@@ -72,8 +76,10 @@ def test_agents_run_through_a_broker_outage_and_loss_is_counted_exactly(
     roomy_stats, tight_stats = roomy.stats(), tight.stats()
     roomy.close()
     tight.close()
-    print(f"outage {OUTAGE_S:.0f}s: roomy {roomy_stats}, tight {tight_stats}, "
-          f"slowest step call {slowest_call * 1000:.1f} ms")  # fmt: skip
+    print(
+        f"outage {OUTAGE_S:.0f}s: roomy {roomy_stats}, tight {tight_stats}, "
+        f"slowest step call {slowest_call * 1000:.1f} ms"
+    )
     assert roomy_stats["dropped"] == roomy_stats["failed"] == 0
     assert roomy_stats["delivered"] == roomy_stats["emitted"]
     assert tight_stats["dropped"] > 0, "the small buffer should have overflowed"

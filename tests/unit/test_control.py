@@ -50,8 +50,12 @@ def decision(key: SigningKey, **changes: Any) -> dict[str, Any]:
 
 def test_decision_ids_are_deterministic_per_policy_target_and_epoch() -> None:
     assert decision_id("p", "session:a", 1) == decision_id("p", "session:a", 1)
-    variants = [("p", "session:a", 1), ("p", "session:a", 2), ("q", "session:a", 1),
-                ("p", "session:b", 1)]  # fmt: skip
+    variants = [
+        ("p", "session:a", 1),
+        ("p", "session:a", 2),
+        ("q", "session:a", 1),
+        ("p", "session:b", 1),
+    ]
     assert len({decision_id(*v) for v in variants}) == 4
 
 

@@ -30,17 +30,36 @@ def test_events_round_trip_with_every_field_and_gap_free_seq(
 ) -> None:
     gov = governor(obey=False)
     sent = []
-    with gov.session(category="billing", prompt_version="p7", model_version="2025-06",
-                     tool_schema_version="t3") as s:  # fmt: skip
-        sent.append(s.llm_call(
-            model="gpt-4o-mini", provider="openai", input_tokens=1200, output_tokens=90,
-            cache_read_input_tokens=800, reasoning_output_tokens=12, cost_usd=0.000321,
-            duration_ms=812.5, content=[("SYSTEM", "be brief"), ("USER", "where is order 7?")],
-        ))  # fmt: skip
-        sent.append(s.tool_call(name="lookup_order", args={"id": 7}, result={"status": "shipped"},
-                                duration_ms=42.0, call_id="call-1"))  # fmt: skip
-        sent.append(s.tool_call(name="send_email", duration_ms=3.0, status="ERROR",
-                                error_type="RateLimited"))  # fmt: skip
+    with gov.session(
+        category="billing", prompt_version="p7", model_version="2025-06", tool_schema_version="t3"
+    ) as s:
+        sent.append(
+            s.llm_call(
+                model="gpt-4o-mini",
+                provider="openai",
+                input_tokens=1200,
+                output_tokens=90,
+                cache_read_input_tokens=800,
+                reasoning_output_tokens=12,
+                cost_usd=0.000321,
+                duration_ms=812.5,
+                content=[("SYSTEM", "be brief"), ("USER", "where is order 7?")],
+            )
+        )
+        sent.append(
+            s.tool_call(
+                name="lookup_order",
+                args={"id": 7},
+                result={"status": "shipped"},
+                duration_ms=42.0,
+                call_id="call-1",
+            )
+        )
+        sent.append(
+            s.tool_call(
+                name="send_email", duration_ms=3.0, status="ERROR", error_type="RateLimited"
+            )
+        )
         with s.llm(model="claude-sonnet-4", provider="anthropic") as step:
             step.usage(input_tokens=50, output_tokens=5)
             step.output("your order shipped")
@@ -61,7 +80,10 @@ def test_events_round_trip_with_every_field_and_gap_free_seq(
         }
     llm = by_seq[2]
     assert (llm["cost_micros"], llm["duration_us"], llm["cache_read_input_tokens"]) == (
-        321, 812_500, 800)  # fmt: skip
+        321,
+        812_500,
+        800,
+    )
     assert [c["role"] for c in llm["content"]] == ["SYSTEM", "USER"]
     assert by_seq[3]["content"][0] == {"role": "TOOL_ARGUMENTS", "text": '{"id": 7}'}
     assert by_seq[5]["kind"] == "LLM_CALL"
@@ -83,9 +105,12 @@ def test_a_session_that_raises_ends_as_error(topics: Settings, governor: Governo
 
 
 def test_invalid_decisions_are_ignored_and_counted(
-    topics: Settings, governor: GovernorFactory, publisher: DecisionPublisher,
-    signing_key: SigningKey, tmp_path: Any,
-) -> None:  # fmt: skip
+    topics: Settings,
+    governor: GovernorFactory,
+    publisher: DecisionPublisher,
+    signing_key: SigningKey,
+    tmp_path: Any,
+) -> None:
     from streams.control import generate_signing_key
 
     gov = governor()
@@ -105,9 +130,13 @@ def test_invalid_decisions_are_ignored_and_counted(
     publisher.publish(decide(target, "KILL", epoch=4), wait=True)
     wait_until(lambda: sum(gov.book.drops.values()) >= 7, what="7 refused decisions")
     assert dict(gov.book.drops) == {
-        "unsigned": 1, "bad_signature": 2, "undecodable": 1, "expired": 1, "other_tenant": 1,
+        "unsigned": 1,
+        "bad_signature": 2,
+        "undecodable": 1,
+        "expired": 1,
+        "other_tenant": 1,
         "stale_epoch": 1,
-    }  # fmt: skip
+    }
     with s:
         s.llm_call(model="gpt-4o-mini", input_tokens=1, output_tokens=1)  # WARN does not stop
 
@@ -172,8 +201,10 @@ def test_throttle_delays_each_step_and_warn_calls_back_once(
         s.llm_call(model="m", input_tokens=1, output_tokens=1)
         s.llm_call(model="m", input_tokens=1, output_tokens=1)
     assert len(warnings) == 1
-    publisher.publish(decide(agent_target("support-bot"), "THROTTLE", epoch=1,
-                             parameters={"delay_ms": "300"}), wait=True)  # fmt: skip
+    publisher.publish(
+        decide(agent_target("support-bot"), "THROTTLE", epoch=1, parameters={"delay_ms": "300"}),
+        wait=True,
+    )
     wait_until(lambda: gov.book.latest(agent_target("support-bot")), what="the THROTTLE")
     started = time.monotonic()
     with gov.session() as s:
@@ -249,8 +280,9 @@ def test_preflight_reserves_atomically_with_zero_overshoot(governor: GovernorFac
     granted[0].settle(0.04)
     granted[1].release()
     with s:
-        s.llm_call(model="gpt-4o", input_tokens=1, output_tokens=1, cost_usd=0.07,
-                   reservation=granted[2])  # fmt: skip
+        s.llm_call(
+            model="gpt-4o", input_tokens=1, output_tokens=1, cost_usd=0.07, reservation=granted[2]
+        )
     ledger = gov.budgets.ledger(agent_target("capped-bot"))
     assert ledger["spent_micros"] == 110_000
     assert ledger["reserved_micros"] == 700_000

@@ -47,20 +47,30 @@ def cancel_order(order_id: int) -> str:
 
 
 def _usage(inputs: int, outputs: int, **details: Any) -> Any:
-    return {"input_tokens": inputs, "output_tokens": outputs,
-            "total_tokens": inputs + outputs, **details}  # fmt: skip
+    return {
+        "input_tokens": inputs,
+        "output_tokens": outputs,
+        "total_tokens": inputs + outputs,
+        **details,
+    }
 
 
 def test_the_handler_records_model_and_tool_runs_with_tokens(
     topics: Settings, governor: GovernorFactory
 ) -> None:
     gov = governor(obey=False)
-    model = FakeChat(messages=iter([
-        AIMessage("", tool_calls=[{"name": "lookup_order", "args": {"order_id": 7},
-                                   "id": "call-1"}],
-                  usage_metadata=_usage(120, 15, input_token_details={"cache_read": 100})),
-        AIMessage("Order 7 has shipped.", usage_metadata=_usage(160, 8)),
-    ]))  # fmt: skip
+    model = FakeChat(
+        messages=iter(
+            [
+                AIMessage(
+                    "",
+                    tool_calls=[{"name": "lookup_order", "args": {"order_id": 7}, "id": "call-1"}],
+                    usage_metadata=_usage(120, 15, input_token_details={"cache_read": 100}),
+                ),
+                AIMessage("Order 7 has shipped.", usage_metadata=_usage(160, 8)),
+            ]
+        )
+    )
 
     def failing() -> Iterator[AIMessage]:
         raise ConnectionError("provider down")
@@ -85,24 +95,49 @@ def test_the_handler_records_model_and_tool_runs_with_tokens(
     events = _events(topics, 7)
     assert {e["session_id"] for e in events} == {session_id}
     start, llm1, tool1, llm2, tool2, llm3, end = events
-    assert [e["kind"] for e in events] == ["SESSION_START", "LLM_CALL", "TOOL_CALL", "LLM_CALL",
-                                           "TOOL_CALL", "LLM_CALL", "SESSION_END"]  # fmt: skip
+    assert [e["kind"] for e in events] == [
+        "SESSION_START",
+        "LLM_CALL",
+        "TOOL_CALL",
+        "LLM_CALL",
+        "TOOL_CALL",
+        "LLM_CALL",
+        "SESSION_END",
+    ]
     assert (llm1["model"], llm1["provider"], llm1["operation"], llm1["status"]) == (
-        "fake-gpt", "openai", "chat", "OK")  # fmt: skip
+        "fake-gpt",
+        "openai",
+        "chat",
+        "OK",
+    )
     assert (llm1["input_tokens"], llm1["output_tokens"], llm1["cache_read_input_tokens"]) == (
-        120, 15, 100)  # fmt: skip
+        120,
+        15,
+        100,
+    )
     assert llm1["content"] == [{"role": "USER", "text": "Where is order 7?"}]
     assert (llm2["input_tokens"], llm2["output_tokens"]) == (160, 8)
     assert [c["role"] for c in llm2["content"]] == ["USER", "TOOL_RESULT", "ASSISTANT"]
     assert llm2["content"][-1]["text"] == "Order 7 has shipped."
     assert (tool1["tool_name"], tool1["tool_call_id"], tool1["status"]) == (
-        "lookup_order", "call-1", "OK")  # fmt: skip
-    assert tool1["content"] == [{"role": "TOOL_ARGUMENTS", "text": '{"order_id": 7}'},
-                                {"role": "TOOL_RESULT", "text": "order 7 shipped"}]  # fmt: skip
+        "lookup_order",
+        "call-1",
+        "OK",
+    )
+    assert tool1["content"] == [
+        {"role": "TOOL_ARGUMENTS", "text": '{"order_id": 7}'},
+        {"role": "TOOL_RESULT", "text": "order 7 shipped"},
+    ]
     assert (tool2["tool_name"], tool2["status"], tool2["error_type"]) == (
-        "cancel_order", "ERROR", "PermissionError")  # fmt: skip
+        "cancel_order",
+        "ERROR",
+        "PermissionError",
+    )
     assert (llm3["status"], llm3["error_type"], llm3["input_tokens"]) == (
-        "ERROR", "ConnectionError", 0)  # fmt: skip
+        "ERROR",
+        "ConnectionError",
+        0,
+    )
     # durations are measured per run: each run's start lies inside the session
     for step in (llm1, tool1, llm2, tool2, llm3):
         assert start["start_time_us"] <= step["start_time_us"] <= end["start_time_us"]
@@ -148,4 +183,6 @@ async def test_a_kill_in_force_stops_the_chain_before_the_model_or_tool_runs(
 
     events = _events(topics, 2)
     assert [(e["kind"], e["status"]) for e in events] == [
-        ("SESSION_START", "OK"), ("SESSION_END", "KILLED")]  # fmt: skip
+        ("SESSION_START", "OK"),
+        ("SESSION_END", "KILLED"),
+    ]

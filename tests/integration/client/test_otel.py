@@ -59,8 +59,12 @@ class ToolStep:
     error_type: str | None = None
 
 
-SESSION = {"category": "billing", "prompt_version": "p7", "model_version": "2025-06",
-           "tool_schema_version": "t3"}  # fmt: skip
+SESSION = {
+    "category": "billing",
+    "prompt_version": "p7",
+    "model_version": "2025-06",
+    "tool_schema_version": "t3",
+}
 TOY: list[LlmStep | ToolStep] = [
     LlmStep(
         T0_US + 1_000,
@@ -96,18 +100,29 @@ def run_native(gov: Governor, session_id: str) -> None:
     s.start(start_us=T0_US)
     for step in TOY:
         if isinstance(step, LlmStep):
-            s.llm_call(model=step.model, provider=step.provider, input_tokens=step.input_tokens,
-                       output_tokens=step.output_tokens,
-                       cache_read_input_tokens=step.cache_read_input_tokens,
-                       duration_ms=step.duration_ms, start_us=step.at_us,
-                       content=[*step.prompt, ("ASSISTANT", step.answer)])  # fmt: skip
+            s.llm_call(
+                model=step.model,
+                provider=step.provider,
+                input_tokens=step.input_tokens,
+                output_tokens=step.output_tokens,
+                cache_read_input_tokens=step.cache_read_input_tokens,
+                duration_ms=step.duration_ms,
+                start_us=step.at_us,
+                content=[*step.prompt, ("ASSISTANT", step.answer)],
+            )
             for name, score, at_us in step.evaluations:
                 s.evaluation(name=name, score=score, start_us=at_us)
         else:
-            s.tool_call(name=step.name, args=step.args, result=step.result, call_id=step.call_id,
-                        duration_ms=step.duration_ms, start_us=step.at_us,
-                        status="ERROR" if step.error_type else "OK",
-                        error_type=step.error_type)  # fmt: skip
+            s.tool_call(
+                name=step.name,
+                args=step.args,
+                result=step.result,
+                call_id=step.call_id,
+                duration_ms=step.duration_ms,
+                start_us=step.at_us,
+                status="ERROR" if step.error_type else "OK",
+                error_type=step.error_type,
+            )
     name, score, at_us = AGENT_EVALUATION
     s.evaluation(name=name, score=score, start_us=at_us)
     s.finish(end_us=END_US)
@@ -120,45 +135,76 @@ def _ns(us: int) -> int:
 def _messages(segments: list[tuple[str, str]]) -> str:
     """``gen_ai.input.messages`` in the semconv shape (role + parts)."""
     roles = {"SYSTEM": "system", "USER": "user", "ASSISTANT": "assistant"}
-    return json.dumps([{"role": roles[role], "parts": [{"type": "text", "content": text}]}
-                       for role, text in segments])  # fmt: skip
+    return json.dumps(
+        [
+            {"role": roles[role], "parts": [{"type": "text", "content": text}]}
+            for role, text in segments
+        ]
+    )
 
 
 def run_otel(tracer: Tracer, session_id: str) -> None:
-    agent = tracer.start_span("invoke_agent support-bot", start_time=_ns(T0_US), attributes={
-        "gen_ai.operation.name": "invoke_agent", "gen_ai.conversation.id": session_id,
-        "gen_ai.agent.name": "support-bot", **{f"governor.{k}": v for k, v in SESSION.items()},
-    })  # fmt: skip
+    agent = tracer.start_span(
+        "invoke_agent support-bot",
+        start_time=_ns(T0_US),
+        attributes={
+            "gen_ai.operation.name": "invoke_agent",
+            "gen_ai.conversation.id": session_id,
+            "gen_ai.agent.name": "support-bot",
+            **{f"governor.{k}": v for k, v in SESSION.items()},
+        },
+    )
     parent = trace.set_span_in_context(agent)
     for i, step in enumerate(TOY):
         # only the first child names its conversation: the others inherit it from the parent,
         # as spans from provider instrumentations do
         attrs: dict[str, Any] = {"gen_ai.conversation.id": session_id} if i == 0 else {}
         if isinstance(step, LlmStep):
-            attrs |= {"gen_ai.operation.name": "chat", "gen_ai.request.model": step.model,
-                      "gen_ai.provider.name": step.provider,
-                      "gen_ai.input.messages": _messages(step.prompt)}  # fmt: skip
-            span = tracer.start_span(f"chat {step.model}", parent, start_time=_ns(step.at_us),
-                                     attributes=attrs)  # fmt: skip
-            span.set_attributes({
-                "gen_ai.usage.input_tokens": step.input_tokens,
-                "gen_ai.usage.output_tokens": step.output_tokens,
-                "gen_ai.response.model": step.model + "-2025-01-01",
-                "gen_ai.output.messages": json.dumps([{"role": "assistant", "parts": [
-                    {"type": "text", "content": step.answer}], "finish_reason": "stop"}]),
-            })  # fmt: skip
+            attrs |= {
+                "gen_ai.operation.name": "chat",
+                "gen_ai.request.model": step.model,
+                "gen_ai.provider.name": step.provider,
+                "gen_ai.input.messages": _messages(step.prompt),
+            }
+            span = tracer.start_span(
+                f"chat {step.model}", parent, start_time=_ns(step.at_us), attributes=attrs
+            )
+            span.set_attributes(
+                {
+                    "gen_ai.usage.input_tokens": step.input_tokens,
+                    "gen_ai.usage.output_tokens": step.output_tokens,
+                    "gen_ai.response.model": step.model + "-2025-01-01",
+                    "gen_ai.output.messages": json.dumps(
+                        [
+                            {
+                                "role": "assistant",
+                                "parts": [{"type": "text", "content": step.answer}],
+                                "finish_reason": "stop",
+                            }
+                        ]
+                    ),
+                }
+            )
             if step.cache_read_input_tokens is not None:
-                span.set_attribute("gen_ai.usage.cache_read.input_tokens",
-                                   step.cache_read_input_tokens)  # fmt: skip
+                span.set_attribute(
+                    "gen_ai.usage.cache_read.input_tokens", step.cache_read_input_tokens
+                )
             for name, score, at_us in step.evaluations:
-                span.add_event("gen_ai.evaluation.result", {"gen_ai.evaluation.name": name,
-                               "gen_ai.evaluation.score.value": score}, _ns(at_us))  # fmt: skip
+                span.add_event(
+                    "gen_ai.evaluation.result",
+                    {"gen_ai.evaluation.name": name, "gen_ai.evaluation.score.value": score},
+                    _ns(at_us),
+                )
         else:
-            attrs |= {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": step.name,
-                      "gen_ai.tool.call.id": step.call_id,
-                      "gen_ai.tool.call.arguments": json.dumps(step.args)}  # fmt: skip
-            span = tracer.start_span(f"execute_tool {step.name}", parent,
-                                     start_time=_ns(step.at_us), attributes=attrs)  # fmt: skip
+            attrs |= {
+                "gen_ai.operation.name": "execute_tool",
+                "gen_ai.tool.name": step.name,
+                "gen_ai.tool.call.id": step.call_id,
+                "gen_ai.tool.call.arguments": json.dumps(step.args),
+            }
+            span = tracer.start_span(
+                f"execute_tool {step.name}", parent, start_time=_ns(step.at_us), attributes=attrs
+            )
             if step.result is not None:
                 span.set_attribute("gen_ai.tool.call.result", json.dumps(step.result))
             if step.error_type:
@@ -166,8 +212,11 @@ def run_otel(tracer: Tracer, session_id: str) -> None:
                 span.set_status(Status(StatusCode.ERROR))
         span.end(end_time=_ns(step.at_us) + round(step.duration_ms * 1_000_000))
     name, score, at_us = AGENT_EVALUATION
-    agent.add_event("gen_ai.evaluation.result", {"gen_ai.evaluation.name": name,
-                    "gen_ai.evaluation.score.value": score}, _ns(at_us))  # fmt: skip
+    agent.add_event(
+        "gen_ai.evaluation.result",
+        {"gen_ai.evaluation.name": name, "gen_ai.evaluation.score.value": score},
+        _ns(at_us),
+    )
     agent.end(end_time=_ns(END_US))
 
 
@@ -205,12 +254,23 @@ def test_an_otel_instrumented_agent_produces_the_same_events_as_the_native_clien
 
     # the comparison is not vacuous: the events carry what the toy agent did
     kinds = [e["kind"] for e in from_otel]
-    assert kinds == ["SESSION_START", "LLM_CALL", "TOOL_CALL", "TOOL_CALL", "LLM_CALL",
-                     "EVALUATION", "EVALUATION", "SESSION_END"]  # fmt: skip
+    assert kinds == [
+        "SESSION_START",
+        "LLM_CALL",
+        "TOOL_CALL",
+        "TOOL_CALL",
+        "LLM_CALL",
+        "EVALUATION",
+        "EVALUATION",
+        "SESSION_END",
+    ]
     assert [e["seq"] for e in from_otel] == list(range(1, count + 1))
     first = from_otel[1]
     assert (first["model"], first["input_tokens"], first["cache_read_input_tokens"]) == (
-        "gpt-4o-mini", 1200, 800)  # fmt: skip
+        "gpt-4o-mini",
+        1200,
+        800,
+    )
     assert (first["start_time_us"], first["duration_us"]) == (T0_US + 1_000, 812_500)
     assert [c["role"] for c in first["content"]] == ["SYSTEM", "USER", "ASSISTANT"]
     assert (from_otel[3]["status"], from_otel[3]["error_type"]) == ("ERROR", "TimeoutError")
@@ -225,21 +285,33 @@ def test_lazy_sessions_inherited_conversations_errors_kill_and_next_turns(
 ) -> None:
     gov, processor, tracer = otel
     # a chat span of a conversation whose agent span was never seen opens the session lazily
-    with tracer.start_as_current_span("chat", attributes={
-        "gen_ai.operation.name": "chat", "gen_ai.conversation.id": "lazy-1",
-        "gen_ai.system": "openai", "gen_ai.request.model": "gpt-4o-mini",
-        "gen_ai.usage.prompt_tokens": 7, "gen_ai.usage.completion_tokens": 2,
-    }):  # fmt: skip
+    with tracer.start_as_current_span(
+        "chat",
+        attributes={
+            "gen_ai.operation.name": "chat",
+            "gen_ai.conversation.id": "lazy-1",
+            "gen_ai.system": "openai",
+            "gen_ai.request.model": "gpt-4o-mini",
+            "gen_ai.usage.prompt_tokens": 7,
+            "gen_ai.usage.completion_tokens": 2,
+        },
+    ):
         pass
     # two turns of one conversation: the second continues the first's seq
     for _turn in range(2):
-        with tracer.start_as_current_span("invoke_agent", attributes={
-            "gen_ai.operation.name": "invoke_agent", "gen_ai.conversation.id": "conv-2",
-            "gen_ai.request.model": "gpt-4o",
-        }):  # fmt: skip
+        with tracer.start_as_current_span(
+            "invoke_agent",
+            attributes={
+                "gen_ai.operation.name": "invoke_agent",
+                "gen_ai.conversation.id": "conv-2",
+                "gen_ai.request.model": "gpt-4o",
+            },
+        ):
             # a failing provider call, recorded by the SDK as an exception event
-            with pytest.raises(ConnectionError), tracer.start_as_current_span(
-                "chat", attributes={"gen_ai.operation.name": "chat"}):  # fmt: skip
+            with (
+                pytest.raises(ConnectionError),
+                tracer.start_as_current_span("chat", attributes={"gen_ai.operation.name": "chat"}),
+            ):
                 raise ConnectionError("provider down")
             # the toy agent obeys before its next step, as the module doc asks
             processor.check("conv-2")
@@ -265,9 +337,13 @@ def test_lazy_sessions_inherited_conversations_errors_kill_and_next_turns(
     assert gov.book.offer(decision, gov.now_us()) is None
 
     def killed_agent() -> None:
-        with tracer.start_as_current_span("invoke_agent", attributes={
-            "gen_ai.operation.name": "invoke_agent", "gen_ai.conversation.id": "conv-3",
-        }):  # fmt: skip
+        with tracer.start_as_current_span(
+            "invoke_agent",
+            attributes={
+                "gen_ai.operation.name": "invoke_agent",
+                "gen_ai.conversation.id": "conv-3",
+            },
+        ):
             processor.check("conv-3")
 
     with pytest.raises(SessionKilled):
@@ -284,7 +360,10 @@ def test_lazy_sessions_inherited_conversations_errors_kill_and_next_turns(
     lazy = by_session["lazy-1"]
     assert [e["kind"] for e in lazy] == ["SESSION_START", "LLM_CALL"]
     assert (lazy[1]["provider"], lazy[1]["input_tokens"], lazy[1]["output_tokens"]) == (
-        "openai", 7, 2)  # fmt: skip
+        "openai",
+        7,
+        2,
+    )
     assert lazy[0]["start_time_us"] == lazy[1]["start_time_us"]
 
     turns = by_session["conv-2"]
@@ -293,7 +372,10 @@ def test_lazy_sessions_inherited_conversations_errors_kill_and_next_turns(
     failed = turns[1]
     # the chat span had no conversation id or model: inherited, and flagged as unknown
     assert (failed["status"], failed["error_type"], failed["model"]) == (
-        "ERROR", "ConnectionError", "unknown")  # fmt: skip
+        "ERROR",
+        "ConnectionError",
+        "unknown",
+    )
     # no governor.model_version: the agent span's requested model stands in for it
     assert {e["model_version"] for e in turns} == {"gpt-4o"}
     assert turns[2]["status"] == "OK"
@@ -303,7 +385,9 @@ def test_lazy_sessions_inherited_conversations_errors_kill_and_next_turns(
 
     killed = by_session["conv-3"]
     assert [(e["kind"], e["status"]) for e in killed] == [
-        ("SESSION_START", "OK"), ("SESSION_END", "KILLED")]  # fmt: skip
+        ("SESSION_START", "OK"),
+        ("SESSION_END", "KILLED"),
+    ]
     assert processor.problems == {"no_conversation": 1, "no_model": 2}
 
 
@@ -316,9 +400,13 @@ def test_the_processor_never_raises_into_the_sdk(
         raise RuntimeError("Governor is broken")
 
     monkeypatch.setattr(gov, "session", broken)
-    with tracer.start_as_current_span("invoke_agent", attributes={
-        "gen_ai.operation.name": "invoke_agent", "gen_ai.conversation.id": "conv-x",
-    }):  # fmt: skip
+    with tracer.start_as_current_span(
+        "invoke_agent",
+        attributes={
+            "gen_ai.operation.name": "invoke_agent",
+            "gen_ai.conversation.id": "conv-x",
+        },
+    ):
         pass
     # start (open the session) and end (open it lazily) both failed, and the agent went on
     assert processor.problems == {"internal_error": 2}

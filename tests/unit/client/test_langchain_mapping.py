@@ -43,14 +43,31 @@ def _chat(message: AIMessage) -> ChatGeneration:
 
 
 def test_usage_sums_usage_metadata_with_details() -> None:
-    result = LLMResult(generations=[[
-        _chat(AIMessage("a", usage_metadata={
-            "input_tokens": 100, "output_tokens": 20, "total_tokens": 120,
-            "input_token_details": {"cache_read": 60},
-            "output_token_details": {"reasoning": 5}})),
-        _chat(AIMessage("b", usage_metadata={
-            "input_tokens": 1, "output_tokens": 2, "total_tokens": 3})),
-    ]], llm_output={"token_usage": {"prompt_tokens": 999, "completion_tokens": 999}})  # fmt: skip
+    result = LLMResult(
+        generations=[
+            [
+                _chat(
+                    AIMessage(
+                        "a",
+                        usage_metadata={
+                            "input_tokens": 100,
+                            "output_tokens": 20,
+                            "total_tokens": 120,
+                            "input_token_details": {"cache_read": 60},
+                            "output_token_details": {"reasoning": 5},
+                        },
+                    )
+                ),
+                _chat(
+                    AIMessage(
+                        "b",
+                        usage_metadata={"input_tokens": 1, "output_tokens": 2, "total_tokens": 3},
+                    )
+                ),
+            ]
+        ],
+        llm_output={"token_usage": {"prompt_tokens": 999, "completion_tokens": 999}},
+    )
     # usage_metadata wins over the provider's llm_output, which would count twice
     assert usage(result) == {
         "input_tokens": 101,
@@ -82,26 +99,44 @@ def test_usage_falls_back_to_llm_output_token_usage() -> None:
 
 
 def test_message_segments_by_message_type() -> None:
-    segments = message_segments([[
-        SystemMessage("be brief"), HumanMessage("where is order 7?"),
-        AIMessage("", tool_calls=[{"name": "lookup", "args": {"id": 7}, "id": "c1"}]),
-        ToolMessage("shipped", tool_call_id="c1"),
-        HumanMessage(content=[{"type": "text", "text": "block text"},
-                              {"type": "image_url", "image_url": {"url": "https://x"}}]),
-    ]])  # fmt: skip
+    segments = message_segments(
+        [
+            [
+                SystemMessage("be brief"),
+                HumanMessage("where is order 7?"),
+                AIMessage("", tool_calls=[{"name": "lookup", "args": {"id": 7}, "id": "c1"}]),
+                ToolMessage("shipped", tool_call_id="c1"),
+                HumanMessage(
+                    content=[
+                        {"type": "text", "text": "block text"},
+                        {"type": "image_url", "image_url": {"url": "https://x"}},
+                    ]
+                ),
+            ]
+        ]
+    )
     # the AI message carried only a tool call (no text) and is left out
-    assert segments == [("SYSTEM", "be brief"), ("USER", "where is order 7?"),
-                        ("TOOL_RESULT", "shipped"), ("USER", "block text")]  # fmt: skip
+    assert segments == [
+        ("SYSTEM", "be brief"),
+        ("USER", "where is order 7?"),
+        ("TOOL_RESULT", "shipped"),
+        ("USER", "block text"),
+    ]
 
 
 def test_response_model_and_output_segments() -> None:
-    chat = LLMResult(generations=[[
-        _chat(AIMessage("shipped", response_metadata={"model_name": "gpt-4o-2024-08-06"})),
-        _chat(AIMessage("")),
-    ]])  # fmt: skip
+    chat = LLMResult(
+        generations=[
+            [
+                _chat(AIMessage("shipped", response_metadata={"model_name": "gpt-4o-2024-08-06"})),
+                _chat(AIMessage("")),
+            ]
+        ]
+    )
     assert response_model(chat) == "gpt-4o-2024-08-06"
     assert output_segments(chat) == [("ASSISTANT", "shipped")]
-    completion = LLMResult(generations=[[Generation(text="ok")]],
-                           llm_output={"model_name": "davinci"})  # fmt: skip
+    completion = LLMResult(
+        generations=[[Generation(text="ok")]], llm_output={"model_name": "davinci"}
+    )
     assert response_model(completion) == "davinci"
     assert response_model(LLMResult(generations=[[Generation(text="ok")]])) is None

@@ -27,28 +27,45 @@ from streams.client.otel import (
 START_NS = 1_760_000_000_123_456_789
 
 
-def facts(attrs: dict[str, Any], *, duration_ns: int = 250_000_000, error: bool = False,
-          events: tuple[SpanEvent, ...] = ()) -> SpanFacts:  # fmt: skip
+def facts(
+    attrs: dict[str, Any],
+    *,
+    duration_ns: int = 250_000_000,
+    error: bool = False,
+    events: tuple[SpanEvent, ...] = (),
+) -> SpanFacts:
     return SpanFacts(attrs, START_NS, START_NS + duration_ns, error, events)
 
 
 def test_llm_span_maps_every_semconv_attribute() -> None:
-    fields = llm_call_fields(facts({
-        "gen_ai.operation.name": "generate_content",
-        "gen_ai.request.model": "gemini-2.5-pro",
-        "gen_ai.response.model": "gemini-2.5-pro-002",
-        "gen_ai.provider.name": "gcp.gemini",
-        "gen_ai.system": "legacy-ignored",
-        "gen_ai.usage.input_tokens": 1200,
-        "gen_ai.usage.output_tokens": 90,
-        "gen_ai.usage.cache_read.input_tokens": 800,
-        "gen_ai.usage.reasoning.output_tokens": 12,
-        "gen_ai.system_instructions": json.dumps([{"type": "text", "content": "be brief"}]),
-        "gen_ai.input.messages": json.dumps([
-            {"role": "user", "parts": [{"type": "text", "content": "where is order 7?"}]}]),
-        "gen_ai.output.messages": json.dumps([{"role": "assistant", "parts": [
-            {"type": "text", "content": "shipped"}], "finish_reason": "stop"}]),
-    }))  # fmt: skip
+    fields = llm_call_fields(
+        facts(
+            {
+                "gen_ai.operation.name": "generate_content",
+                "gen_ai.request.model": "gemini-2.5-pro",
+                "gen_ai.response.model": "gemini-2.5-pro-002",
+                "gen_ai.provider.name": "gcp.gemini",
+                "gen_ai.system": "legacy-ignored",
+                "gen_ai.usage.input_tokens": 1200,
+                "gen_ai.usage.output_tokens": 90,
+                "gen_ai.usage.cache_read.input_tokens": 800,
+                "gen_ai.usage.reasoning.output_tokens": 12,
+                "gen_ai.system_instructions": json.dumps([{"type": "text", "content": "be brief"}]),
+                "gen_ai.input.messages": json.dumps(
+                    [{"role": "user", "parts": [{"type": "text", "content": "where is order 7?"}]}]
+                ),
+                "gen_ai.output.messages": json.dumps(
+                    [
+                        {
+                            "role": "assistant",
+                            "parts": [{"type": "text", "content": "shipped"}],
+                            "finish_reason": "stop",
+                        }
+                    ]
+                ),
+            }
+        )
+    )
     assert fields == {
         "model": "gemini-2.5-pro",
         "provider": "gcp.gemini",
@@ -70,21 +87,35 @@ def test_llm_span_maps_every_semconv_attribute() -> None:
 
 
 def test_llm_span_fallbacks_legacy_names_and_missing_usage() -> None:
-    legacy = llm_call_fields(facts({
-        "gen_ai.operation.name": "chat", "gen_ai.response.model": "gpt-4o-2024-08-06",
-        "gen_ai.system": "openai", "gen_ai.usage.prompt_tokens": 7,
-        "gen_ai.usage.completion_tokens": 2, "gen_ai.usage.cache_read_input_tokens": 3,
-        "gen_ai.usage.reasoning_output_tokens": 1,
-    }))  # fmt: skip
+    legacy = llm_call_fields(
+        facts(
+            {
+                "gen_ai.operation.name": "chat",
+                "gen_ai.response.model": "gpt-4o-2024-08-06",
+                "gen_ai.system": "openai",
+                "gen_ai.usage.prompt_tokens": 7,
+                "gen_ai.usage.completion_tokens": 2,
+                "gen_ai.usage.cache_read_input_tokens": 3,
+                "gen_ai.usage.reasoning_output_tokens": 1,
+            }
+        )
+    )
     assert (legacy["model"], legacy["provider"]) == ("gpt-4o-2024-08-06", "openai")
     assert (legacy["input_tokens"], legacy["output_tokens"]) == (7, 2)
     assert (legacy["cache_read_input_tokens"], legacy["reasoning_output_tokens"]) == (3, 1)
     bare = llm_call_fields(facts({"gen_ai.usage.input_tokens": True}))
     # a boolean is no token count; unknown usage is 0 as in the native client
     assert (bare["model"], bare["provider"], bare["input_tokens"], bare["output_tokens"]) == (
-        "unknown", None, 0, 0)  # fmt: skip
+        "unknown",
+        None,
+        0,
+        0,
+    )
     assert (bare["operation"], bare["cache_read_input_tokens"], bare["content"]) == (
-        "chat", None, [])  # fmt: skip
+        "chat",
+        None,
+        [],
+    )
 
 
 @pytest.mark.parametrize(
@@ -93,11 +124,15 @@ def test_llm_span_fallbacks_legacy_names_and_missing_usage() -> None:
         ({}, False, (), None),
         ({"error.type": "RateLimitError"}, False, (), "RateLimitError"),
         ({"error.type": "timeout"}, True, (), "timeout"),
-        ({}, True, (SpanEvent("exception", 1, {"exception.type": "httpx.ConnectError"}),),
-         "ConnectError"),
+        (
+            {},
+            True,
+            (SpanEvent("exception", 1, {"exception.type": "httpx.ConnectError"}),),
+            "ConnectError",
+        ),
         ({}, True, (), "_OTHER"),
     ],
-)  # fmt: skip
+)
 def test_error_type_prefers_the_attribute_then_the_recorded_exception(
     attrs: dict[str, Any], error: bool, events: tuple[SpanEvent, ...], expected: str | None
 ) -> None:
@@ -109,8 +144,9 @@ def test_error_type_prefers_the_attribute_then_the_recorded_exception(
 
 def test_session_outcome_is_killed_when_the_agent_was_killed() -> None:
     ok, failed = facts({}), facts({"error.type": "ValueError"}, error=True)
-    killed_by_exception = facts({}, error=True, events=(
-        SpanEvent("exception", 1, {"exception.type": "SessionKilled"}),))  # fmt: skip
+    killed_by_exception = facts(
+        {}, error=True, events=(SpanEvent("exception", 1, {"exception.type": "SessionKilled"}),)
+    )
     assert session_outcome(ok, killed=False) == ("OK", None)
     assert session_outcome(failed, killed=False) == ("ERROR", "ValueError")
     assert session_outcome(killed_by_exception, killed=False) == ("KILLED", None)
@@ -119,31 +155,55 @@ def test_session_outcome_is_killed_when_the_agent_was_killed() -> None:
 
 
 def test_tool_span() -> None:
-    fields = tool_call_fields(facts({
-        "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "lookup_order",
-        "gen_ai.tool.call.id": "call-1", "gen_ai.tool.call.arguments": '{"id": 7}',
-        "gen_ai.tool.call.result": '{"status": "shipped"}',
-    }, duration_ns=42_000_000))  # fmt: skip
+    fields = tool_call_fields(
+        facts(
+            {
+                "gen_ai.operation.name": "execute_tool",
+                "gen_ai.tool.name": "lookup_order",
+                "gen_ai.tool.call.id": "call-1",
+                "gen_ai.tool.call.arguments": '{"id": 7}',
+                "gen_ai.tool.call.result": '{"status": "shipped"}',
+            },
+            duration_ns=42_000_000,
+        )
+    )
     assert fields == {
-        "name": "lookup_order", "call_id": "call-1", "args": '{"id": 7}',
-        "result": '{"status": "shipped"}', "duration_ms": 42.0, "start_us": START_NS // 1000,
-        "status": "OK", "error_type": None,
-    }  # fmt: skip
+        "name": "lookup_order",
+        "call_id": "call-1",
+        "args": '{"id": 7}',
+        "result": '{"status": "shipped"}',
+        "duration_ms": 42.0,
+        "start_us": START_NS // 1000,
+        "status": "OK",
+        "error_type": None,
+    }
     assert tool_call_fields(facts({}))["name"] == "unknown"
 
 
 def test_evaluations_need_a_name_and_a_numeric_score() -> None:
     events = (
-        SpanEvent("gen_ai.evaluation.result", 5_000_999, {
-            "gen_ai.evaluation.name": "relevance", "gen_ai.evaluation.score.value": 0.9}),
-        SpanEvent("gen_ai.evaluation.result", 6_000_000, {
-            "gen_ai.evaluation.name": "tone", "gen_ai.evaluation.score.label": "polite"}),
+        SpanEvent(
+            "gen_ai.evaluation.result",
+            5_000_999,
+            {"gen_ai.evaluation.name": "relevance", "gen_ai.evaluation.score.value": 0.9},
+        ),
+        SpanEvent(
+            "gen_ai.evaluation.result",
+            6_000_000,
+            {"gen_ai.evaluation.name": "tone", "gen_ai.evaluation.score.label": "polite"},
+        ),
         SpanEvent("gen_ai.evaluation.result", 7_000_000, {"gen_ai.evaluation.score.value": 1}),
-        SpanEvent("exception", 8_000_000, {"gen_ai.evaluation.name": "x",
-                                           "gen_ai.evaluation.score.value": 1}),
-        SpanEvent("gen_ai.evaluation.result", 9_000_000, {
-            "gen_ai.evaluation.name": "exact", "gen_ai.evaluation.score.value": 1}),
-    )  # fmt: skip
+        SpanEvent(
+            "exception",
+            8_000_000,
+            {"gen_ai.evaluation.name": "x", "gen_ai.evaluation.score.value": 1},
+        ),
+        SpanEvent(
+            "gen_ai.evaluation.result",
+            9_000_000,
+            {"gen_ai.evaluation.name": "exact", "gen_ai.evaluation.score.value": 1},
+        ),
+    )
     assert evaluations(facts({}, events=events)) == [
         {"name": "relevance", "score": 0.9, "start_us": 5_000},
         {"name": "exact", "score": 1.0, "start_us": 9_000},
@@ -151,11 +211,18 @@ def test_evaluations_need_a_name_and_a_numeric_score() -> None:
 
 
 def test_session_fields_fall_back_to_the_requested_model_only_on_agent_spans() -> None:
-    attrs = {"governor.category": "billing", "governor.prompt_version": "p7",
-             "governor.tool_schema_version": "t3", "gen_ai.request.model": "gpt-4o"}  # fmt: skip
+    attrs = {
+        "governor.category": "billing",
+        "governor.prompt_version": "p7",
+        "governor.tool_schema_version": "t3",
+        "gen_ai.request.model": "gpt-4o",
+    }
     assert session_fields(attrs, agent_span=True) == {
-        "category": "billing", "prompt_version": "p7", "model_version": "gpt-4o",
-        "tool_schema_version": "t3"}  # fmt: skip
+        "category": "billing",
+        "prompt_version": "p7",
+        "model_version": "gpt-4o",
+        "tool_schema_version": "t3",
+    }
     assert session_fields(attrs, agent_span=False)["model_version"] is None
     explicit = {**attrs, "governor.model_version": "2025-06"}
     assert session_fields(explicit, agent_span=True)["model_version"] == "2025-06"
@@ -175,31 +242,65 @@ def test_conversation_and_operation_must_be_non_empty_strings() -> None:
         (None, []),
         ("", []),
         # semconv shape, every part type
-        (json.dumps([
-            {"role": "system", "parts": [{"type": "text", "content": "rules"}]},
-            {"role": "user", "parts": [{"type": "text", "content": "hi"},
-                                       {"type": "uri", "uri": "https://x/y.png"}]},
-            {"role": "assistant", "parts": [
-                {"type": "reasoning", "content": "think"},
-                {"type": "tool_call", "id": "c1", "name": "f", "arguments": {"b": 1, "a": 2}}]},
-            {"role": "tool", "parts": [
-                {"type": "tool_call_response", "id": "c1", "response": "42"}]},
-        ]), [("SYSTEM", "rules"), ("USER", "hi"), ("ASSISTANT", "think"),
-             ("TOOL_ARGUMENTS", '{"a": 2, "b": 1}'), ("TOOL_RESULT", "42")]),
+        (
+            json.dumps(
+                [
+                    {"role": "system", "parts": [{"type": "text", "content": "rules"}]},
+                    {
+                        "role": "user",
+                        "parts": [
+                            {"type": "text", "content": "hi"},
+                            {"type": "uri", "uri": "https://x/y.png"},
+                        ],
+                    },
+                    {
+                        "role": "assistant",
+                        "parts": [
+                            {"type": "reasoning", "content": "think"},
+                            {
+                                "type": "tool_call",
+                                "id": "c1",
+                                "name": "f",
+                                "arguments": {"b": 1, "a": 2},
+                            },
+                        ],
+                    },
+                    {
+                        "role": "tool",
+                        "parts": [{"type": "tool_call_response", "id": "c1", "response": "42"}],
+                    },
+                ]
+            ),
+            [
+                ("SYSTEM", "rules"),
+                ("USER", "hi"),
+                ("ASSISTANT", "think"),
+                ("TOOL_ARGUMENTS", '{"a": 2, "b": 1}'),
+                ("TOOL_RESULT", "42"),
+            ],
+        ),
         # older instrumentations: plain content, OpenAI-style blocks, a tool message
-        (json.dumps([{"role": "user", "content": "plain"},
-                     {"role": "user", "content": [{"type": "text", "text": "block"}]},
-                     {"role": "tool", "content": "result"}]),
-         [("USER", "plain"), ("USER", "block"), ("TOOL_RESULT", "result")]),
+        (
+            json.dumps(
+                [
+                    {"role": "user", "content": "plain"},
+                    {"role": "user", "content": [{"type": "text", "text": "block"}]},
+                    {"role": "tool", "content": "result"},
+                ]
+            ),
+            [("USER", "plain"), ("USER", "block"), ("TOOL_RESULT", "result")],
+        ),
         # unknown roles keep the attribute's default; a single message is fine too
-        (json.dumps({"role": "critic", "parts": [{"type": "text", "content": "meh"}]}),
-         [("USER", "meh")]),
+        (
+            json.dumps({"role": "critic", "parts": [{"type": "text", "content": "meh"}]}),
+            [("USER", "meh")],
+        ),
         # already-parsed values (an attribute sequence of strings)
         (("one", "two"), [("USER", "one"), ("USER", "two")]),
         # not JSON: kept whole, so the PII scanner still sees it
         ("call me at 555-0100", [("USER", "call me at 555-0100")]),
     ],
-)  # fmt: skip
+)
 def test_message_segments(raw: Any, expected: list[tuple[str, str]]) -> None:
     assert message_segments(raw, "USER") == expected
 
@@ -220,7 +321,12 @@ def test_facts_of_a_real_sdk_span() -> None:
     assert isinstance(span, ReadableSpan)
     f = facts_of(span)
     assert (f.start_us, f.end_us, f.duration_ms, f.error) == (
-        START_NS // 1000, (START_NS + 1_500_000) // 1000, 1.5, True)  # fmt: skip
+        START_NS // 1000,
+        (START_NS + 1_500_000) // 1000,
+        1.5,
+        True,
+    )
     assert f.attributes == {"gen_ai.operation.name": "chat"}
-    assert f.events == (SpanEvent("gen_ai.evaluation.result", START_NS + 5,
-                                  {"gen_ai.evaluation.name": "x"}),)  # fmt: skip
+    assert f.events == (
+        SpanEvent("gen_ai.evaluation.result", START_NS + 5, {"gen_ai.evaluation.name": "x"}),
+    )

@@ -1,0 +1,144 @@
+"""fold: per-session accounting, idempotence, pricing, retries, loops, outcomes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from streams.pipeline.accounting import SessionState, close_timed_out, fold, new_state, summary
+from streams.pipeline.pricing import PriceTable, load_prices
+
+PRICES = load_prices(Path(__file__).resolve().parents[3] / "policies" / "prices.yaml")
+T0 = 1_764_000_000_000_000
+
+
+def ev(seq: int, kind: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "event_id": f"e{seq}",
+        "seq": seq,
+        "session_id": "s1",
+        "tenant_id": "acme",
+        "agent_id": "bot",
+        "kind": kind,
+        "start_time_us": T0 + seq * 1_000_000,
+        "duration_us": fields.pop("duration_us", 0),
+        "status": fields.pop("status", "OK"),
+        **fields,
+    }
+
+
+def run(events: list[dict[str, Any]], prices: PriceTable = PRICES) -> SessionState:
+    state = new_state(events[0])
+    for event in events:
+        fold(state, event, prices)
+    return state
+
+
+SESSION = [
+    ev(1, "SESSION_START", category="billing", prompt_version="p7"),
+    ev(
+        2,
+        "LLM_CALL",
+        model="gpt-4o-mini",
+        input_tokens=1000,
+        output_tokens=200,
+        duration_us=900_000,
+    ),
+    ev(
+        3,
+        "TOOL_CALL",
+        tool_name="lookup",
+        status="ERROR",
+        error_type="ToolTimeout",
+        duration_us=3_000_000,
+    ),
+    ev(4, "TOOL_CALL", tool_name="lookup", duration_us=40_000),
+    ev(5, "LLM_CALL", model="acme-llm-9", input_tokens=50_000, output_tokens=10, cost_micros=None),
+    ev(6, "LLM_CALL", model="gpt-4o", input_tokens=10, output_tokens=10, cost_micros=1234),
+    ev(7, "EVALUATION", evaluation_name="helpfulness", evaluation_score=0.4),
+    ev(8, "SESSION_END"),
+]
+
+
+def test_a_session_is_accounted_step_by_step() -> None:
+    state = run(SESSION)
+    # gpt-4o-mini: 1000 * 0.15 + 200 * 0.60 per 1M tokens = 270 micro-USD; acme-llm-9 unpriced
+    assert state.cost_micros == 270 + 1234
+    assert state.unpriced_calls == 1
+    assert (state.input_tokens, state.output_tokens) == (51_010, 220)
+    assert state.max_context_tokens == 50_000
+    assert state.steps_by_kind == {
+        "SESSION_START": 1,
+        "LLM_CALL": 3,
+        "TOOL_CALL": 2,
+        "EVALUATION": 1,
+        "SESSION_END": 1,
+    }
+    assert state.tool_calls == {"lookup": 2}
+    assert state.errors_by_type == {"ToolTimeout": 1}
+    assert state.retries == 1  # the second lookup followed its failure
+    assert state.slowest is not None
+    assert (state.slowest.seq, state.slowest.name, state.slowest.duration_us) == (
+        3,
+        "lookup",
+        3_000_000,
+    )
+    assert state.evaluations == {"helpfulness": 0.4}
+    assert (state.status, state.category, state.prompt_version) == ("OK", "billing", "p7")
+    assert state.duration_us == 7_000_000
+    assert state.cost_by_model == {"gpt-4o-mini": 270, "gpt-4o": 1234}
+
+
+def test_redelivered_and_older_events_change_nothing() -> None:
+    state = run(SESSION)
+    before = state.to_dict()
+    for event in SESSION:
+        assert fold(state, event, PRICES) is None
+    assert state.to_dict() == before
+
+
+def test_state_round_trips_through_its_dict() -> None:
+    state = run(SESSION)
+    assert SessionState.from_dict(state.to_dict()) == state
+
+
+def test_a_gap_in_seq_is_counted_not_fatal() -> None:
+    state = run([SESSION[0], SESSION[3]])
+    assert state.missing_events == 2
+    assert state.last_seq == 4
+
+
+def test_identical_tool_calls_in_a_row_are_counted() -> None:
+    calls = [
+        ev(
+            n,
+            "TOOL_CALL",
+            tool_name="search",
+            content=[{"role": "TOOL_ARGUMENTS", "text": '{"q": "x"}'}],
+        )
+        for n in range(1, 5)
+    ]
+    other = ev(
+        5,
+        "TOOL_CALL",
+        tool_name="search",
+        content=[{"role": "TOOL_ARGUMENTS", "text": '{"q": "y"}'}],
+    )
+    state = run(calls)
+    assert state.repeat_count == 4
+    fold(state, other, PRICES)
+    assert state.repeat_count == 1
+
+
+def test_an_error_end_and_a_timeout_are_outcomes() -> None:
+    failed = run([*SESSION[:3], ev(4, "SESSION_END", status="ERROR", error_type="KeyError")])
+    assert (failed.status, failed.error_type) == ("ERROR", "KeyError")
+    assert (failed.failure_step_kind, failed.failure_tool) == ("TOOL_CALL", "lookup")
+    silent = run(SESSION[:4])
+    assert not silent.ended
+    close_timed_out(silent)
+    assert silent.status == "TIMEOUT"
+    assert silent.end_time_us == silent.last_event_us
+    record = summary(silent)
+    assert record["status"] == "TIMEOUT"
+    assert record["slowest_step"]["name"] == "lookup"

@@ -1,0 +1,52 @@
+"""The hash chain: appending links records; verifying names every kind of tampering."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streams.audit import GENESIS, AuditChains, record_hash, verify_chain
+
+
+def chain(n: int = 5) -> list[dict[str, Any]]:
+    chains = AuditChains()
+    return [
+        chains.append(
+            "acme" if i % 2 else "globex",
+            "DECISION",
+            1_000 + i,
+            f"session:s{i}",
+            f"KILL #{i}",
+            {"policy_id": "p"},
+        )
+        for i in range(n)
+    ]
+
+
+def test_records_link_per_tenant() -> None:
+    records = chain()
+    acme = [r for r in records if r["tenant_id"] == "acme"]
+    assert [r["chain_seq"] for r in acme] == [1, 2]
+    assert acme[0]["prev_hash"] == GENESIS
+    assert acme[1]["prev_hash"] == acme[0]["hash"]
+    assert all(record_hash(r) == r["hash"] for r in records)
+    assert verify_chain(enumerate(records)) == []
+
+
+def test_an_edit_is_named() -> None:
+    records = chain()
+    records[2] = {**records[2], "summary": "ALLOW"}
+    [problem] = verify_chain(enumerate(records))
+    assert (problem.tenant_id, problem.chain_seq, problem.offset) == ("globex", 2, 2)
+    assert "hash does not match" in problem.problem
+
+
+def test_a_removal_and_a_reordering_are_named() -> None:
+    records = chain(7)
+    removed = [r for i, r in enumerate(records) if i != 2]
+    [problem] = verify_chain(enumerate(removed))
+    assert (problem.tenant_id, problem.chain_seq) == ("globex", 3)
+    assert "missing" in problem.problem
+    swapped = [records[0], records[1], records[4], records[3], records[2], *records[5:]]
+    problems = verify_chain(enumerate(swapped))
+    assert problems
+    assert problems[0].tenant_id == "globex"
