@@ -1,0 +1,218 @@
+"""The worker enforces policies end to end: real broker, Redis, worker process and client."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from streams.client import Governor, SessionKilled
+from streams.codec import Codecs
+from streams.control import session_target
+from streams.settings import Settings
+from streams.worker import WorkerProcess
+from tests.kafka_helpers import consume
+
+REPO = Path(__file__).resolve().parents[2]
+
+POLICIES = """version: 7
+policies:
+  - id: session-budget
+    kind: budget
+    scope: session
+    limit_usd: 0.05
+    warn_at: 0.5
+    action: kill
+  - id: dangerous-tools
+    kind: tools
+    deny: ["delete_*"]
+    action: kill
+  - id: agent-concurrency
+    kind: concurrency
+    scope: agent
+    max_active: 2
+    action: throttle
+    throttle_delay_ms: 400
+"""
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float = 20, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def worker(topics: Settings, tmp_path: Path) -> Iterator[tuple[WorkerProcess, Settings]]:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    shutil.copy(REPO / "policies" / "prices.yaml", policies)
+    (policies / "governor.yaml").write_text(POLICIES)
+    settings = topics.replace(
+        policies_dir=policies, keys_dir=tmp_path / "keys", checkpoint_interval_s=0.2
+    )
+    with WorkerProcess(settings, tmp_path / "worker.log") as process:
+        wait_until(lambda: (process.get_json("/ingest") or {}).get("ready"), what="assignment")
+        yield process, settings
+
+
+def spend_until_killed(gov: Governor) -> tuple[int, SessionKilled, str]:
+    """Run gpt-4o calls ($0.006 each) until a KILL stops the session."""
+    steps = 0
+    with gov.session() as s:
+        try:
+            for _ in range(200):
+                s.llm_call(model="gpt-4o", input_tokens=2000, output_tokens=100, duration_ms=5)
+                steps += 1
+                time.sleep(0.02)
+        except SessionKilled as exc:
+            return steps, exc, s.session_id
+    raise AssertionError("200 steps ran without a KILL")
+
+
+def client(settings: Settings, agent: str = "support-bot") -> Governor:
+    return Governor(tenant="acme", agent=agent, agent_version="2.0", settings=settings)
+
+
+def test_a_session_over_budget_is_killed_before_its_next_step(
+    worker: tuple[WorkerProcess, Settings],
+) -> None:
+    process, settings = worker
+    gov = client(settings)
+    try:
+        steps_run, killed, session_id = spend_until_killed(gov)
+        assert killed.policy_id == "session-budget"
+        # gpt-4o: 2000 * 2.5 + 100 * 10 per 1M tokens = $0.006 a call: the 9th passes $0.05
+        assert 9 <= steps_run < 60, steps_run
+        state = wait_until(
+            lambda: (
+                (process.get_json(f"/state/session/{session_id}") or {}).get("status") == "KILLED"
+                and process.get_json(f"/state/session/{session_id}")
+            ),
+            what="the KILLED end",
+        )
+        assert state["violations"] >= 1
+    finally:
+        gov.close()
+    assert gov.book.drops.get("bad_signature", 0) == 0
+
+
+def test_a_denied_tool_triggers_its_policy_and_is_audited(
+    worker: tuple[WorkerProcess, Settings],
+) -> None:
+    _process, settings = worker
+    gov = client(settings)
+    try:
+        s = gov.session()
+        s.start()
+        s.tool_call(name="delete_account", args={"user": 7})
+        decision = wait_until(lambda: gov.book.latest(session_target(s.session_id)), what="KILL")
+        assert (decision["action"], decision["policy_id"]) == ("KILL", "dangerous-tools")
+        assert decision["policy_version"] == 7
+        with pytest.raises(SessionKilled):
+            s.tool_call(name="lookup_order")
+        s.finish()
+    finally:
+        gov.close()
+    codecs = Codecs.load(settings.schemas_dir)
+    audit = [
+        codecs.audit_record.decode(m.value() or b"")
+        for m in consume(settings.bootstrap, settings.topic("audit"), 1)
+    ]
+    assert audit[0]["details"]["decision_id"] == decision["decision_id"]
+    assert audit[0]["kind"] == "DECISION"
+
+
+def test_concurrency_over_the_cap_throttles_new_sessions(
+    worker: tuple[WorkerProcess, Settings],
+) -> None:
+    _process, settings = worker
+    gov = client(settings, agent="busy-bot")
+    try:
+        open_sessions = [gov.session() for _ in range(3)]
+        for s in open_sessions:
+            s.start()
+
+        def throttled() -> list[Any]:
+            return [s for s in open_sessions if gov.book.latest(session_target(s.session_id))]
+
+        # partitions may process the three starts in any order: the one seen third is held back
+        [held] = wait_until(throttled, what="THROTTLE of the session over the cap")
+        decision = gov.book.latest(session_target(held.session_id))
+        assert decision is not None
+        assert (decision["action"], decision["parameters"]) == ("THROTTLE", {"delay_ms": "400"})
+        time.sleep(0.5)
+        assert len(throttled()) == 1
+        started = time.monotonic()
+        held.tool_call(name="t")
+        assert time.monotonic() - started >= 0.4
+        for s in open_sessions:
+            s.finish()
+    finally:
+        gov.close()
+
+
+def test_an_invalid_policy_file_is_refused_and_enforcement_goes_on(
+    worker: tuple[WorkerProcess, Settings],
+) -> None:
+    process, settings = worker
+    (settings.policies_dir / "governor.yaml").write_text(
+        POLICIES.replace("limit_usd: 0.05", "limit_usd: lots")
+    )
+    refused = wait_until(
+        lambda: (process.get_json("/policies") or {}).get("refused"), what="the refusal"
+    )
+    assert any("governor.yaml:6: policies.0.limit_usd" in line for line in refused), refused
+    assert process.get_json("/policies")["version"] == 7
+    gov = client(settings)
+    try:
+        _steps, killed, _session_id = spend_until_killed(gov)
+        assert killed.policy_id == "session-budget"
+    finally:
+        gov.close()
+    assert "policy change refused" in process.log_tail(200)
+
+
+def test_metrics_parse_and_have_the_families(worker: tuple[WorkerProcess, Settings]) -> None:
+    process, settings = worker
+    gov = client(settings)
+    try:
+        with gov.session() as s:
+            s.llm_call(model="gpt-4o-mini", input_tokens=10, output_tokens=10, duration_ms=120)
+            s.tool_call(name="lookup", duration_ms=30)
+            s.llm_call(model="mystery-model", input_tokens=1, output_tokens=1)
+        session_id = s.session_id
+    finally:
+        gov.close()
+    wait_until(
+        lambda: (process.get_json(f"/state/session/{session_id}") or {}).get("status") == "OK",
+        what="the session's end",
+    )
+    with urllib.request.urlopen(process.url + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    families = {f.name for f in text_string_to_metric_families(text)}
+    assert families >= {
+        "governor_events",
+        "governor_dlq_records",
+        "governor_sessions",
+        "governor_session_duration_seconds",
+        "governor_step_duration_seconds",
+        "governor_cost_usd",
+        "governor_tokens",
+        "governor_unpriced_calls",
+        "governor_decisions",
+        "governor_consumer_lag",
+        "governor_processing_delay_seconds",
+        "governor_policy_version",
+    }
+    assert session_id not in text, "session ids must never be labels"
