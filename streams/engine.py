@@ -106,6 +106,7 @@ class Engine:
         # minute counters for rates (not checkpointed: a restart forgets the last minutes)
         self._steps: Counter[tuple[str, int]] = Counter()
         self._tool_failures: Counter[tuple[str, int]] = Counter()
+        self._spend_before: dict[tuple[str, float], tuple[int, int]] = {}
         self.facts = Facts(
             spend=self.spend, active=self.active, steps=self.steps, tool_failures=self.failures
         )
@@ -114,9 +115,11 @@ class Engine:
 
     def assign(self, state: PartitionState) -> None:
         self.partitions[state.partition] = state
+        self._spend_before.clear()
 
     def revoke(self, partition: int) -> None:
         self.partitions.pop(partition, None)
+        self._spend_before.clear()
 
     def state(self, partition: int) -> PartitionState:
         if partition not in self.partitions:
@@ -130,15 +133,25 @@ class Engine:
     # --- facts for policies --------------------------------------------------------------
 
     def spend(self, key: str, window_s: float) -> int:
-        """Spend of a scope over the window, hour-aligned (the current hour counts whole)."""
-        now = self.watermark_us
-        first = bucket_start(now - int(window_s * 1_000_000), HOUR_US) + HOUR_US
+        """Spend of a scope over the window, hour-aligned (the current hour counts whole).
+
+        The complete hours before the current one are summed once per hour and cached: budget
+        checks run on every priced event.
+        """
+        now_hour = bucket_start(self.watermark_us, HOUR_US)
+        cached = self._spend_before.get((key, window_s))
+        if cached is None or cached[0] != now_hour:
+            first = bucket_start(self.watermark_us - int(window_s * 1_000_000), HOUR_US) + HOUR_US
+            before = sum(self._hour_cost(key, hour) for hour in range(first, now_hour, HOUR_US))
+            cached = self._spend_before[(key, window_s)] = (now_hour, before)
+        return cached[1] + self._hour_cost(key, now_hour)
+
+    def _hour_cost(self, key: str, hour: int) -> int:
         total = 0
-        for hour in range(first, bucket_start(now, HOUR_US) + HOUR_US, HOUR_US):
-            for part in self.partitions.values():
-                totals = part.buckets.get((key, HOUR_US, hour))
-                if totals is not None:
-                    total += totals.cost_micros
+        for part in self.partitions.values():
+            totals = part.buckets.get((key, HOUR_US, hour))
+            if totals is not None:
+                total += totals.cost_micros
         return total
 
     def active(self, key: str) -> int:

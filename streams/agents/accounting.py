@@ -198,6 +198,7 @@ class AccountingRunner:
         self.processed += len(messages)
 
     def _observe(self, result: BatchResult, events: list[dict[str, Any]], now_s: float) -> None:
+        """Metrics for a batch: summed here first, since a labelled update costs microseconds."""
         m = self.metrics
         kinds: dict[str, int] = defaultdict(int)
         for event in events:
@@ -208,25 +209,34 @@ class AccountingRunner:
             m.duplicates.inc(result.duplicates)
         if events:
             m.processing_delay.observe(max(0.0, now_s - events[-1]["start_time_us"] / 1e6))
+        cost: dict[tuple[str, str, str], int] = defaultdict(int)
+        tokens: dict[tuple[str, str, str, str], int] = defaultdict(int)
+        unpriced: dict[str, int] = defaultdict(int)
+        started: dict[tuple[str, str], int] = defaultdict(int)
+        step_latency = m.step_latency
         for state, delta in result.deltas:
-            if delta.kind == "LLM_CALL":
+            kind = delta.kind
+            if kind == "LLM_CALL":
                 model = delta.name or "unknown"
-                if delta.cost_micros:
-                    m.cost.labels(state.tenant_id, state.agent_id, model).inc(
-                        delta.cost_micros / 1e6
-                    )
-                m.tokens.labels(state.tenant_id, state.agent_id, model, "input").inc(
-                    delta.input_tokens
-                )
-                m.tokens.labels(state.tenant_id, state.agent_id, model, "output").inc(
-                    delta.output_tokens
-                )
+                key = (state.tenant_id, state.agent_id, model)
+                cost[key] += delta.cost_micros
+                tokens[(*key, "input")] += delta.input_tokens
+                tokens[(*key, "output")] += delta.output_tokens
                 if delta.unpriced:
-                    m.unpriced_calls.labels(model).inc()
-            if delta.kind in ("LLM_CALL", "TOOL_CALL"):
-                m.step_latency.labels(state.agent_id, delta.kind).observe(delta.duration_us / 1e6)
+                    unpriced[model] += 1
+            if kind in ("LLM_CALL", "TOOL_CALL"):
+                step_latency.labels(state.agent_id, kind).observe(delta.duration_us / 1e6)
             if delta.started:
-                m.active_sessions.labels(state.tenant_id, state.agent_id).inc()
+                started[(state.tenant_id, state.agent_id)] += 1
+        for key, micros in cost.items():
+            if micros:
+                m.cost.labels(*key).inc(micros / 1e6)
+        for tkey, n in tokens.items():
+            m.tokens.labels(*tkey).inc(n)
+        for model, n in unpriced.items():
+            m.unpriced_calls.labels(model).inc(n)
+        for skey, n in started.items():
+            m.active_sessions.labels(*skey).inc(n)
 
     def _publish(self, result: BatchResult) -> None:
         for decided in result.decisions:

@@ -84,7 +84,17 @@ class SessionState:
         return max(0, end - start)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # a hand-rolled asdict: checkpoints serialise thousands of states a second
+        raw = {name: getattr(self, name) for name in _STATE_FIELDS}
+        slowest = self.slowest
+        if slowest is not None:
+            raw["slowest"] = {
+                "seq": slowest.seq,
+                "kind": slowest.kind,
+                "name": slowest.name,
+                "duration_us": slowest.duration_us,
+            }
+        return raw
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> SessionState:
@@ -95,6 +105,9 @@ class SessionState:
         state.slowest = SlowestStep(**slowest) if slowest else None
         state.last_failed = (last_failed[0], last_failed[1]) if last_failed else None
         return state
+
+
+_STATE_FIELDS = tuple(f.name for f in dataclasses.fields(SessionState))
 
 
 @dataclass(slots=True)

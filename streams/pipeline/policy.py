@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+@functools.lru_cache(maxsize=256)
 def duration_s(text: str) -> float:
     """``30s``, ``5m``, ``1h``, ``7d`` in seconds."""
     match = _DURATION.match(text.strip())
@@ -194,6 +196,22 @@ class PolicySet:
     digest: str
     policies: tuple[Any, ...] = ()
     by_kind: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    #: (tenant, agent) -> kind -> the policies that match them: matching is per fleet member,
+    #: not per event
+    _applicable: dict[tuple[str, str], dict[str, tuple[Any, ...]]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def applicable(self, tenant_id: str, agent_id: str) -> dict[str, tuple[Any, ...]]:
+        key = (tenant_id, agent_id)
+        found = self._applicable.get(key)
+        if found is None:
+            kinds: dict[str, list[Any]] = {}
+            for policy in self.policies:
+                if policy.match.covers(tenant_id, agent_id):
+                    kinds.setdefault(policy.kind, []).append(policy)
+            found = self._applicable[key] = {k: tuple(v) for k, v in kinds.items()}
+        return found
 
     @classmethod
     def build(cls, files: Sequence[PolicyFile], digest: str = "") -> PolicySet:
@@ -260,31 +278,37 @@ def decide(policies: PolicySet, state: Any, delta: Any, facts: Facts) -> list[Ou
     """The outcomes the policies call for after ``delta`` was applied to ``state``.
 
     ``state`` is the session's SessionState and ``delta`` the event's StepDelta. Outcomes are
-    wanted states, not messages: enforcement publishes one only when it escalates.
+    wanted states, not messages: enforcement publishes one only when it escalates. Only the
+    kinds the event can affect are evaluated (a budget only moves with a cost, and so on).
     """
     outcomes: list[Outcome] = []
     tenant, agent = state.tenant_id, state.agent_id
+    applicable = policies.applicable(tenant, agent)
+    if not applicable:
+        return outcomes
     session = f"session:{state.session_id}"
-    for policy in policies.policies:
-        if not policy.match.covers(tenant, agent):
-            continue
-        kind = policy.kind
-        if kind == "budget":
+    if delta.cost_micros:
+        for policy in applicable.get("budget", ()):
             outcomes.extend(_budget(policy, state, delta, facts, session))
-        elif kind == "tools" and delta.kind == "TOOL_CALL" and delta.name is not None:
+    if delta.kind == "TOOL_CALL" and delta.name is not None:
+        for policy in applicable.get("tools", ()):
             if not policy.permits(delta.name):
                 outcomes.append(_act(policy, session, f"tool {delta.name!r} is not allowed"))
-        elif kind == "loop" and delta.kind == "TOOL_CALL":
+        for policy in applicable.get("loop", ()):
             if state.repeat_count >= policy.max_repeats:
                 reason = f"{state.repeat_count} identical calls of {delta.name!r} in a row"
                 outcomes.append(_act(policy, session, reason))
-        elif kind == "max_duration" and not delta.ended:
-            limit_us = duration_s(policy.max_duration) * 1_000_000
-            if state.duration_us > limit_us:
+        for policy in applicable.get("degradation", ()):
+            outcomes.extend(_degradation(policy, state, delta, facts))
+    if not delta.ended:
+        for policy in applicable.get("max_duration", ()):
+            if state.duration_us > duration_s(policy.max_duration) * 1_000_000:
                 outcomes.append(_act(policy, session, f"session longer than {policy.max_duration}"))
-        elif kind == "unpriced_model" and delta.unpriced:
+    if delta.unpriced:
+        for policy in applicable.get("unpriced_model", ()):
             outcomes.append(_act(policy, session, f"model {delta.name!r} has no price"))
-        elif kind == "concurrency" and delta.started:
+    if delta.started:
+        for policy in applicable.get("concurrency", ()):
             scope_id = agent if policy.scope == "agent" else tenant
             active = facts.active(scope_of(policy.scope, tenant, agent))
             if active > policy.max_active:
@@ -292,10 +316,9 @@ def decide(policies: PolicySet, state: Any, delta: Any, facts: Facts) -> list[Ou
                     f"{active} open sessions of {policy.scope} {scope_id} > {policy.max_active}"
                 )
                 outcomes.append(_act(policy, session, reason))
-        elif kind == "step_rate" and delta.kind in STEP_KINDS_POLICY:
+    if delta.kind in STEP_KINDS_POLICY:
+        for policy in applicable.get("step_rate", ()):
             outcomes.extend(_step_rate(policy, state, facts, session))
-        elif kind == "degradation" and delta.kind == "TOOL_CALL" and delta.name is not None:
-            outcomes.extend(_degradation(policy, state, delta, facts))
     return outcomes
 
 
