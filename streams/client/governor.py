@@ -103,7 +103,9 @@ class Governor:
             buffer_events=self.settings.client_buffer_events,
             buffer_max_age_s=self.settings.client_buffer_max_age_s,
         )
-        self.book = DecisionBook(tenant, public_keys or self._trusted_keys())
+        self.book = DecisionBook(
+            tenant, public_keys if public_keys is not None else self._trusted_keys()
+        )
         self.changed = threading.Condition()
         self._sessions: dict[str, Session] = {}
         self._sessions_lock = threading.Lock()

@@ -156,7 +156,10 @@ def fold(
     kind = event["kind"]
     start = event["start_time_us"]
     duration = event.get("duration_us") or 0
-    state.last_event_us = max(state.last_event_us, start + duration)
+    # SESSION_START/END are instants: the client gives SESSION_END the session's length as
+    # its duration, which must not push the session's last event time past its end
+    ends_at = start if kind in ("SESSION_START", "SESSION_END") else start + duration
+    state.last_event_us = max(state.last_event_us, ends_at)
     state.first_event_us = min(state.first_event_us or start, start)
     state.policy_version = policy_version or state.policy_version
     _versions(state, event)
@@ -213,8 +216,9 @@ def _step(state: SessionState, event: dict[str, Any], delta: StepDelta, prices: 
     state.step_time_us += duration
     if state.slowest is None or duration > state.slowest.duration_us:
         state.slowest = SlowestStep(event["seq"], kind, name, duration)
-    identity = (kind, name or "")
-    if state.last_failed == identity:
+    # a retry repeats the failed call right before it: the same model, or the same tool call id
+    identity = (kind, (name if kind == "LLM_CALL" else event.get("tool_call_id")) or "")
+    if state.last_failed == identity and identity[1]:
         state.retries += 1
         delta.retry = True
     failed = delta.status not in ("OK", "UNKNOWN")

@@ -1,0 +1,256 @@
+"""Simulating without a broker: a stand-in governor that builds the events the client would.
+
+For unit tests and for feeding the pipeline directly: the driver plays plans through
+:class:`OfflineGovernor` exactly as through the real one, and the events come out as the
+client's ``Session`` builds them (the integration test checks the two agree), with event ids
+derived from session id and seq so a run is reproducible. ``kills`` stands in for KILL
+decisions: session id -> how many steps pass before the next one raises ``SessionKilled``.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from streams.client import SessionKilled
+from streams.pipeline.pricing import PriceTable
+from streams.simulator.driver import AgentKey, Connect, EventSink, GovernorLike, SimClock, drive
+from streams.simulator.params import FleetParams
+from streams.simulator.plan import SessionPlan
+from streams.simulator.truth import TruthWriter
+
+#: uuid5 namespace of offline event ids
+EVENT_NAMESPACE = uuid.UUID("9e3c1d52-7a0b-4f7e-8c11-3b5a2d9e6f08")
+
+
+class OfflineSession:
+    def __init__(
+        self,
+        gov: OfflineGovernor,
+        session_id: str,
+        *,
+        category: str | None,
+        prompt_version: str | None,
+        model_version: str | None,
+        tool_schema_version: str | None,
+    ) -> None:
+        self.gov = gov
+        self.session_id = session_id
+        self.seq = 0
+        self._steps = 0
+        self._started_us = 0
+        self._common = {
+            "session_id": session_id,
+            "tenant_id": gov.key.tenant_id,
+            "agent_id": gov.key.agent_id,
+            "agent_version": gov.key.agent_version,
+            "category": category,
+            "prompt_version": prompt_version,
+            "model_version": model_version,
+            "tool_schema_version": tool_schema_version,
+        }
+
+    def _emit(
+        self,
+        kind: str,
+        *,
+        start_us: int | None = None,
+        duration_us: int = 0,
+        status: str = "OK",
+        **fields: Any,
+    ) -> dict[str, Any]:
+        self.seq += 1
+        event = {
+            **self._common,
+            "event_id": str(uuid.uuid5(EVENT_NAMESPACE, f"{self.session_id}/{self.seq}")),
+            "seq": self.seq,
+            "kind": kind,
+            "start_time_us": self.gov.clock.now_us if start_us is None else start_us,
+            "duration_us": duration_us,
+            "status": status,
+            **fields,
+        }
+        self.gov.emit(event)
+        return event
+
+    def _check(self) -> None:
+        limit = self.gov.kills.get(self.session_id)
+        if limit is not None and self._steps >= limit:
+            raise SessionKilled("offline kill", "offline", f"offline-{self.session_id}")
+        self._steps += 1
+
+    def start(self) -> None:
+        self._started_us = self.gov.clock.now_us
+        self._emit("SESSION_START", start_us=self._started_us)
+
+    def finish(self, exc: BaseException | None = None) -> None:
+        if isinstance(exc, SessionKilled):
+            status, error_type = "KILLED", None
+        elif exc is not None:
+            status, error_type = "ERROR", type(exc).__name__
+        else:
+            status, error_type = "OK", None
+        now = self.gov.clock.now_us
+        self._emit(
+            "SESSION_END",
+            duration_us=max(0, now - self._started_us),
+            status=status,
+            error_type=error_type,
+        )
+
+    def llm_call(
+        self,
+        *,
+        model: str,
+        provider: str | None = None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cache_read_input_tokens: int | None = None,
+        cost_usd: float | None = None,
+        duration_ms: float = 0.0,
+        status: str = "OK",
+        error_type: str | None = None,
+        content: Iterable[tuple[str, str]] | None = None,
+        start_us: int | None = None,
+    ) -> dict[str, Any]:
+        self._check()
+        return self._emit(
+            "LLM_CALL",
+            start_us=start_us,
+            duration_us=round(duration_ms * 1000),
+            status=status,
+            error_type=error_type,
+            operation="chat",
+            model=model,
+            provider=provider,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cache_read_input_tokens=cache_read_input_tokens,
+            reasoning_output_tokens=None,
+            cost_micros=None if cost_usd is None else round(cost_usd * 1_000_000),
+            content=[{"role": role.upper(), "text": text} for role, text in content or ()],
+        )
+
+    def tool_call(
+        self,
+        *,
+        name: str,
+        args: Any = None,
+        result: Any = None,
+        duration_ms: float = 0.0,
+        status: str = "OK",
+        error_type: str | None = None,
+        call_id: str | None = None,
+        cost_usd: float | None = None,
+        start_us: int | None = None,
+    ) -> dict[str, Any]:
+        self._check()
+        content = []
+        if args is not None:
+            content.append({"role": "TOOL_ARGUMENTS", "text": _as_text(args)})
+        if result is not None:
+            content.append({"role": "TOOL_RESULT", "text": _as_text(result)})
+        return self._emit(
+            "TOOL_CALL",
+            start_us=start_us,
+            duration_us=round(duration_ms * 1000),
+            status=status,
+            error_type=error_type,
+            operation="execute_tool",
+            tool_name=name,
+            tool_call_id=call_id,
+            cost_micros=None if cost_usd is None else round(cost_usd * 1_000_000),
+            content=content,
+        )
+
+    def evaluation(self, *, name: str, score: float, start_us: int | None = None) -> dict[str, Any]:
+        return self._emit(
+            "EVALUATION", start_us=start_us, evaluation_name=name, evaluation_score=score
+        )
+
+    def output(self, text: str) -> dict[str, Any]:
+        return self._emit(
+            "EVALUATION", evaluation_name="output", content=[{"role": "OUTPUT", "text": text}]
+        )
+
+
+def _as_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, default=str, sort_keys=True)
+
+
+class OfflineGovernor:
+    """Sends nothing: every event goes to ``sink``, and counts as delivered."""
+
+    def __init__(
+        self, key: AgentKey, clock: SimClock, sink: EventSink, kills: Mapping[str, int]
+    ) -> None:
+        self.key = key
+        self.clock = clock
+        self.kills = kills
+        self._sink = sink
+        self.emitted = 0
+
+    def emit(self, event: dict[str, Any]) -> None:
+        self.emitted += 1
+        self._sink(event)
+
+    def session(
+        self,
+        session_id: str | None = None,
+        *,
+        category: str | None = None,
+        prompt_version: str | None = None,
+        model_version: str | None = None,
+        tool_schema_version: str | None = None,
+    ) -> OfflineSession:
+        return OfflineSession(
+            self,
+            session_id or str(uuid.uuid4()),
+            category=category,
+            prompt_version=prompt_version,
+            model_version=model_version,
+            tool_schema_version=tool_schema_version,
+        )
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "emitted": self.emitted,
+            "delivered": self.emitted,
+            "dropped": 0,
+            "failed": 0,
+            "pending": 0,
+            "decisions_accepted": 0,
+        }
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        pass
+
+
+def offline_governors(kills: Mapping[str, int] | None = None) -> Connect:
+    def connect(key: AgentKey, clock: SimClock, sink: EventSink) -> GovernorLike:
+        return OfflineGovernor(key, clock, sink, kills or {})
+
+    return connect
+
+
+def simulate_offline(
+    plans: Sequence[SessionPlan],
+    prices: PriceTable,
+    *,
+    kills: Mapping[str, int] | None = None,
+    concurrency: int = 64,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The events of every session (grouped by session, in the order sessions were done) and
+    the truth of each, without a broker."""
+    events: list[dict[str, Any]] = []
+    truths: list[dict[str, Any]] = []
+    writer = TruthWriter(None, FleetParams(sessions=len(plans)), prices)
+
+    def done(plan: SessionPlan, emitted: Sequence[dict[str, Any]]) -> None:
+        events.extend(emitted)
+        truths.append(writer.add(emitted, planted=plan.pii, budget_breaker=plan.budget_breaker))
+
+    drive(plans, offline_governors(kills), concurrency=concurrency, on_session=done)
+    return events, truths
