@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -261,6 +261,70 @@ def simulate(
     except KafkaException as exc:
         raise _fail(f"cannot reach Kafka at {s.bootstrap} ({exc}); start it: governor up") from exc
     run_simulation(s, console, params, rate=rate, truth_path=ground_truth)
+
+
+# --- policies ------------------------------------------------------------------------------
+
+policy_app = typer.Typer(help="Enforcement policies: validate them before the worker loads them.")
+app.add_typer(policy_app, name="policy")
+
+
+@policy_app.command("check")
+def policy_check(
+    folder: Annotated[
+        Path | None, typer.Argument(help="Policy folder (default: GOVERNOR_POLICIES_DIR).")
+    ] = None,
+) -> None:
+    """Validate every policy file; print the set, or each problem as file:line: field: reason.
+
+    Exits 1 when a file is refused (the worker would keep its last good set).
+    """
+    from streams.policy_files import PolicyError, load_policy_set
+
+    path = folder or settings().policies_dir
+    try:
+        policy_set = load_policy_set(path)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            console.print(f"[red]{problem}[/]", highlight=False)
+        raise typer.Exit(code=1) from exc
+    table = Table(title=f"policies v{policy_set.version} ({policy_set.digest}) in {path}")
+    for column in ("id", "kind", "applies to", "limit", "action"):
+        table.add_column(column)
+    for policy in policy_set.policies:
+        table.add_row(
+            policy.id, policy.kind, _applies_to(policy), _limit(policy), policy.action.upper()
+        )
+    console.print(table)
+    console.print(f"[green]{len(policy_set.policies)} policies valid[/]")
+
+
+def _applies_to(policy: Any) -> str:
+    scope = getattr(policy, "scope", "session")
+    tenants = ",".join(policy.match.tenants)
+    agents = ",".join(policy.match.agents)
+    return f"{scope} of tenants {tenants} / agents {agents}"
+
+
+def _limit(policy: Any) -> str:
+    kind = policy.kind
+    if kind == "budget":
+        window = "" if policy.scope == "session" else f" per {policy.window}"
+        warn = f", warn at {policy.warn_at:.0%}" if policy.warn_at else ""
+        return f"${policy.limit_usd:,.2f}{window}{warn}"
+    if kind == "concurrency":
+        return f"{policy.max_active} open sessions"
+    if kind == "step_rate":
+        return f"{policy.max_steps} steps per {policy.window}"
+    if kind == "tools":
+        return f"deny {', '.join(policy.deny) or '-'}; allow {', '.join(policy.allow)}"
+    if kind == "loop":
+        return f"{policy.max_repeats} identical tool calls"
+    if kind == "max_duration":
+        return str(policy.max_duration)
+    if kind == "degradation":
+        return f"{policy.tool}: {policy.max_failures} failures in {policy.window}"
+    return "unpriced model"
 
 
 def main() -> None:
