@@ -150,6 +150,9 @@ def _views(app: faust.App, parts: WorkerParts) -> None:
                         sum(_counter_by_label(parts.metrics.dead_letters, "error_class").values())
                     ),
                     "ready": parts.runner.ready.is_set(),
+                    "processed": parts.runner.processed,
+                    "first_batch_at": parts.runner.first_batch_at,
+                    "last_batch_at": parts.runner.last_batch_at,
                 }
             )
 

@@ -107,8 +107,18 @@ class Engine:
         self._steps: Counter[tuple[str, int]] = Counter()
         self._tool_failures: Counter[tuple[str, int]] = Counter()
         self._spend_before: dict[tuple[str, float], tuple[int, int]] = {}
+        #: spend per (scope, hour) of all owned partitions, kept current by _aggregate
+        self._hour_spend: Counter[tuple[str, int]] = Counter()
+        self._watermark_us = 0
+        self._scopes: dict[tuple[str, str], tuple[str, str]] = {}
+        #: (policy id, target) -> level, over all owned partitions (for Facts.level)
+        self._levels: dict[tuple[str, str], int] = {}
         self.facts = Facts(
-            spend=self.spend, active=self.active, steps=self.steps, tool_failures=self.failures
+            spend=self.spend,
+            active=self.active,
+            steps=self.steps,
+            tool_failures=self.failures,
+            level=self.enforced_level,
         )
 
     # --- partitions --------------------------------------------------------------------
@@ -116,19 +126,39 @@ class Engine:
     def assign(self, state: PartitionState) -> None:
         self.partitions[state.partition] = state
         self._spend_before.clear()
+        self._hour_spend.clear()
+        self._recompute_watermark()
+        self._index_levels()
 
     def revoke(self, partition: int) -> None:
         self.partitions.pop(partition, None)
         self._spend_before.clear()
+        self._hour_spend.clear()
+        self._recompute_watermark()
+        self._index_levels()
 
     def state(self, partition: int) -> PartitionState:
         if partition not in self.partitions:
             self.partitions[partition] = PartitionState(partition)
         return self.partitions[partition]
 
+    def enforced_level(self, policy_id: str, target: str) -> int:
+        """How far a policy has already escalated on a target (0: not at all)."""
+        return self._levels.get((policy_id, target), 0)
+
+    def _index_levels(self) -> None:
+        self._levels = {}
+        for part in self.partitions.values():
+            for key, (level, _epoch) in part.enforced.items():
+                self._levels[key] = max(level, self._levels.get(key, 0))
+
     @property
     def watermark_us(self) -> int:
-        return max((p.watermark_us for p in self.partitions.values()), default=0)
+        """The latest event time of all owned partitions (kept current by ``_apply``)."""
+        return self._watermark_us
+
+    def _recompute_watermark(self) -> None:
+        self._watermark_us = max((p.watermark_us for p in self.partitions.values()), default=0)
 
     # --- facts for policies --------------------------------------------------------------
 
@@ -144,7 +174,8 @@ class Engine:
             first = bucket_start(self.watermark_us - int(window_s * 1_000_000), HOUR_US) + HOUR_US
             before = sum(self._hour_cost(key, hour) for hour in range(first, now_hour, HOUR_US))
             cached = self._spend_before[(key, window_s)] = (now_hour, before)
-        return cached[1] + self._hour_cost(key, now_hour)
+            self._hour_spend[(key, now_hour)] = self._hour_cost(key, now_hour)
+        return cached[1] + self._hour_spend[(key, now_hour)]
 
     def _hour_cost(self, key: str, hour: int) -> int:
         total = 0
@@ -203,8 +234,15 @@ class Engine:
         part.mark("s", session_id)
         if delta.event_time_us > part.watermark_us:
             part.watermark_us = delta.event_time_us
-        tenant = tenant_scope(state.tenant_id)
-        agent = agent_scope(state.tenant_id, state.agent_id)
+            if delta.event_time_us > self._watermark_us:
+                self._watermark_us = delta.event_time_us
+        scopes = self._scopes.get((state.tenant_id, state.agent_id))
+        if scopes is None:
+            scopes = self._scopes[(state.tenant_id, state.agent_id)] = (
+                tenant_scope(state.tenant_id),
+                agent_scope(state.tenant_id, state.agent_id),
+            )
+        tenant, agent = scopes
         self._aggregate(part, state, delta, tenant, agent)
         result.deltas.append((state, delta))
         if self.policies.policies and not (state.ended and not delta.ended):
@@ -220,39 +258,52 @@ class Engine:
         self, part: PartitionState, state: SessionState, delta: StepDelta, tenant: str, agent: str
     ) -> None:
         when = delta.event_time_us
-        step = Totals(
-            cost_micros=delta.cost_micros,
-            input_tokens=delta.input_tokens,
-            output_tokens=delta.output_tokens,
-            llm_calls=delta.kind == "LLM_CALL",
-            tool_calls=delta.kind == "TOOL_CALL",
-            sessions_started=delta.started,
-            sessions_ended=delta.ended,
-        )
-        for scope in (tenant, agent):
-            for size in (HOUR_US, DAY_US):
-                key = (scope, size, bucket_start(when, size))
+        kind = delta.kind
+        is_llm, is_tool = kind == "LLM_CALL", kind == "TOOL_CALL"
+        if is_llm or is_tool or delta.started or delta.ended or delta.cost_micros:
+            dirty = part.dirty
+            hour, day = when - when % HOUR_US, when - when % DAY_US
+            cost = delta.cost_micros
+            for key in (
+                (tenant, HOUR_US, hour),
+                (tenant, DAY_US, day),
+                (agent, HOUR_US, hour),
+                (agent, DAY_US, day),
+            ):
                 totals = part.buckets.get(key)
                 if totals is None:
                     totals = part.buckets[key] = Totals()
-                totals.add(step)
-                part.mark("b", key)
+                totals.cost_micros += cost
+                if is_llm:
+                    totals.llm_calls += 1
+                    totals.input_tokens += delta.input_tokens
+                    totals.output_tokens += delta.output_tokens
+                elif is_tool:
+                    totals.tool_calls += 1
+                elif delta.started:
+                    totals.sessions_started += 1
+                elif delta.ended:
+                    totals.sessions_ended += 1
+                dirty.add(("b", key))
+            if cost:
+                self._hour_spend[(tenant, hour)] += cost
+                self._hour_spend[(agent, hour)] += cost
         if delta.started:
             part.active[tenant] += 1
             part.active[agent] += 1
-            part.mark("a", None)
-        if delta.kind in ("LLM_CALL", "TOOL_CALL"):
-            hour = bucket_start(when, HOUR_US)
-            hkey = (agent, delta.kind, delta.name or "unknown", hour)
+            part.dirty.add(("a", None))
+        if is_llm or is_tool:
+            hour = when - when % HOUR_US
+            hkey = (agent, kind, delta.name or "unknown", hour)
             histogram = part.histograms.get(hkey)
             if histogram is None:
                 histogram = part.histograms[hkey] = Histogram()
             histogram.observe(delta.duration_us / 1000)
-            part.mark("h", hkey)
-            minute = bucket_start(when, MINUTE_US)
+            part.dirty.add(("h", hkey))
+            minute = when - when % MINUTE_US
             self._steps[(f"session:{state.session_id}", minute)] += 1
             self._steps[(f"agent:{state.agent_id}", minute)] += 1
-            if delta.kind == "TOOL_CALL" and delta.status not in ("OK", "UNKNOWN"):
+            if is_tool and delta.status not in ("OK", "UNKNOWN"):
                 self._tool_failures[(delta.name or "unknown", minute)] += 1
 
     def _escalate(
@@ -265,13 +316,14 @@ class Engine:
         index: int,
     ) -> Decided | None:
         key = (outcome.policy_id, outcome.target)
-        level, _epoch = part.enforced.get(key, (0, 0))
-        if outcome.level <= level:
+        # across partitions: an agent's or tenant's target is decided once, not per partition
+        if outcome.level <= self._levels.get(key, 0):
             return None
         # event time makes the epoch deterministic under replay; the index orders outcomes of
         # one event, so two decisions for one target never share an epoch
         epoch = delta.event_time_us * 16 + min(index, 15)
         part.enforced[key] = (outcome.level, epoch)
+        self._levels[key] = max(outcome.level, self._levels.get(key, 0))
         part.mark("e", key)
         return Decided(
             outcome=outcome,
@@ -340,6 +392,9 @@ class Engine:
         for counter in (self._steps, self._tool_failures):
             for key in [k for k in counter if k[1] < horizon]:
                 del counter[key]
+        previous_hour = bucket_start(now, HOUR_US) - HOUR_US
+        for spend_key in [k for k in self._hour_spend if k[1] < previous_hour]:
+            del self._hour_spend[spend_key]
 
 
 # --- checkpoint records --------------------------------------------------------------------

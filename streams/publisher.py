@@ -7,7 +7,7 @@ producer (linger 0) so a decision never queues behind bulk traffic.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
@@ -79,15 +79,29 @@ class DecisionPublisher:
 
     def publish(self, decision: Mapping[str, Any], wait: bool = False) -> dict[str, Any]:
         """Sign and send ``decision``; the latest per target also goes to Redis."""
-        signed = self.key.sign(decision)
-        payload = self.codecs.decision.encode(signed)
-        self._producer.produce(self.topic, payload, signed["target"].encode())
+        [signed] = self.publish_many([decision], wait=wait)
+        return signed
+
+    def publish_many(
+        self, decisions: Sequence[Mapping[str, Any]], wait: bool = False
+    ) -> list[dict[str, Any]]:
+        """Sign and send every decision at once; one Redis round trip mirrors them all."""
+        if not decisions:
+            return []
+        signed_all = []
+        pipe = self._redis.pipeline(transaction=False)
+        for decision in decisions:
+            signed = self.key.sign(decision)
+            payload = self.codecs.decision.encode(signed)
+            self._producer.produce(self.topic, payload, signed["target"].encode())
+            key = decision_redis_key(self.settings.redis_key_prefix, signed["target"])
+            self._mirror(keys=[key], args=[signed["epoch"], payload], client=pipe)
+            signed_all.append(signed)
         self._producer.poll(0)
-        key = decision_redis_key(self.settings.redis_key_prefix, signed["target"])
-        self._mirror(keys=[key], args=[signed["epoch"], payload])
+        pipe.execute()
         if wait:
             self.flush()
-        return signed
+        return signed_all
 
     def flush(self, timeout_s: float = 10.0) -> None:
         if self._producer.flush(timeout_s):

@@ -14,6 +14,8 @@ from typing import Any
 
 from streams.settings import Settings
 
+SWITCH_INTERVAL_S = 0.02
+
 
 def run_worker(settings: Settings) -> None:
     """Run the Faust worker in this process until SIGINT/SIGTERM."""
@@ -22,6 +24,9 @@ def run_worker(settings: Settings) -> None:
     from streams.app import build_app
     from streams.topics import admin_client, cluster_size
 
+    # the accounting thread is CPU-bound; longer GIL slices spare it switches to the event loop
+    # (web views and timers), which only needs the GIL briefly
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     app = build_app(settings, brokers=cluster_size(admin_client(settings)))
     Path(app.conf.datadir).parent.mkdir(parents=True, exist_ok=True)
     loop = "uvloop" if _has_uvloop() else None

@@ -96,6 +96,9 @@ class AccountingRunner:
         self.lock = threading.RLock()
         self.chains = AuditChains()
         self.processed = 0
+        #: wall time of the first and latest batch, for throughput measurements
+        self.first_batch_at = 0.0
+        self.last_batch_at = 0.0
         self.ready = threading.Event()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="governor-accounting", daemon=True)
@@ -196,6 +199,9 @@ class AccountingRunner:
                 self._publish(result)
                 self._observe(result, events, now_s)
         self.processed += len(messages)
+        self.last_batch_at = time.time()
+        if not self.first_batch_at:
+            self.first_batch_at = now_s
 
     def _observe(self, result: BatchResult, events: list[dict[str, Any]], now_s: float) -> None:
         """Metrics for a batch: summed here first, since a labelled update costs microseconds."""
@@ -213,7 +219,7 @@ class AccountingRunner:
         tokens: dict[tuple[str, str, str, str], int] = defaultdict(int)
         unpriced: dict[str, int] = defaultdict(int)
         started: dict[tuple[str, str], int] = defaultdict(int)
-        step_latency = m.step_latency
+        latencies: dict[tuple[str, str], list[float]] = defaultdict(list)
         for state, delta in result.deltas:
             kind = delta.kind
             if kind == "LLM_CALL":
@@ -225,7 +231,7 @@ class AccountingRunner:
                 if delta.unpriced:
                     unpriced[model] += 1
             if kind in ("LLM_CALL", "TOOL_CALL"):
-                step_latency.labels(state.agent_id, kind).observe(delta.duration_us / 1e6)
+                latencies[(state.agent_id, kind)].append(delta.duration_us / 1e6)
             if delta.started:
                 started[(state.tenant_id, state.agent_id)] += 1
         for key, micros in cost.items():
@@ -237,10 +243,14 @@ class AccountingRunner:
             m.unpriced_calls.labels(model).inc(n)
         for skey, n in started.items():
             m.active_sessions.labels(*skey).inc(n)
+        for lkey, seconds in latencies.items():
+            child = m.step_latency.labels(*lkey)
+            for value in seconds:
+                child.observe(value)
 
     def _publish(self, result: BatchResult) -> None:
-        for decided in result.decisions:
-            self._decide(decided)
+        if result.decisions:
+            self._decide(result.decisions)
         for record in result.summaries:
             self._txn_produce(
                 self.settings.topic("sessions"),
@@ -261,41 +271,47 @@ class AccountingRunner:
         if self.on_result is not None:
             self.on_result(result)
 
-    def _decide(self, decided: Decided) -> None:
-        outcome = decided.outcome
-        ttl = outcome.ttl_s if outcome.ttl_s is not None else DEFAULT_DECISION_TTL_S
-        decision = make_decision(
-            target=outcome.target,
-            tenant_id=decided.tenant_id,
-            action=outcome.action,
-            policy_id=outcome.policy_id,
-            policy_version=decided.policy_version,
-            epoch=decided.epoch,
-            issued_at_us=decided.issued_at_us,
-            expires_at_us=decided.issued_at_us + int(ttl * 1_000_000),
-            reason=outcome.reason,
-            parameters=outcome.parameters,
-            trigger_event_id=decided.trigger_event_id,
-        )
-        signed = self.publisher.publish(decision)
-        self.metrics.decisions.labels(outcome.action, outcome.policy_id).inc()
-        record = self.chains.append(
-            decided.tenant_id,
-            "DECISION",
-            decided.issued_at_us,
-            outcome.target,
-            f"{outcome.action} by {outcome.policy_id}: {outcome.reason}",
-            {
-                "decision_id": signed["decision_id"],
-                "action": outcome.action,
-                "policy_id": outcome.policy_id,
-                "policy_version": str(decided.policy_version),
-                "epoch": str(decided.epoch),
-                "trigger_event_id": decided.trigger_event_id or "",
-            },
-            record_id=signed["decision_id"],
-        )
-        self._audit(record)
+    def _decide(self, batch: list[Decided]) -> None:
+        """Publish the batch's decisions at once (signed, one Redis round trip), then audit."""
+        decisions = []
+        for decided in batch:
+            outcome = decided.outcome
+            ttl = outcome.ttl_s if outcome.ttl_s is not None else DEFAULT_DECISION_TTL_S
+            decisions.append(
+                make_decision(
+                    target=outcome.target,
+                    tenant_id=decided.tenant_id,
+                    action=outcome.action,
+                    policy_id=outcome.policy_id,
+                    policy_version=decided.policy_version,
+                    epoch=decided.epoch,
+                    issued_at_us=decided.issued_at_us,
+                    expires_at_us=decided.issued_at_us + int(ttl * 1_000_000),
+                    reason=outcome.reason,
+                    parameters=outcome.parameters,
+                    trigger_event_id=decided.trigger_event_id,
+                )
+            )
+        for decided, signed in zip(batch, self.publisher.publish_many(decisions), strict=True):
+            outcome = decided.outcome
+            self.metrics.decisions.labels(outcome.action, outcome.policy_id).inc()
+            record = self.chains.append(
+                decided.tenant_id,
+                "DECISION",
+                decided.issued_at_us,
+                outcome.target,
+                f"{outcome.action} by {outcome.policy_id}: {outcome.reason}",
+                {
+                    "decision_id": signed["decision_id"],
+                    "action": outcome.action,
+                    "policy_id": outcome.policy_id,
+                    "policy_version": str(decided.policy_version),
+                    "epoch": str(decided.epoch),
+                    "trigger_event_id": decided.trigger_event_id or "",
+                },
+                record_id=signed["decision_id"],
+            )
+            self._audit(record)
 
     def audit_policy_change(self, previous: Any, current: Any) -> None:
         """Audit a policy change in every tenant's chain (called from the app's timer)."""

@@ -159,10 +159,15 @@ def fold(
     # SESSION_START/END are instants: the client gives SESSION_END the session's length as
     # its duration, which must not push the session's last event time past its end
     ends_at = start if kind in ("SESSION_START", "SESSION_END") else start + duration
-    state.last_event_us = max(state.last_event_us, ends_at)
-    state.first_event_us = min(state.first_event_us or start, start)
-    state.policy_version = policy_version or state.policy_version
-    _versions(state, event)
+    if ends_at > state.last_event_us:
+        state.last_event_us = ends_at
+    if start < state.first_event_us or not state.first_event_us:
+        state.first_event_us = start
+    if policy_version:
+        state.policy_version = policy_version
+    if state.events == 1 or kind == "SESSION_START":
+        # the client stamps the versions on every event; a session's first event says them
+        _versions(state, event)
     state.steps_by_kind[kind] = state.steps_by_kind.get(kind, 0) + 1
     delta = StepDelta(
         kind=kind,

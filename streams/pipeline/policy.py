@@ -260,6 +260,8 @@ class Facts:
     steps: Any  # Callable[[str, str, float], int]
     #: failures of a tool (all agents) in the last ``window_s`` seconds
     tool_failures: Any  # Callable[[str, float], int]
+    #: how far (policy id, target) has escalated already: 2 means nothing more to decide
+    level: Any = None  # Callable[[str, str], int]
 
 
 def _act(policy: Any, target: str, reason: str, level: int = 2, **extra: Any) -> Outcome:
@@ -330,12 +332,18 @@ def _budget(policy: Any, state: Any, delta: Any, facts: Facts, session: str) -> 
         return []
     limit = round(policy.limit_usd * 1_000_000)
     if policy.scope == "session":
-        spent, target, ttl = state.cost_micros, session, None
+        target = session
     else:
         scope_id = state.agent_id if policy.scope == "agent" else state.tenant_id
+        target = f"{policy.scope}:{scope_id}"
+    if facts.level is not None and facts.level(policy.id, target) >= 2:
+        return []  # enforced already: budgets are checked on every priced event, keep it cheap
+    if policy.scope == "session":
+        spent, ttl = state.cost_micros, None
+    else:
         window_s = duration_s(policy.window)
         spent = facts.spend(scope_of(policy.scope, state.tenant_id, state.agent_id), window_s)
-        target, ttl = f"{policy.scope}:{scope_id}", window_s
+        ttl = window_s
     what = f"{policy.scope} spend {_usd(spent)}"
     if spent > limit:
         return [_act(policy, target, f"{what} over the {_usd(limit)} limit", ttl_s=ttl)]
