@@ -8,11 +8,12 @@ collects what must be published (session summaries, decisions). It does no I/O: 
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from streams.pipeline.accounting import (
     SessionState,
@@ -104,7 +105,7 @@ class Engine:
         self.daily_retention_us = int(daily_retention_s * 1_000_000)
         self.partitions: dict[int, PartitionState] = {}
         # minute counters for rates (not checkpointed: a restart forgets the last minutes)
-        self._steps: Counter[tuple[str, int]] = Counter()
+        self._steps: Counter[tuple[tuple[str, str], int]] = Counter()
         self._tool_failures: Counter[tuple[str, int]] = Counter()
         self._spend_before: dict[tuple[str, float], tuple[int, int]] = {}
         #: spend per (scope, hour) of all owned partitions, kept current by _aggregate
@@ -113,6 +114,8 @@ class Engine:
         self._scopes: dict[tuple[str, str], tuple[str, str]] = {}
         #: (policy id, target) -> level, over all owned partitions (for Facts.level)
         self._levels: dict[tuple[str, str], int] = {}
+        #: open sessions per scope over all owned partitions (for Facts.active)
+        self._active: Counter[str] = Counter()
         self.facts = Facts(
             spend=self.spend,
             active=self.active,
@@ -129,6 +132,7 @@ class Engine:
         self._hour_spend.clear()
         self._recompute_watermark()
         self._index_levels()
+        self._index_active()
 
     def revoke(self, partition: int) -> None:
         self.partitions.pop(partition, None)
@@ -136,6 +140,7 @@ class Engine:
         self._hour_spend.clear()
         self._recompute_watermark()
         self._index_levels()
+        self._index_active()
 
     def state(self, partition: int) -> PartitionState:
         if partition not in self.partitions:
@@ -186,12 +191,19 @@ class Engine:
         return total
 
     def active(self, key: str) -> int:
-        return sum(p.active.get(key, 0) for p in self.partitions.values())
+        return self._active.get(key, 0)
+
+    def _index_active(self) -> None:
+        self._active = Counter()
+        for part in self.partitions.values():
+            self._active.update(part.active)
 
     def steps(self, scope: str, scope_id: str, window_s: float) -> int:
-        now_min = bucket_start(self.watermark_us, MINUTE_US)
-        minutes = max(1, int(window_s // 60))
-        key = f"{scope}:{scope_id}"
+        now_min = self._watermark_us - self._watermark_us % MINUTE_US
+        key = (scope, scope_id)
+        if window_s <= 60:
+            return self._steps.get((key, now_min), 0)
+        minutes = int(window_s // 60)
         return sum(self._steps.get((key, now_min - i * MINUTE_US), 0) for i in range(minutes))
 
     def failures(self, tool: str, window_s: float) -> int:
@@ -291,6 +303,8 @@ class Engine:
         if delta.started:
             part.active[tenant] += 1
             part.active[agent] += 1
+            self._active[tenant] += 1
+            self._active[agent] += 1
             part.dirty.add(("a", None))
         if is_llm or is_tool:
             hour = when - when % HOUR_US
@@ -301,8 +315,8 @@ class Engine:
             histogram.observe(delta.duration_us / 1000)
             part.dirty.add(("h", hkey))
             minute = when - when % MINUTE_US
-            self._steps[(f"session:{state.session_id}", minute)] += 1
-            self._steps[(f"agent:{state.agent_id}", minute)] += 1
+            self._steps[(("session", state.session_id), minute)] += 1
+            self._steps[(("agent", state.agent_id), minute)] += 1
             if is_tool and delta.status not in ("OK", "UNKNOWN"):
                 self._tool_failures[(delta.name or "unknown", minute)] += 1
 
@@ -340,6 +354,8 @@ class Engine:
         if state.start_time_us is not None:
             part.active[tenant] -= 1
             part.active[agent] -= 1
+            self._active[tenant] -= 1
+            self._active[agent] -= 1
             part.mark("a", None)
         hour = bucket_start(state.end_time_us or state.last_event_us, HOUR_US)
         hkey = (agent, SESSION_KIND, "", hour)
@@ -406,42 +422,40 @@ def checkpoint_records(part: PartitionState) -> list[tuple[bytes, bytes | None]]
     for kind, key in part.dirty:
         if kind == "s":
             state = part.sessions.get(key)
-            value = None if state is None else json.dumps(state.to_dict()).encode()
+            value = None if state is None else orjson.dumps(state.to_dict())
             records.append((f"s|{key}".encode(), value))
         elif kind == "c":
             closed = part.closed.get(key)
-            value = None if closed is None else json.dumps(closed).encode()
+            value = None if closed is None else orjson.dumps(closed)
             records.append((f"c|{key}".encode(), value))
         elif kind == "b":
             totals = part.buckets.get(key)
-            value = None if totals is None else json.dumps(_totals(totals)).encode()
-            records.append((("b|" + json.dumps(list(key))).encode(), value))
+            value = None if totals is None else orjson.dumps(_totals(totals))
+            records.append((b"b|" + orjson.dumps(list(key)), value))
         elif kind == "h":
             hist = part.histograms.get(key)
             value = (
                 None
                 if hist is None
-                else json.dumps(
+                else orjson.dumps(
                     {"counts": _sparse(hist.counts), "count": hist.count, "sum_ms": hist.sum_ms}
-                ).encode()
+                )
             )
-            records.append((("h|" + json.dumps(list(key))).encode(), value))
+            records.append((b"h|" + orjson.dumps(list(key)), value))
         elif kind == "e":
             level, epoch = part.enforced[key]
-            records.append(
-                (("e|" + json.dumps(list(key))).encode(), json.dumps([level, epoch]).encode())
-            )
+            records.append((b"e|" + orjson.dumps(list(key)), orjson.dumps([level, epoch])))
         elif kind == "a":
-            records.append((b"a|", json.dumps(dict(part.active)).encode()))
+            records.append((b"a|", orjson.dumps(dict(part.active))))
     part.dirty.clear()
-    records.append((b"w|", json.dumps(part.watermark_us).encode()))
+    records.append((b"w|", orjson.dumps(part.watermark_us)))
     return records
 
 
 def restore_record(part: PartitionState, key: bytes, value: bytes | None) -> None:
     """Apply one changelog record while rebuilding ``part`` (later records win)."""
     kind, _, rest = key.decode().partition("|")
-    data = None if value is None else json.loads(value)
+    data = None if value is None else orjson.loads(value)
     if kind == "s":
         if data is None:
             part.sessions.pop(rest, None)
@@ -453,13 +467,13 @@ def restore_record(part: PartitionState, key: bytes, value: bytes | None) -> Non
         else:
             part.closed[rest] = (data[0], data[1])
     elif kind == "b":
-        bkey = tuple(json.loads(rest))
+        bkey = tuple(orjson.loads(rest))
         if data is None:
             part.buckets.pop(bkey, None)
         else:
             part.buckets[bkey] = Totals(**data)
     elif kind == "h":
-        hkey = tuple(json.loads(rest))
+        hkey = tuple(orjson.loads(rest))
         if data is None:
             part.histograms.pop(hkey, None)
         else:
@@ -468,7 +482,7 @@ def restore_record(part: PartitionState, key: bytes, value: bytes | None) -> Non
                 hist.counts[int(index)] = n
             part.histograms[hkey] = hist
     elif kind == "e" and data is not None:
-        policy_id, target = json.loads(rest)
+        policy_id, target = orjson.loads(rest)
         part.enforced[(policy_id, target)] = (data[0], data[1])
     elif kind == "a" and data is not None:
         part.active = Counter(data)

@@ -77,7 +77,7 @@ class Settings:
     hourly_retention_s: float = 8 * 86400.0
     daily_retention_s: float = 35 * 86400.0
     #: how often the worker checkpoints its state and commits offsets (one transaction)
-    checkpoint_interval_s: float = 0.5
+    checkpoint_interval_s: float = 1.0
 
     # paths of the project's data
     schemas_dir: Path = field(default_factory=lambda: project_root() / "schemas")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ from typing import Any
 from streams.settings import Settings
 
 SWITCH_INTERVAL_S = 0.02
+GC_GEN0_THRESHOLD = 100_000
 
 
 def run_worker(settings: Settings) -> None:
@@ -27,6 +29,9 @@ def run_worker(settings: Settings) -> None:
     # the accounting thread is CPU-bound; longer GIL slices spare it switches to the event loop
     # (web views and timers), which only needs the GIL briefly
     sys.setswitchinterval(SWITCH_INTERVAL_S)
+    # the hot path allocates short-lived dicts by the million and builds no cycles: collect the
+    # young generation far less often (the default, 700 allocations, costs ~10 % of throughput)
+    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
     app = build_app(settings, brokers=cluster_size(admin_client(settings)))
     Path(app.conf.datadir).parent.mkdir(parents=True, exist_ok=True)
     loop = "uvloop" if _has_uvloop() else None

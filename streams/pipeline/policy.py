@@ -344,11 +344,13 @@ def _budget(policy: Any, state: Any, delta: Any, facts: Facts, session: str) -> 
         window_s = duration_s(policy.window)
         spent = facts.spend(scope_of(policy.scope, state.tenant_id, state.agent_id), window_s)
         ttl = window_s
-    what = f"{policy.scope} spend {_usd(spent)}"
     if spent > limit:
-        return [_act(policy, target, f"{what} over the {_usd(limit)} limit", ttl_s=ttl)]
+        reason = f"{policy.scope} spend {_usd(spent)} over the {_usd(limit)} limit"
+        return [_act(policy, target, reason, ttl_s=ttl)]
     if policy.warn_at is not None and spent >= limit * policy.warn_at:
-        reason = f"{what} reached {policy.warn_at:.0%} of {_usd(limit)}"
+        if facts.level is not None and facts.level(policy.id, target) >= 1:
+            return []  # warned already
+        reason = f"{policy.scope} spend {_usd(spent)} reached {policy.warn_at:.0%} of {_usd(limit)}"
         return [Outcome(policy.id, target, "WARN", reason, 1, {}, ttl)]
     return []
 
