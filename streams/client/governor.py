@@ -153,11 +153,15 @@ class Governor:
         prompt_version: str | None = None,
         model_version: str | None = None,
         tool_schema_version: str | None = None,
+        resume: bool = False,
     ) -> Session:
-        """A new session, or the resumption of ``session_id`` (its decisions are re-read)."""
+        """A new session (with your id, or a random one), or with ``resume=True`` the
+        continuation of a session another process started: its decisions are re-read from Redis
+        and its ``seq`` continues from the wall clock in milliseconds, above anything the earlier
+        process can have used, so the worker does not take the new events for duplicates."""
         if session_id is not None:
             self._load_decisions([session_target(session_id)])
-        return Session(
+        session = Session(
             self,
             session_id or str(uuid.uuid4()),
             category=category,
@@ -165,6 +169,9 @@ class Governor:
             model_version=model_version,
             tool_schema_version=tool_schema_version,
         )
+        if resume:
+            session.seq = time.time_ns() // 1_000_000
+        return session
 
     def _register(self, session: Session) -> None:
         with self._sessions_lock:

@@ -468,7 +468,13 @@ class GovernorSpanProcessor(SpanProcessor):
     def _open(
         self, conversation: str, fields: dict[str, str | None], start_us: int, owner: int | None
     ) -> Session:
-        session = self.gov.session(conversation, **fields)
+        session = self.gov.session(
+            conversation,
+            category=fields.get("category"),
+            prompt_version=fields.get("prompt_version"),
+            model_version=fields.get("model_version"),
+            tool_schema_version=fields.get("tool_schema_version"),
+        )
         # a conversation coming back (its next turn) continues its seq: the worker skips
         # events whose seq it has already applied for this session id
         session.seq = self._last_seq.pop(conversation, 0)

@@ -63,8 +63,6 @@ class BudgetPolicy(PolicyBase):
     warn_at: Annotated[float, Field(gt=0, lt=1)] | None = 0.8
     action: Action = "kill"
     throttle_delay_ms: Annotated[int, Field(ge=0)] = 1000
-    #: also a hard cap: mirrored to Redis for the client's opt-in pre-flight reservations
-    hard: bool = False
 
     _window = field_validator("window")(classmethod(lambda cls, v: _check_duration(v)))
 

@@ -297,3 +297,20 @@ def test_governor_reads_settings_and_closes_cleanly(topics: Settings) -> None:
             s.evaluation(name="x", score=1.0)
         assert gov.emitter.flush(10) == 0
     assert gov.stats()["delivered"] == 3
+
+
+def test_a_resumed_session_continues_above_the_earlier_seq(
+    topics: Settings, governor: GovernorFactory
+) -> None:
+    first = governor(obey=False)
+    with first.session("conv-7") as s:
+        s.llm_call(model="gpt-4o-mini", input_tokens=1, output_tokens=1)
+    first.emitter.flush()
+    later = governor(obey=False)
+    with later.session("conv-7", resume=True) as s:
+        s.llm_call(model="gpt-4o-mini", input_tokens=1, output_tokens=1)
+    later.emitter.flush()
+    seqs = [e["seq"] for e in sorted(_events(topics, 6), key=lambda e: e["seq"])]
+    assert seqs[:3] == [1, 2, 3]
+    assert seqs[3] > 3
+    assert seqs[3:] == [seqs[3], seqs[3] + 1, seqs[3] + 2]

@@ -96,7 +96,13 @@ END_US = T0_US + 2_000_000
 
 
 def run_native(gov: Governor, session_id: str) -> None:
-    s = gov.session(session_id, **SESSION)
+    s = gov.session(
+        session_id,
+        category=SESSION["category"],
+        prompt_version=SESSION["prompt_version"],
+        model_version=SESSION["model_version"],
+        tool_schema_version=SESSION["tool_schema_version"],
+    )
     s.start(start_us=T0_US)
     for step in TOY:
         if isinstance(step, LlmStep):
