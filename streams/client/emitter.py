@@ -57,7 +57,9 @@ class Emitter:
                 "queue.buffering.max.kbytes": 256 * 1024,
                 "message.timeout.ms": int(buffer_max_age_s * 1000),
                 "error_cb": self._on_error,
-                "log_level": 3,
+                # librdkafka would print every refused reconnect (20 a second while the broker
+                # is away); error_cb reports the outage instead, once per interval
+                "log_level": 2,
                 **(extra_config or {}),
             }
         )

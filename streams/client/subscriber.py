@@ -57,7 +57,7 @@ class ControlSubscriber:
                 "enable.auto.commit": False,
                 "fetch.wait.max.ms": 10,
                 "error_cb": self._on_error,
-                "log_level": 3,
+                "log_level": 2,  # outages are reported by _on_error, rate-limited
             }
         )
         self._thread = threading.Thread(target=self._run, name="governor-control", daemon=True)
@@ -93,6 +93,8 @@ class ControlSubscriber:
 
     def _on_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            if not self._disconnected:
+                log.warning("control topic unreachable (%s); decisions resume on reconnect", err)
             self._disconnected = True
 
     def _run(self) -> None:
