@@ -50,6 +50,10 @@ def faust_config(settings: Settings, brokers: int = 1) -> dict[str, Any]:
         "consumer_auto_offset_reset": "earliest",
         "producer_acks": -1,
         "stream_wait_empty": False,
+        # Faust's own group gates the app's start: a worker killed without leaving must not
+        # hold a restarted one back for the default 60 s
+        "broker_session_timeout": 10.0,
+        "broker_heartbeat_interval": 2.0,
     }
 
 

@@ -118,6 +118,9 @@ class AccountingRunner:
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "isolation.level": "read_committed",
+                # a worker that dies without leaving hands its partitions over within ~10 s
+                "session.timeout.ms": 10_000,
+                "heartbeat.interval.ms": 2_000,
                 "fetch.wait.max.ms": 20,
                 "queued.max.messages.kbytes": 65536,
                 "log_level": 3,
