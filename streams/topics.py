@@ -162,22 +162,29 @@ def create_topics(
 
 
 def wait_for_topics(admin: AdminClient, names: list[str], timeout_s: float = 30) -> None:
-    """Block until the cluster's metadata shows each topic with a leader for every partition."""
+    """Block until the cluster's metadata shows each topic with a leader for every partition.
+
+    Brokers answer from their own metadata view, which can lag behind; three ready answers in
+    a row count as ready.
+    """
     deadline = time.monotonic() + timeout_s
-    pending = list(names)
-    while pending:
+    ready_in_a_row = 0
+    while ready_in_a_row < 3:
         metadata = admin.list_topics(timeout=timeout_s)
-        pending = [
+        missing = [
             n
-            for n in pending
+            for n in names
             if n not in metadata.topics
             or not metadata.topics[n].partitions
             or any(p.leader < 0 for p in metadata.topics[n].partitions.values())
         ]
-        if pending and time.monotonic() > deadline:
-            raise TimeoutError(f"topics without leaders after {timeout_s:.0f}s: {pending}")
-        if pending:
-            time.sleep(0.1)
+        if not missing:
+            ready_in_a_row += 1
+            continue
+        ready_in_a_row = 0
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics without leaders after {timeout_s:.0f}s: {missing}")
+        time.sleep(0.1)
 
 
 def ensure_topics(settings: Settings, admin: AdminClient | None = None) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -79,7 +80,13 @@ def test_three_brokers_take_acks_all_writes_with_min_isr_two(tmp_path: Path) -> 
         admin = admin_client(settings.replace(bootstrap=bootstrap))
         assert len(admin.list_topics(timeout=10).brokers) == 3
         create_topics(admin, [new_topic("replicated", 3, 3, {"min.insync.replicas": "2"})])
-        [info] = describe_topics(admin, ["replicated"])
+        # each broker answers metadata from its own view, which may lag a moment behind
+        deadline = time.monotonic() + 15
+        while True:
+            [info] = describe_topics(admin, ["replicated"])
+            if info.exists or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert (info.replication, info.min_insync_replicas) == (3, "2")
 
         producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
