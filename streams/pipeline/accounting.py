@@ -8,6 +8,7 @@ what keeps the hot path cheap) and returns what the event changed, for aggregate
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -262,7 +263,8 @@ def _step(state: SessionState, event: dict[str, Any], delta: StepDelta, prices: 
             _count(state.tool_errors, tool)
         arguments = (c["text"] for c in event.get("content") or () if c["role"] == "TOOL_ARGUMENTS")
         args = next(arguments, "")
-        key = f"{tool}\0{args}"
+        # a digest, not the arguments: state is checkpointed to Kafka and must never hold PII
+        key = f"{tool}\0{hashlib.blake2b(args.encode(), digest_size=12).hexdigest()}"
         state.repeat_count = state.repeat_count + 1 if key == state.repeat_key else 1
         state.repeat_key = key
     if cost:

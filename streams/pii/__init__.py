@@ -1,0 +1,1 @@
+"""PII detection with presidio-analyzer: the scanner the worker (and optionally the client) runs."""
