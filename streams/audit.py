@@ -74,8 +74,15 @@ class ChainBreak:
     problem: str
 
 
-def verify_chain(records: Iterable[tuple[int | None, Mapping[str, Any]]]) -> list[ChainBreak]:
-    """Check (offset, record) pairs of the audit topic in log order; every break is named."""
+def verify_chain(
+    records: Iterable[tuple[int | None, Mapping[str, Any]]],
+    expected_heads: Mapping[str, ChainHead] | None = None,
+) -> list[ChainBreak]:
+    """Check (offset, record) pairs of the audit topic in log order; every break is named.
+
+    ``expected_heads`` (the worker's record of each chain's last link) also reveals a chain cut
+    short at its end, which the links alone cannot show.
+    """
     heads: dict[str, ChainHead] = {}
     breaks: list[ChainBreak] = []
     for offset, record in records:
@@ -93,4 +100,63 @@ def verify_chain(records: Iterable[tuple[int | None, Mapping[str, Any]]]) -> lis
         if record_hash(record) != record["hash"]:
             breaks.append(ChainBreak(tenant, seq, offset, "hash does not match the content"))
         heads[tenant] = ChainHead(seq, record["hash"])
+    for tenant, expected in sorted((expected_heads or {}).items()):
+        seen = heads.get(tenant, ChainHead())
+        if seen.chain_seq < expected.chain_seq:
+            breaks.append(
+                ChainBreak(
+                    tenant,
+                    seen.chain_seq + 1,
+                    None,
+                    f"truncated: the chain ends at {seen.chain_seq}, its head "
+                    f"is {expected.chain_seq}",
+                )
+            )
+        elif seen.chain_seq == expected.chain_seq and seen.hash != expected.hash:
+            breaks.append(
+                ChainBreak(
+                    tenant, seen.chain_seq, None, "the last record differs from the recorded head"
+                )
+            )
     return breaks
+
+
+@dataclass(frozen=True)
+class AuditVerification:
+    records: int
+    tenants: int
+    breaks: list[ChainBreak]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "records": self.records,
+            "tenants": self.tenants,
+            "intact": not self.breaks,
+            "breaks": [b.__dict__ for b in self.breaks],
+        }
+
+
+def verify_audit_topic(settings: Any) -> AuditVerification:
+    """Read gov.audit and gov.audit.heads from the broker and verify every tenant's chain."""
+    import json
+
+    from streams.codec import Codecs
+    from streams.topics import admin_client, read_partitions
+
+    codec = Codecs.load(settings.schemas_dir).audit_record
+    topic = settings.topic("audit")
+    partitions = sorted(
+        admin_client(settings).list_topics(topic, timeout=10).topics[topic].partitions
+    )
+    records: list[tuple[int | None, Mapping[str, Any]]] = []
+    for rows in read_partitions(settings, topic, partitions).values():
+        for offset, _key, value in rows:
+            if value is not None:
+                records.append((offset, codec.decode(value)))
+    heads: dict[str, ChainHead] = {}
+    for _offset, key, value in read_partitions(settings, settings.topic("audit.heads"), [0])[0]:
+        if key is not None and value is not None:
+            data = json.loads(value)
+            heads[key.decode()] = ChainHead(int(data["chain_seq"]), str(data["hash"]))
+    tenants = {r["tenant_id"] for _, r in records} | set(heads)
+    return AuditVerification(len(records), len(tenants), verify_chain(records, heads))

@@ -327,6 +327,41 @@ def _limit(policy: Any) -> str:
     return "unpriced model"
 
 
+# --- audit -------------------------------------------------------------------------------
+
+audit_app = typer.Typer(help="The tamper-evident audit trail (hash-chained per tenant).")
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable result.")] = False,
+) -> None:
+    """Re-hash every chain of gov.audit and compare with the recorded heads.
+
+    Names the tenant, chain_seq and offset of every edited, removed, reordered or truncated
+    record; exits 1 when the trail is broken.
+    """
+    import json as json_lib
+
+    from streams.audit import verify_audit_topic
+
+    result = verify_audit_topic(settings())
+    if as_json:
+        console.print_json(json_lib.dumps(result.as_dict()))
+    else:
+        for problem in result.breaks:
+            where = f"offset {problem.offset}" if problem.offset is not None else "end of chain"
+            console.print(
+                f"[red]{problem.tenant_id} #{problem.chain_seq} ({where}): {problem.problem}[/]",
+                highlight=False,
+            )
+        verdict = "[red]BROKEN[/]" if result.breaks else "[green]intact[/]"
+        console.print(f"{result.records:,} records in {result.tenants} chains: {verdict}")
+    if result.breaks:
+        raise typer.Exit(code=1)
+
+
 def main() -> None:
     app()
 

@@ -7,13 +7,17 @@ at every start; ``describe_topics`` reports the configuration the broker actuall
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaException
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from streams.settings import Settings
+
+#: (offset, key, value) of one record read back from a topic
+Record = tuple[int, bytes | None, bytes | None]
 
 #: retention.ms = -1 keeps a topic forever: the audit chain must never lose its head
 FOREVER = -1
@@ -254,3 +258,38 @@ def describe_topics(admin: AdminClient, names: list[str], timeout_s: float = 10)
             )
         )
     return result
+
+
+def read_partitions(
+    settings: Settings, topic: str, partitions: list[int]
+) -> dict[int, list[Record]]:
+    """Every committed (offset, key, value) of the partitions, from the beginning to the end."""
+    records: dict[int, list[Record]] = {p: [] for p in partitions}
+    if not partitions:
+        return records
+    reader = Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap,
+            "group.id": f"governor-restore-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+            "fetch.wait.max.ms": 10,
+            "log_level": 3,
+        }
+    )
+    pending = set(partitions)
+    try:
+        reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        while pending:
+            for msg in reader.consume(10_000, 0.5):
+                error = msg.error()
+                if error is not None:
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        raise KafkaException(error)
+                    pending.discard(msg.partition() or 0)
+                    continue
+                records[msg.partition() or 0].append((msg.offset() or 0, msg.key(), msg.value()))
+        return records
+    finally:
+        reader.close()

@@ -17,13 +17,11 @@ import json
 import logging
 import threading
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import (
-    OFFSET_BEGINNING,
     Consumer,
     KafkaError,
     KafkaException,
@@ -45,7 +43,14 @@ from streams.engine import (
 from streams.metrics import WorkerMetrics
 from streams.publisher import DecisionPublisher, make_decision
 from streams.settings import Settings
-from streams.topics import admin_client, create_topics, new_topic, replication_for
+from streams.topics import (
+    Record,
+    admin_client,
+    create_topics,
+    new_topic,
+    read_partitions,
+    replication_for,
+)
 
 log = logging.getLogger("governor.accounting")
 
@@ -455,7 +460,7 @@ class AccountingRunner:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         started = time.monotonic()
         numbers = [tp.partition for tp in partitions]
-        changelog = _read_partitions(self.settings, self._changelog, numbers)
+        changelog = read_partitions(self.settings, self._changelog, numbers)
         restored = {p: self._restore(p, changelog[p]) for p in numbers}
         with self.lock:
             for state in restored.values():
@@ -479,11 +484,9 @@ class AccountingRunner:
             for tp in partitions:
                 self.engine.revoke(tp.partition)
 
-    def _restore(
-        self, partition: int, records: list[tuple[bytes | None, bytes | None]]
-    ) -> PartitionState:
+    def _restore(self, partition: int, records: list[Record]) -> PartitionState:
         state = PartitionState(partition)
-        for key, value in records:
+        for _offset, key, value in records:
             if key is not None:
                 restore_record(state, key, value)
         state.dirty.clear()
@@ -492,7 +495,7 @@ class AccountingRunner:
     def _restore_heads(self) -> None:
         heads: dict[str, ChainHead] = {}
         heads_topic = self.settings.topic("audit.heads")
-        for key, value in _read_partitions(self.settings, heads_topic, [0])[0]:
+        for _offset, key, value in read_partitions(self.settings, heads_topic, [0])[0]:
             if key is None:
                 continue
             if value is None:
@@ -501,38 +504,3 @@ class AccountingRunner:
                 data = json.loads(value)
                 heads[key.decode()] = ChainHead(int(data["chain_seq"]), str(data["hash"]))
         self.chains = AuditChains(heads)
-
-
-def _read_partitions(
-    settings: Settings, topic: str, partitions: list[int]
-) -> dict[int, list[tuple[bytes | None, bytes | None]]]:
-    """Every committed record of the partitions, from the beginning to their current end."""
-    records: dict[int, list[tuple[bytes | None, bytes | None]]] = {p: [] for p in partitions}
-    if not partitions:
-        return records
-    reader = Consumer(
-        {
-            "bootstrap.servers": settings.bootstrap,
-            "group.id": f"governor-restore-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-            "fetch.wait.max.ms": 10,
-            "log_level": 3,
-        }
-    )
-    pending = set(partitions)
-    try:
-        reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        while pending:
-            for msg in reader.consume(10_000, 0.5):
-                error = msg.error()
-                if error is not None:
-                    if error.code() != KafkaError._PARTITION_EOF:
-                        raise KafkaException(error)
-                    pending.discard(msg.partition() or 0)
-                    continue
-                records[msg.partition() or 0].append((msg.key(), msg.value()))
-        return records
-    finally:
-        reader.close()

@@ -162,5 +162,3 @@ def redact(text: str, matches: Iterable[Match]) -> str:
     for match in sorted(matches, key=lambda m: m.start, reverse=True):
         text = f"{text[: match.start]}<{match.entity_type}>{text[match.end :]}"
     return text
-
-

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from streams.audit import verify_audit_topic
 from streams.client import Governor, SessionKilled
 from streams.codec import Codecs
 from streams.control import session_target
@@ -131,6 +132,10 @@ def test_a_denied_tool_triggers_its_policy_and_is_audited(
     ]
     assert audit[0]["details"]["decision_id"] == decision["decision_id"]
     assert audit[0]["kind"] == "DECISION"
+    time.sleep(1.5)  # the chain head is written with the next checkpoint
+    verification = verify_audit_topic(settings)
+    assert verification.records >= 1
+    assert verification.breaks == []
 
 
 def test_concurrency_over_the_cap_throttles_new_sessions(

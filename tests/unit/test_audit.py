@@ -50,3 +50,12 @@ def test_a_removal_and_a_reordering_are_named() -> None:
     problems = verify_chain(enumerate(swapped))
     assert problems
     assert problems[0].tenant_id == "globex"
+
+
+def test_a_truncated_end_is_named_against_the_heads() -> None:
+    chains = AuditChains()
+    records = [chains.append("acme", "DECISION", i, "t", "s", {}) for i in range(4)]
+    assert verify_chain(enumerate(records), chains.heads) == []
+    [problem] = verify_chain(enumerate(records[:2]), chains.heads)
+    assert (problem.tenant_id, problem.chain_seq) == ("acme", 3)
+    assert "truncated" in problem.problem
