@@ -8,25 +8,32 @@ stopped with the app as a service.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 import faust
+import redis
+from cryptography.hazmat.primitives import serialization
 from faust.web import Request, Response, View
 from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from streams.agents.accounting import AccountingRunner
+from streams.agents.pii import PiiHandler, attach_pii
 from streams.codec import Codecs
-from streams.control import ensure_signing_key
+from streams.control import SigningKey, ensure_signing_key
 from streams.engine import Engine
 from streams.metrics import WorkerMetrics, worker_metrics
+from streams.pii.ledger import PiiLedger
+from streams.pii.scanner import PiiScanner
 from streams.pipeline.accounting import summary
 from streams.pipeline.policy import PolicySet
 from streams.pipeline.pricing import load_prices
-from streams.policy_files import PolicyError, PolicyWatch
+from streams.policy_files import PolicyError, PolicyWatch, load_pii_policy
 from streams.publisher import DecisionPublisher
+from streams.query.pii import pii_answer
 from streams.settings import Settings
 from streams.topics import replication_for
 
@@ -86,8 +93,29 @@ def build_app(settings: Settings, brokers: int = 1) -> faust.App:
         hourly_retention_s=settings.hourly_retention_s,
         daily_retention_s=settings.daily_retention_s,
     )
-    publisher = DecisionPublisher(settings, ensure_signing_key(settings.control_keys_dir), codecs)
+    signing_key = ensure_signing_key(settings.control_keys_dir)
+    publisher = DecisionPublisher(settings, signing_key, codecs)
     runner = AccountingRunner(settings, engine, codecs, publisher, metrics)
+    pii_policy = load_pii_policy(settings.policies_dir)
+    attach_pii(
+        app,
+        settings,
+        PiiHandler(
+            settings,
+            codecs,
+            PiiScanner(pii_policy.entities, settings.pii_spacy_model or None),
+            pii_policy,
+            fingerprint_key(settings, signing_key),
+            PiiLedger(
+                redis.Redis.from_url(settings.redis_url),
+                settings.redis_key_prefix,
+                settings.pii_ledger_days,
+            ),
+            publisher,
+            runner.audit,
+            metrics,
+        ),
+    )
     parts = WorkerParts(settings, codecs, metrics, engine, runner, watch)
     app.governor = parts  # type: ignore[attr-defined]
 
@@ -116,6 +144,16 @@ def build_app(settings: Settings, brokers: int = 1) -> faust.App:
 
     _views(app, parts)
     return app
+
+
+def fingerprint_key(settings: Settings, signing_key: SigningKey) -> bytes:
+    """The PII fingerprint key: the configured secret, or one derived from the signing key."""
+    if settings.pii_fingerprint_key:
+        return settings.pii_fingerprint_key.encode()
+    private = signing_key.private_key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    return hashlib.sha256(b"governor-pii-fingerprint\0" + private).digest()
 
 
 def apply_policies(parts: WorkerParts, policy_set: PolicySet) -> None:
@@ -184,6 +222,16 @@ def _views(app: faust.App, parts: WorkerParts) -> None:
                     for state in part.sessions.values()
                 ]
             return self.json({"sessions": sessions, "processed": parts.runner.processed})
+
+    @app.page("/ask/pii")
+    class AskPiiView(View):
+        """`governor ask pii` over HTTP: ?since=7d, or ?fingerprint=<hex> for one value."""
+
+        async def get(self, request: Request) -> Response:
+            since = request.query.get("since", "7d")
+            fingerprint = request.query.get("fingerprint")
+            answer = await asyncio.to_thread(pii_answer, parts.settings, since, fingerprint)
+            return self.json(answer)
 
     @app.page("/policies")
     class PoliciesView(View):

@@ -327,6 +327,63 @@ def _limit(policy: Any) -> str:
     return "unpriced model"
 
 
+# --- ask -----------------------------------------------------------------------------------
+
+ask_app = typer.Typer(help="Operational questions, answered from tables and read-models.")
+app.add_typer(ask_app, name="ask")
+
+
+@ask_app.command("pii")
+def ask_pii(
+    since: Annotated[str, typer.Option(help="How far back: 24h, 7d, 30d ...")] = "7d",
+    fingerprint: Annotated[
+        str | None, typer.Option(help="Follow one value (its fingerprint) across hops.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable answer.")] = False,
+) -> None:
+    """What PII entered agent context, how it was handled and where it went (no values shown)."""
+    import json as json_lib
+
+    from streams.query.pii import pii_answer
+
+    answer = pii_answer(settings(), since=since, fingerprint=fingerprint)
+    if as_json:
+        console.print_json(json_lib.dumps(answer))
+        return
+    if fingerprint:
+        table = Table(title=f"where value {fingerprint[:16]}... went")
+        for column in (
+            "time (UTC)",
+            "tenant/agent",
+            "session",
+            "hop",
+            "tool",
+            "destination",
+            "handling",
+        ):
+            table.add_column(column)
+        for hop in answer["hops"]:
+            table.add_row(
+                hop["time"],
+                f"{hop['tenant_id']}/{hop['agent_id']}",
+                hop["session_id"][:13],
+                hop["hop"],
+                hop["tool_name"] or "",
+                hop["destination"],
+                hop["handling"],
+            )
+        console.print(table)
+        return
+    table = Table(title=f"PII findings in the last {since}: {answer['total']:,}")
+    for column in ("entity", "hop", "handling", "destination", "findings"):
+        table.add_column(column, justify="right" if column == "findings" else "left")
+    for row in answer["rows"]:
+        table.add_row(
+            row["entity_type"], row["hop"], row["handling"], row["destination"], f"{row['count']:,}"
+        )
+    console.print(table)
+
+
 # --- audit -------------------------------------------------------------------------------
 
 audit_app = typer.Typer(help="The tamper-evident audit trail (hash-chained per tenant).")

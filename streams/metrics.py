@@ -30,6 +30,8 @@ class WorkerMetrics:
     policy_version: Gauge
     policy_reload_errors: Counter
     active_sessions: Gauge
+    pii_findings: Counter
+    pii_skip_rate: Gauge
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -108,5 +110,16 @@ def worker_metrics() -> WorkerMetrics:
         ),
         active_sessions=Gauge(
             "governor_active_sessions", "Open sessions", ["tenant", "agent"], registry=r
+        ),
+        pii_findings=Counter(
+            "governor_pii_findings",
+            "PII found in agent content, by entity, hop and handling",
+            ["entity", "hop", "handling"],
+            registry=r,
+        ),
+        pii_skip_rate=Gauge(
+            "governor_pii_prefilter_skip_ratio",
+            "Share of texts the PII prefilter skipped",
+            registry=r,
         ),
     )

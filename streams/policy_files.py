@@ -10,12 +10,15 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from streams.pipeline.pii import PiiPolicy
 from streams.pipeline.policy import PolicyFile, PolicySet
+
+M = TypeVar("M", bound=BaseModel)
 
 #: files in the policies folder that are not enforcement policies
 OTHER_FILES = {"prices.yaml", "pii.yaml", "slo.yaml"}
@@ -76,6 +79,35 @@ def _line_of(loaded: LoadedYaml, loc: tuple[Any, ...]) -> int:
 
 def parse_policy_file(path: Path, text: str) -> PolicyFile:
     """Validate one file; raises :class:`PolicyError` with file:line: field: reason."""
+    return parse_model_file(path, text, PolicyFile)
+
+
+#: without a pii.yaml: every structured entity is found and logged, nothing is blocked
+DEFAULT_PII_POLICY = PiiPolicy(
+    version=1,
+    entities=[
+        "EMAIL_ADDRESS",
+        "PHONE_NUMBER",
+        "CREDIT_CARD",
+        "US_SSN",
+        "IBAN_CODE",
+        "IP_ADDRESS",
+        "SECRET",
+    ],
+    default="log",
+)
+
+
+def load_pii_policy(folder: Path) -> PiiPolicy:
+    """``pii.yaml`` of the folder, validated like every policy file (a default without one)."""
+    path = folder / "pii.yaml"
+    if not path.exists():
+        return DEFAULT_PII_POLICY
+    return parse_model_file(path, path.read_text(), PiiPolicy)
+
+
+def parse_model_file(path: Path, text: str, model: type[M]) -> M:
+    """Validate YAML ``text`` as ``model``; errors name file, line and field."""
     try:
         loaded = load_yaml_with_lines(text)
     except yaml.YAMLError as exc:
@@ -85,7 +117,7 @@ def parse_policy_file(path: Path, text: str) -> PolicyFile:
     if not isinstance(loaded.data, dict):
         raise PolicyError([f"{path}:1: a policy file is a mapping with 'version' and 'policies'"])
     try:
-        return PolicyFile.model_validate(loaded.data)
+        return model.model_validate(loaded.data)
     except ValidationError as exc:
         problems = []
         for error in exc.errors():

