@@ -2,7 +2,13 @@
 
 from streams.client.budget import Reservation
 from streams.client.emitter import EmitterStats
-from streams.client.errors import BudgetExhausted, GovernorError, PauseTimeout, SessionKilled
+from streams.client.errors import (
+    BudgetExhausted,
+    GovernorError,
+    PauseTimeout,
+    SessionKilled,
+    ToolBlocked,
+)
 from streams.client.governor import Governor, Session, Step
 
 __all__ = [
@@ -15,4 +21,5 @@ __all__ = [
     "Session",
     "SessionKilled",
     "Step",
+    "ToolBlocked",
 ]

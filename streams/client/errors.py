@@ -17,6 +17,15 @@ class SessionKilled(GovernorError):
         self.decision_id = decision_id
 
 
+class ToolBlocked(GovernorError):
+    """The PII policy blocks this tool call: its arguments hold a value that must not leave."""
+
+    def __init__(self, tool: str, entity_types: list[str]) -> None:
+        super().__init__(f"tool {tool!r} blocked: its arguments hold {', '.join(entity_types)}")
+        self.tool = tool
+        self.entity_types = entity_types
+
+
 class PauseTimeout(GovernorError):
     """A PAUSE lasted longer than the configured timeout without a RESUME."""
 

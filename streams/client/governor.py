@@ -29,7 +29,8 @@ import redis
 
 from streams.client.budget import Budgets, Reservation
 from streams.client.emitter import Emitter
-from streams.client.errors import PauseTimeout, SessionKilled
+from streams.client.errors import PauseTimeout, SessionKilled, ToolBlocked
+from streams.client.pii import PiiGuard
 from streams.client.subscriber import ControlSubscriber
 from streams.codec import Codecs, DecodeError
 from streams.control import (
@@ -86,6 +87,8 @@ class Governor:
         on_warn: WarnCallback | None = None,
         clock: Callable[[], float] = time.time,
         obey: bool = True,
+        pii_guard: bool | None = None,
+        redact: bool = False,
     ) -> None:
         base = settings or Settings.from_env()
         self.settings = base.replace(
@@ -97,6 +100,7 @@ class Governor:
         self.on_warn = on_warn
         self.clock = clock
         self.codecs = Codecs.load(self.settings.schemas_dir)
+        self.pii = PiiGuard.build(self.settings, enabled=pii_guard, redact=redact)
         self._events_topic = self.settings.topic("events")
         self.emitter = Emitter(
             self.settings.bootstrap,
@@ -182,6 +186,8 @@ class Governor:
             self._sessions.pop(session.session_id, None)
 
     def emit(self, event: dict[str, Any]) -> None:
+        if self.pii.redact and event.get("content"):
+            event["content"] = self.pii.redacted(event["content"])
         self.emitter.emit(
             self._events_topic,
             event["session_id"].encode(),
@@ -662,8 +668,20 @@ class Step:
             **self.fields,
         )
 
+    def _guard(self) -> None:
+        """A tool call whose arguments the PII policy blocks is refused before it runs."""
+        if self.kind != "TOOL_CALL" or not self.session.gov.pii.guards_tools:
+            return
+        arguments = [c["text"] for c in self.fields["content"] if c["role"] == "TOOL_ARGUMENTS"]
+        tool = self.fields.get("tool_name") or "unknown"
+        blocked = self.session.gov.pii.blocked_entities(tool, arguments)
+        if blocked:
+            self.session.emit(self.kind, status="BLOCKED", error_type="PiiBlocked", **self.fields)
+            raise ToolBlocked(tool, blocked)
+
     def __enter__(self) -> Step:
         self.session.check()
+        self._guard()
         self._open()
         return self
 
@@ -677,6 +695,7 @@ class Step:
 
     async def __aenter__(self) -> Step:
         await self.session.check_async()
+        self._guard()
         task = asyncio.current_task()
         if task is not None:
             self._task = (asyncio.get_running_loop(), task)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 from rich.console import Console
 from typer.testing import CliRunner
@@ -126,3 +127,56 @@ def test_canaries_are_found_handled_followed_and_never_stored(
     assert all(p["value"].encode() in in_events for _s, p in planted)
     leaked = [p["value"] for _s, p in planted if p["value"].encode() in outside]
     assert not leaked, f"clear-text PII outside gov.events: {leaked[:3]}"
+
+
+def test_a_card_in_a_tools_arguments_is_blocked_before_the_call_and_audited(
+    topics: Settings, tmp_path: Path
+) -> None:
+    from streams.audit import verify_audit_topic
+    from streams.client import Governor, ToolBlocked
+    from streams.codec import Codecs
+    from tests.kafka_helpers import consume
+
+    policies = tmp_path / "policies"
+    shutil.copytree(REPO / "policies", policies)
+    settings = topics.replace(policies_dir=policies, keys_dir=tmp_path / "keys")
+    with WorkerProcess(settings, tmp_path / "worker.log"):
+        gov = Governor("acme", "payments-bot", settings=settings)
+        try:
+            assert gov.pii.guards_tools
+            s = gov.session()
+            s.start()
+            blocked = s.tool(name="charge_card", args={"card": "4111 1111 1111 1111"})
+            with pytest.raises(ToolBlocked) as refused:
+                blocked.__enter__()
+            assert refused.value.entity_types == ["CREDIT_CARD"]
+            with s.tool(name="lookup_order", args={"order": 7}):
+                pass  # nothing to block
+            s.finish()
+        finally:
+            gov.close()
+        codecs = Codecs.load(settings.schemas_dir)
+        [finding] = [
+            codecs.pii_finding.decode(m.value() or b"")
+            for m in consume(settings.bootstrap, settings.topic("pii"), 1)
+        ]
+        assert (
+            finding["entity_type"],
+            finding["hop"],
+            finding["tool_name"],
+            finding["handling"],
+        ) == ("CREDIT_CARD", "TOOL_ARGUMENTS", "charge_card", "BLOCK")
+        deadline = time.monotonic() + 20
+        audit: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and not audit:
+            time.sleep(0.5)
+            audit = [
+                codecs.audit_record.decode(m.value() or b"")
+                for m in consume(settings.bootstrap, settings.topic("audit"), 1)
+            ]
+        [record] = audit
+        assert record["kind"] == "PII_HANDLING"
+        assert record["details"]["handling"] == "BLOCK"
+        assert record["details"]["finding_id"] == finding["finding_id"]
+        time.sleep(1.5)
+        assert verify_audit_topic(settings).breaks == []
