@@ -32,6 +32,10 @@ class WorkerMetrics:
     active_sessions: Gauge
     pii_findings: Counter
     pii_skip_rate: Gauge
+    session_quality: Counter
+    session_compliance: Counter
+    tool_calls: Counter
+    redis_up: Gauge
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -117,6 +121,25 @@ def worker_metrics() -> WorkerMetrics:
             ["entity", "hop", "handling"],
             registry=r,
         ),
+        session_quality=Counter(
+            "governor_session_quality",
+            "Evaluated sessions, good when every score >= the quality threshold",
+            ["tenant", "agent", "result"],
+            registry=r,
+        ),
+        session_compliance=Counter(
+            "governor_session_compliance",
+            "Finished sessions, compliant when no policy acted",
+            ["tenant", "agent", "result"],
+            registry=r,
+        ),
+        tool_calls=Counter(
+            "governor_tool_calls",
+            "Tool calls by outcome (ok, error, retried_ok)",
+            ["agent", "outcome"],
+            registry=r,
+        ),
+        redis_up=Gauge("governor_redis_up", "1 when the worker reaches Redis", registry=r),
         pii_skip_rate=Gauge(
             "governor_pii_prefilter_skip_ratio",
             "Share of texts the PII prefilter skipped",

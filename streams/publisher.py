@@ -103,6 +103,9 @@ class DecisionPublisher:
             self.flush()
         return signed_all
 
+    def redis_ping(self) -> bool:
+        return bool(self._redis.ping())
+
     def flush(self, timeout_s: float = 10.0) -> None:
         if self._producer.flush(timeout_s):
             raise TimeoutError(f"decisions not acknowledged within {timeout_s}s")

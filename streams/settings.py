@@ -78,6 +78,8 @@ class Settings:
     daily_retention_s: float = 35 * 86400.0
     #: how often the worker checkpoints its state and commits offsets (one transaction)
     checkpoint_interval_s: float = 1.0
+    #: an evaluated session is good when every evaluation score reaches this
+    quality_threshold: float = 0.7
 
     # PII: the fingerprint key (HMAC-SHA256) and its id; set a real secret in production.
     # An empty key makes the worker derive one from its signing key (stable per deployment).

@@ -228,6 +228,7 @@ class AccountingRunner:
         unpriced: dict[str, int] = defaultdict(int)
         started: dict[tuple[str, str], int] = defaultdict(int)
         latencies: dict[tuple[str, str], list[float]] = defaultdict(list)
+        tool_outcomes: dict[tuple[str, str], int] = defaultdict(int)
         for state, delta in result.deltas:
             kind = delta.kind
             if kind == "LLM_CALL":
@@ -240,6 +241,10 @@ class AccountingRunner:
                     unpriced[model] += 1
             if kind in ("LLM_CALL", "TOOL_CALL"):
                 latencies[(state.agent_id, kind)].append(delta.duration_us / 1e6)
+            if kind == "TOOL_CALL":
+                failed = delta.status not in ("OK", "UNKNOWN")
+                outcome = "error" if failed else ("retried_ok" if delta.retry else "ok")
+                tool_outcomes[(state.agent_id, outcome)] += 1
             if delta.started:
                 started[(state.tenant_id, state.agent_id)] += 1
         for key, micros in cost.items():
@@ -251,6 +256,8 @@ class AccountingRunner:
             m.unpriced_calls.labels(model).inc(n)
         for skey, n in started.items():
             m.active_sessions.labels(*skey).inc(n)
+        for okey, n in tool_outcomes.items():
+            m.tool_calls.labels(*okey).inc(n)
         for lkey, seconds in latencies.items():
             child = m.step_latency.labels(*lkey)
             for value in seconds:
@@ -276,6 +283,14 @@ class AccountingRunner:
                 max(0, record["end_time_us"] - record["start_time_us"]) / 1e6
             )
             m.active_sessions.labels(record["tenant_id"], record["agent_id"]).dec()
+            scores = [s for name, s in record["evaluations"].items() if name != "output"]
+            if scores:
+                good = min(scores) >= self.settings.quality_threshold
+                m.session_quality.labels(
+                    record["tenant_id"], record["agent_id"], "good" if good else "bad"
+                ).inc()
+            compliant = "compliant" if record["violations"] == 0 else "violating"
+            m.session_compliance.labels(record["tenant_id"], record["agent_id"], compliant).inc()
         if self.on_result is not None:
             self.on_result(result)
 
@@ -407,6 +422,13 @@ class AccountingRunner:
                     self._dirty_partitions.add(partition)
                 self._publish(result)
         self._update_lag()
+        self._check_redis()
+
+    def _check_redis(self) -> None:
+        try:
+            self.metrics.redis_up.set(1 if self.publisher.redis_ping() else 0)
+        except Exception:
+            self.metrics.redis_up.set(0)
 
     def _update_lag(self) -> None:
         try:
