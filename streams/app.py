@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from streams.agents.accounting import AccountingRunner
 from streams.agents.pii import PiiHandler, attach_pii
+from streams.agents.sessions import attach_read_model
 from streams.codec import Codecs
 from streams.control import SigningKey, ensure_signing_key
 from streams.engine import Engine
@@ -33,7 +34,9 @@ from streams.pipeline.policy import PolicySet
 from streams.pipeline.pricing import load_prices
 from streams.policy_files import PolicyError, PolicyWatch, load_pii_policy
 from streams.publisher import DecisionPublisher
+from streams.query.answers import Answers
 from streams.query.pii import pii_answer
+from streams.query.readmodel import SessionReadModel
 from streams.settings import Settings
 from streams.topics import replication_for
 
@@ -74,6 +77,7 @@ class WorkerParts:
     engine: Engine
     runner: AccountingRunner
     policies: PolicyWatch
+    read_model: SessionReadModel
 
 
 def build_app(settings: Settings, brokers: int = 1) -> faust.App:
@@ -116,7 +120,10 @@ def build_app(settings: Settings, brokers: int = 1) -> faust.App:
             metrics,
         ),
     )
-    parts = WorkerParts(settings, codecs, metrics, engine, runner, watch)
+    read_model = SessionReadModel(
+        redis.Redis.from_url(settings.redis_url), settings.redis_key_prefix
+    )
+    parts = WorkerParts(settings, codecs, metrics, engine, runner, watch, read_model)
     app.governor = parts  # type: ignore[attr-defined]
 
     @app.service
@@ -142,6 +149,7 @@ def build_app(settings: Settings, brokers: int = 1) -> faust.App:
         if changed is not None:
             apply_policies(parts, changed)
 
+    attach_read_model(app, settings, codecs, parts.read_model)
     _views(app, parts)
     return app
 
@@ -232,6 +240,25 @@ def _views(app: faust.App, parts: WorkerParts) -> None:
             fingerprint = request.query.get("fingerprint")
             answer = await asyncio.to_thread(pii_answer, parts.settings, since, fingerprint)
             return self.json(answer)
+
+    @app.page("/ask/{question}")
+    class AskView(View):
+        """`governor ask <question>` over HTTP: cost, top-cost, outcomes, latency."""
+
+        async def get(self, request: Request, question: str) -> Response:
+            q = request.query
+            answers = Answers(parts.read_model)
+            calls = {
+                "cost": lambda: answers.cost(),
+                "top-cost": lambda: answers.top_cost(float(q.get("pct", "1")),
+                                                     q.get("since", "24h")),
+                "outcomes": lambda: answers.outcomes(q.get("since", "24h")),
+                "latency": lambda: answers.latency(q.get("window", "1h")),
+            }  # fmt: skip
+            if question not in calls:
+                return self.json({"error": f"unknown question {question!r}",
+                                  "questions": [*calls, "pii"]}, status=404)  # fmt: skip
+            return self.json(await asyncio.to_thread(calls[question]))
 
     @app.page("/policies")
     class PoliciesView(View):

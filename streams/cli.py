@@ -384,6 +384,146 @@ def ask_pii(
     console.print(table)
 
 
+def _answers() -> Any:
+    import redis
+
+    from streams.query.answers import Answers
+    from streams.query.readmodel import SessionReadModel
+
+    s = settings()
+    return Answers(SessionReadModel(redis.Redis.from_url(s.redis_url), s.redis_key_prefix))
+
+
+def _emit_json(answer: Any) -> None:
+    import json as json_lib
+
+    console.print_json(json_lib.dumps(answer))
+
+
+def _money(value: float | None) -> str:
+    return "-" if value is None else f"${value:,.4f}"
+
+
+@ask_app.command("cost")
+def ask_cost(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Average, p50 and p99 cost per session today, the same day last week and the last 7 days,
+    for the fleet and by tenant and agent."""
+    answer = _answers().cost()
+    if as_json:
+        _emit_json(answer)
+        return
+    table = Table(title="cost per session (event time, UTC days)")
+    table.add_column("scope")
+    for period in ("today", "same_day_last_week", "last_7_days"):
+        table.add_column(period.replace("_", " "), justify="right")
+    for scope, periods in answer["scopes"].items():
+        cells = []
+        for period in ("today", "same_day_last_week", "last_7_days"):
+            p = periods.get(period, {})
+            cells.append(
+                f"avg {_money(p.get('avg_usd'))}  p50 {_money(p.get('p50_usd'))}  "
+                f"p99 {_money(p.get('p99_usd'))}  n={p.get('sessions', 0):,}"
+            )
+        table.add_row(scope, *cells)
+    console.print(table)
+
+
+@ask_app.command("top-cost")
+def ask_top_cost(
+    pct: Annotated[float, typer.Option(help="Top share of sessions, in percent.")] = 1.0,
+    since: Annotated[str, typer.Option(help="Sessions that ended in the last ...")] = "24h",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The most expensive sessions and what made them expensive, next to the median session."""
+    answer = _answers().top_cost(pct=pct, since=since)
+    if as_json:
+        _emit_json(answer)
+        return
+    table = Table(title=f"top {pct:g}% of {answer['sessions']:,} sessions by cost ({since})")
+    for column in (
+        "session",
+        "agent",
+        "cost",
+        "tokens by model",
+        "steps",
+        "retries",
+        "max context",
+        "tool cost",
+    ):
+        table.add_column(column)
+    rows = [*answer["top"], *([answer["median"]] if answer["median"] else [])]
+    for i, s in enumerate(rows):
+        name = "median" if answer["median"] and i == len(rows) - 1 else s["session_id"][:13]
+        tokens = ", ".join(f"{m} {n:,}" for m, n in s["tokens_by_model"].items())
+        table.add_row(
+            name,
+            f"{s['tenant_id']}/{s['agent_id']}",
+            _money(s["cost_usd"]),
+            tokens,
+            str(s["steps"]),
+            str(s["retries"]),
+            f"{s['max_context_tokens']:,}",
+            _money(s["tool_cost_usd"]),
+        )
+    console.print(table)
+
+
+@ask_app.command("outcomes")
+def ask_outcomes(
+    since: Annotated[str, typer.Option(help="Sessions that ended in the last ...")] = "24h",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Shares of completed, errored, timed-out and killed sessions, and the top failure modes."""
+    answer = _answers().outcomes(since=since)
+    if as_json:
+        _emit_json(answer)
+        return
+    table = Table(title=f"{answer['sessions']:,} sessions in the last {since}")
+    table.add_column("outcome")
+    table.add_column("sessions", justify="right")
+    table.add_column("share", justify="right")
+    for status, n in answer["counts"].items():
+        table.add_row(status, f"{n:,}", f"{answer['shares'][status]:.1%}")
+    console.print(table)
+    modes = Table(title="top failure modes")
+    for column in ("error type", "step", "tool", "sessions"):
+        modes.add_column(column)
+    for mode in answer["failure_modes"]:
+        modes.add_row(mode["error_type"], mode["step_kind"], mode["tool"], f"{mode['count']:,}")
+    console.print(modes)
+
+
+@ask_app.command("latency")
+def ask_latency(
+    window: Annotated[str, typer.Option(help="Sessions that ended in the last 1h, 24h ...")] = "1h",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """p50/p90/p99 session latency now, and today's slowest sessions with their bottleneck."""
+    answer = _answers().latency(window=window)
+    if as_json:
+        _emit_json(answer)
+        return
+    ms = answer["session_ms"]
+    console.print(
+        f"session latency over {window} ({answer['sessions']:,} sessions): "
+        + "  ".join(f"{q} {v / 1000:,.1f}s" if v is not None else f"{q} -" for q, v in ms.items())
+    )
+    table = Table(title="slowest sessions today")
+    for column in ("session", "agent", "duration", "bottleneck step", "step time", "share"):
+        table.add_column(column)
+    for s in answer["slowest_today"]:
+        b = s["bottleneck"]
+        table.add_row(
+            s["session_id"][:13],
+            s["agent_id"],
+            f"{s['duration_ms'] / 1000:,.1f}s",
+            f"{b['kind']} {b['name'] or ''}",
+            f"{b['duration_ms'] / 1000:,.1f}s",
+            f"{b['share']:.0%}",
+        )
+    console.print(table)
+
+
 # --- audit -------------------------------------------------------------------------------
 
 audit_app = typer.Typer(help="The tamper-evident audit trail (hash-chained per tenant).")

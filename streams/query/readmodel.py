@@ -1,0 +1,119 @@
+"""The sessions read-model in Redis, fed by gov.sessions: what `governor ask` answers from.
+
+Per hour of session end (event time): a hash of counters (sessions, cost, outcomes, failure
+modes, evaluation scores by category, histograms of session cost and duration per scope),
+sorted sets of sessions by cost and by duration (exact top-k), and a compact summary per session
+(what made it expensive, its bottleneck step). Each summary is applied once (SADD guard in the
+same Lua call), so a redelivered summary counts once. All of it can be rebuilt from gov.sessions.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import redis
+
+from streams.pipeline.aggregates import HOUR_US, LATENCY_BOUNDS_MS
+
+#: session cost histogram bounds in micro-USD: 2^(i/4), 19 % apart, up to ~$4,300
+COST_BOUNDS_MICROS: tuple[float, ...] = tuple(2 ** (i / 4) for i in range(0, 128))
+
+APPLY = """
+-- KEYS: seen, stats, by_cost, by_duration, summary
+-- ARGV: session id, cost, duration, summary json, ttl, then field/increment pairs
+if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end
+for i = 6, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[2], ARGV[i], ARGV[i + 1]) end
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+redis.call('SET', KEYS[5], ARGV[4], 'EX', ARGV[5])
+for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
+return 1
+"""
+
+
+def hour_of(time_us: int) -> int:
+    return time_us - time_us % HOUR_US
+
+
+def scopes(summary: Mapping[str, Any]) -> tuple[str, ...]:
+    return ("all", f"tenant:{summary['tenant_id']}",
+            f"agent:{summary['tenant_id']}/{summary['agent_id']}")  # fmt: skip
+
+
+def cost_bucket(cost_micros: int) -> int:
+    return bisect.bisect_left(COST_BOUNDS_MICROS, max(cost_micros, 1))
+
+
+def duration_bucket(duration_us: int) -> int:
+    return bisect.bisect_left(LATENCY_BOUNDS_MS, duration_us / 1000)
+
+
+def increments(summary: Mapping[str, Any], quality_threshold: float) -> dict[str, float]:
+    """The counters one finished session adds to its hour."""
+    out: dict[str, float] = {}
+    duration = max(0, summary["end_time_us"] - summary["start_time_us"])
+    for scope in scopes(summary):
+        out[f"{scope}|sessions"] = 1
+        out[f"{scope}|cost"] = summary["cost_micros"]
+        out[f"{scope}|outcome|{summary['status']}"] = 1
+        out[f"{scope}|cost_bucket|{cost_bucket(summary['cost_micros'])}"] = 1
+        out[f"{scope}|duration_bucket|{duration_bucket(duration)}"] = 1
+    if summary["status"] in ("ERROR", "TIMEOUT", "KILLED"):
+        mode = "|".join((summary["error_type"] or summary["status"],
+                         summary["failure_step_kind"] or "SESSION",
+                         summary["failure_tool"] or "-"))  # fmt: skip
+        out[f"failure|{summary['status']}|{mode}"] = 1
+    category = summary["category"] or "uncategorised"
+    for name, score in summary["evaluations"].items():
+        if name == "output":
+            continue
+        out[f"quality|{category}|{name}|count"] = 1
+        out[f"quality|{category}|{name}|sum"] = score
+        out[f"quality|{category}|{name}|below"] = int(score < quality_threshold)
+    return out
+
+
+def compact(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """What answers need of one session: never content, only totals and names."""
+    keep = ("session_id", "tenant_id", "agent_id", "category", "prompt_version", "status",
+            "error_type", "start_time_us", "end_time_us", "cost_micros", "input_tokens",
+            "output_tokens", "cache_read_input_tokens", "steps_by_kind", "tool_calls",
+            "tokens_by_model", "cost_by_model", "retries", "max_context_tokens", "slowest_step",
+            "evaluations")  # fmt: skip
+    return {k: summary[k] for k in keep}
+
+
+class SessionReadModel:
+    def __init__(self, client: redis.Redis, key_prefix: str, retention_days: int = 35) -> None:
+        self.redis = client
+        self.prefix = key_prefix
+        self.ttl_s = retention_days * 86_400
+        self._apply = client.register_script(APPLY)
+
+    def key(self, kind: str, hour: int) -> str:
+        return f"{self.prefix}rm:{kind}:{hour}"
+
+    def summary_key(self, session_id: str) -> str:
+        return f"{self.prefix}rm:session:{session_id}"
+
+    def apply(self, summaries: Iterable[Mapping[str, Any]], quality_threshold: float) -> int:
+        pipe = self.redis.pipeline(transaction=False)
+        n = 0
+        for s in summaries:
+            hour = hour_of(s["end_time_us"])
+            fields: list[Any] = []
+            for field, value in increments(s, quality_threshold).items():
+                fields.extend((field, value))
+            duration = max(0, s["end_time_us"] - s["start_time_us"])
+            self._apply(
+                keys=[self.key("seen", hour), self.key("stats", hour), self.key("cost", hour),
+                      self.key("duration", hour), self.summary_key(s["session_id"])],
+                args=[s["session_id"], s["cost_micros"], duration,
+                      json.dumps(compact(s), separators=(",", ":")), self.ttl_s, *fields],
+                client=pipe,
+            )  # fmt: skip
+            n += 1
+        return sum(int(x) for x in pipe.execute()) if n else 0

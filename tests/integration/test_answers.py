@@ -1,0 +1,134 @@
+"""`governor ask` cost, top-cost, outcomes and latency equal the truth of a simulated week
+(real broker, Redis and worker): counts and costs exact, percentiles within the bucket error."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Producer
+from rich.console import Console
+from typer.testing import CliRunner
+
+from streams.cli import app as cli
+from streams.codec import Codecs
+from streams.pipeline.aggregates import DAY_US
+from streams.settings import Settings
+from streams.simulator.params import FleetParams
+from streams.simulator.run import run_simulation
+from streams.simulator.truth import load_truth
+from streams.worker import WorkerProcess
+
+REPO = Path(__file__).resolve().parents[2]
+BUCKET = 2**0.25  # the histograms' bucket ratio
+
+
+def ask(settings: Settings, *args: str) -> Any:
+    result = CliRunner().invoke(cli, ["ask", *args, "--json"], env=settings.to_env())
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def end_of(s: Mapping[str, Any]) -> int:
+    return int(s["end_time_us"] if s["end_time_us"] is not None else s["last_event_time_us"])
+
+
+def nth(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(q * len(ordered))) - 1]
+
+
+def within_bucket(true: float, reported: float) -> bool:
+    return true <= reported * 1.000001 and reported <= max(true, 1.0) * BUCKET * 1.000001
+
+
+def close_silent_sessions(settings: Settings, after_us: int) -> None:
+    """One event per partition, later than the idle timeout: every abandoned session closes."""
+    codecs = Codecs.load(settings.schemas_dir)
+    producer = Producer({"bootstrap.servers": settings.bootstrap})
+    for partition in range(settings.event_partitions):
+        event: dict[str, Any] = {
+            "event_id": f"clock-{partition}",
+            "seq": 1,
+            "session_id": f"clock-{partition}",
+            "tenant_id": "clock",
+            "agent_id": "clock",
+            "kind": "SESSION_START",
+            "start_time_us": after_us,
+            "status": "OK",
+        }
+        producer.produce(
+            settings.topic("events"),
+            codecs.step_event.encode(event),
+            event["session_id"].encode(),
+            partition=partition,
+        )
+    producer.flush(10)
+
+
+def test_answers_equal_the_truth_of_a_simulated_week(topics: Settings, tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    shutil.copytree(REPO / "policies", policies)
+    settings = topics.replace(policies_dir=policies, keys_dir=tmp_path / "keys")
+    truth_path = tmp_path / "truth.jsonl"
+    with WorkerProcess(settings, tmp_path / "worker.log"):
+        run_simulation(
+            settings,
+            Console(quiet=True),
+            FleetParams(sessions=400, seed=13, concurrency=16),
+            rate=0,
+            truth_path=truth_path,
+        )
+        truth = load_truth(truth_path).sessions
+        close_silent_sessions(settings, max(end_of(s) for s in truth) + 3_600_000_000)
+        deadline = time.monotonic() + 90
+        while ask(settings, "outcomes", "--since", "30d")["sessions"] < len(truth):
+            assert time.monotonic() < deadline, "the read-model did not catch up"
+            time.sleep(1)
+
+        outcomes = ask(settings, "outcomes", "--since", "30d")
+        expected = {
+            o: sum(s["outcome"] == o for s in truth) for o in ("OK", "ERROR", "TIMEOUT", "KILLED")
+        }
+        assert outcomes["counts"] == expected
+
+        now = time.time_ns() // 1000
+        today = now - now % DAY_US
+        cost = ask(settings, "cost")["scopes"]["all"]
+        for name, (lo, hi) in {
+            "today": (today, today + DAY_US - 1),
+            "same_day_last_week": (today - 7 * DAY_US, today - 6 * DAY_US - 1),
+            "last_7_days": (today - 7 * DAY_US, today - 1),
+        }.items():
+            costs = [s["cost_micros"] for s in truth if lo <= end_of(s) <= hi]
+            got = cost[name]
+            assert got["sessions"] == len(costs), name
+            assert round(got["cost_usd"] * 1e6) == sum(costs), name
+            if costs:
+                assert within_bucket(nth(costs, 0.5), got["p50_usd"] * 1e6), name
+                assert within_bucket(nth(costs, 0.99), got["p99_usd"] * 1e6), name
+
+        top = ask(settings, "top-cost", "--pct", "1", "--since", "30d")
+        ranked = sorted(truth, key=lambda s: (-s["cost_micros"], s["session_id"]))
+        count = math.ceil(len(truth) / 100)
+        assert [t["session_id"] for t in top["top"]] == [s["session_id"] for s in ranked[:count]]
+        first = {s["session_id"]: s for s in truth}[top["top"][0]["session_id"]]
+        assert top["top"][0]["retries"] == first["retries"]
+        assert top["median"] is not None
+
+        latency = ask(settings, "latency", "--window", "30d")
+        durations = [s["duration_us"] / 1000 for s in truth]
+        assert within_bucket(nth(durations, 0.5), latency["session_ms"]["p50"])
+        assert within_bucket(nth(durations, 0.99), latency["session_ms"]["p99"])
+        todays = sorted(
+            (s for s in truth if end_of(s) >= today),
+            key=lambda s: (-s["duration_us"], s["session_id"]),
+        )[:10]
+        assert [s["session_id"] for s in latency["slowest_today"]] == [
+            s["session_id"] for s in todays
+        ]
