@@ -174,13 +174,16 @@ def worker() -> None:
 
 @app.command()
 def demo(
-    sessions: Annotated[int, typer.Option(help="Simulated sessions to send.")] = 500,
+    sessions: Annotated[int, typer.Option(help="Simulated agent sessions.")] = 600,
+    rate: Annotated[float, typer.Option(help="Events per second (0: as fast as possible).")] = 600,
     corrupt: Annotated[int, typer.Option(help="Undecodable payloads to send.")] = 3,
     keep_stack: Annotated[bool, typer.Option(help="Leave Kafka and Redis running.")] = False,
 ) -> None:
-    """The whole story at this stage: stack up, worker, events through the codec, counts by kind.
+    """The whole story: local Kafka and Redis, the worker, a simulated fleet with a prompt
+    change, budget breaches and PII, decisions reaching the agents, then the answers.
 
-    Corrupt payloads are sent too and land on the dead-letter topic with their reason.
+    Corrupt payloads are sent too and land on the dead-letter topic with their reason. Stops
+    what it started.
     """
     from streams.demo import run_demo
 
@@ -189,7 +192,7 @@ def demo(
     try:
         stack.up(s)
         _ensure_topics(s)
-        run_demo(s, console, sessions=sessions, corrupt=corrupt)
+        run_demo(s, console, sessions=sessions, corrupt=corrupt, rate=rate)
     except stack.StackError as exc:
         raise _fail(str(exc)) from exc
     finally:

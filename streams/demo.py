@@ -13,10 +13,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
-from streams.codec import Codecs
 from streams.settings import Settings
 from streams.worker import WorkerProcess
 
@@ -87,55 +85,66 @@ def _session_steps(rng: random.Random) -> Iterator[tuple[str, int, dict[str, Any
     yield "SESSION_END", 0, {}
 
 
-def run_demo(settings: Settings, console: Console, sessions: int, corrupt: int) -> None:
-    """Send sessions and corrupt payloads; show what the worker made of them."""
+def run_demo(
+    settings: Settings, console: Console, sessions: int, corrupt: int, rate: float
+) -> None:
+    """The story: a fleet runs through the client, the worker enforces and answers."""
     from confluent_kafka import Producer
 
-    codecs = Codecs.load(settings.schemas_dir)
-    events = list(demo_sessions(sessions, start_us=int(time.time() * 1e6)))
+    from streams import cli
+    from streams.simulator.params import FleetParams
+    from streams.simulator.run import run_simulation
+
     worker = WorkerProcess(settings, settings.state_dir / "logs" / "worker.log")
     console.rule("[bold]Governor demo")
-    with console.status("starting the worker and catching up with earlier events"):
+    with console.status("starting the worker: accounting, policies, PII scanner, read-model"):
         worker.start()
-        before = _caught_up(worker)
+        _caught_up(worker)
     try:
-        producer = Producer(
-            {"bootstrap.servers": settings.bootstrap, "acks": "all", "enable.idempotence": True}
+        console.rule("1. a simulated fleet runs through the Governor client")
+        console.print(
+            "tenants and agents over a simulated week: heavy-tailed sessions, retries and "
+            "failures, PII in prompts and tool calls, a prompt change, budget breakers and "
+            "denied tools; the client obeys the worker's signed decisions"
         )
-        topic = settings.topic("events")
-        with Progress(console=console) as progress:
-            task = progress.add_task("producing StepEvents", total=len(events) + corrupt)
-            for event in events:
-                producer.produce(topic, codecs.step_event.encode(event), event["session_id"])
-                producer.poll(0)
-                progress.advance(task)
+        report, _truth = run_simulation(
+            settings, console, FleetParams(sessions=sessions, seed=int(time.time()) % 100_000),
+            rate=rate, truth_path=settings.state_dir / "demo-truth.jsonl",
+        )  # fmt: skip
+        if corrupt:
+            producer = Producer({"bootstrap.servers": settings.bootstrap})
             for n in range(corrupt):
-                producer.produce(topic, b"not avro at all #%d" % n, b"corrupt-%d" % n)
-                progress.advance(task)
-            producer.flush(30)
-            expected = len(events) + corrupt
-            wait = progress.add_task("worker consuming", total=expected)
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                seen = _ingested(worker.get_json("/ingest"), before)
-                progress.update(wait, completed=seen)
-                if seen >= expected:
-                    break
-                time.sleep(0.2)
-        after = worker.get_json("/ingest")
+                producer.produce(settings.topic("events"), b"not avro at all #%d" % n, b"bad")
+            producer.flush(10)
+        console.rule("2. what the worker did")
+        with console.status("waiting for the worker and its read-model to catch up"):
+            _caught_up(worker)
+            time.sleep(2)
+        _print_enforcement(console, worker)
+        console.rule("3. the operational answers, on demand")
+        cli.ask_latency(window="24h", as_json=False)
+        cli.ask_outcomes(since="8d", as_json=False)
+        cli.ask_cost(as_json=False)
+        cli.ask_top_cost(pct=1.0, since="8d", as_json=False)
+        cli.ask_pii(since="8d", fingerprint=None, as_json=False)
+        console.print(
+            f"[dim]events emitted {report.emitted:,}, delivered {report.delivered:,}; "
+            "try: governor ask --help, governor audit verify, curl "
+            f"{worker.url}/metrics[/]"
+        )
     finally:
-        worker.stop()
-    _print_counts(console, before, after, expected)
+        with console.status("stopping the worker"):
+            worker.stop()
 
 
 def _caught_up(worker: WorkerProcess, quiet_s: float = 1.5, timeout_s: float = 120) -> Any:
-    """The worker's counts once it owns its partitions and has gone quiet (earlier runs' events
-    are consumed first), so this run's events can be told apart."""
+    """The worker's counts once it owns its partitions and has gone quiet."""
     deadline = time.monotonic() + timeout_s
     last, since = None, time.monotonic()
     while time.monotonic() < deadline:
         view = worker.get_json("/ingest")
         if view is not None and view.get("ready"):
+            view = {k: v for k, v in view.items() if k not in ("last_batch_at", "first_batch_at")}
             if view != last:
                 last, since = view, time.monotonic()
             elif time.monotonic() - since >= quiet_s:
@@ -144,27 +153,25 @@ def _caught_up(worker: WorkerProcess, quiet_s: float = 1.5, timeout_s: float = 1
     return last or {"by_kind": {}, "dead_letters": 0}
 
 
-def _ingested(now: Any, before: dict[str, Any]) -> int:
-    """Records the worker handled (decoded or dead-lettered) since ``before``."""
+def _print_enforcement(console: Console, worker: WorkerProcess) -> None:
+    import urllib.request
 
-    def total(view: dict[str, Any]) -> int:
-        return sum(int(n) for n in view["by_kind"].values()) + int(view["dead_letters"])
+    from prometheus_client.parser import text_string_to_metric_families
 
-    return 0 if now is None else total(now) - total(before)
-
-
-def _print_counts(console: Console, before: dict[str, Any], after: Any, expected: int) -> None:
-    if after is None:
-        console.print("[red]the worker did not answer[/]")
-        return
-    table = Table(title="events decoded by the worker in this run, by kind")
-    table.add_column("kind")
-    table.add_column("events", justify="right")
-    for kind, total in sorted(after["by_kind"].items()):
-        table.add_row(kind, f"{int(total - before['by_kind'].get(kind, 0)):,}")
-    dead = int(after["dead_letters"] - before["dead_letters"])
-    table.add_row("[red]dead-lettered[/]", f"{dead:,}")
+    with urllib.request.urlopen(worker.url + "/metrics", timeout=5) as response:
+        families = {f.name: f for f in text_string_to_metric_families(response.read().decode())}
+    table = Table(title="decisions published (signed, on gov.control, audited)")
+    for column in ("policy", "action", "decisions"):
+        table.add_column(column)
+    for sample in families["governor_decisions"].samples:
+        if sample.name.endswith("_total"):
+            table.add_row(sample.labels["policy"], sample.labels["action"], f"{sample.value:,.0f}")
     console.print(table)
-    seen = _ingested(after, before)
-    verdict = "[green]all accounted for[/]" if seen == expected else "[red]missing events[/]"
-    console.print(f"sent {expected:,}, worker saw {int(seen):,}: {verdict}")
+    events = sum(s.value for s in families["governor_events"].samples
+                 if s.name.endswith("_total"))  # fmt: skip
+    dead = sum(s.value for s in families["governor_dlq_records"].samples
+               if s.name.endswith("_total"))  # fmt: skip
+    console.print(
+        f"events accounted: {events:,.0f}; undecodable, sent to the dead-letter topic "
+        f"with their reason: {dead:,.0f}"
+    )
