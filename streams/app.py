@@ -32,7 +32,7 @@ from streams.pii.scanner import PiiScanner
 from streams.pipeline.accounting import summary
 from streams.pipeline.policy import PolicySet
 from streams.pipeline.pricing import load_prices
-from streams.policy_files import PolicyError, PolicyWatch, load_pii_policy
+from streams.policy_files import PolicyError, PolicyWatch, load_pii_policy, load_slos
 from streams.publisher import DecisionPublisher
 from streams.query.answers import Answers
 from streams.query.pii import pii_answer
@@ -100,6 +100,7 @@ def build_app(settings: Settings, brokers: int = 1) -> faust.App:
     signing_key = ensure_signing_key(settings.control_keys_dir)
     publisher = DecisionPublisher(settings, signing_key, codecs)
     runner = AccountingRunner(settings, engine, codecs, publisher, metrics)
+    runner.slos = load_slos(settings.policies_dir)
     pii_policy = load_pii_policy(settings.policies_dir)
     attach_pii(
         app,

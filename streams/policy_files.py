@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from streams.pipeline.pii import PiiPolicy
 from streams.pipeline.policy import PolicyFile, PolicySet
+from streams.pipeline.slo import Slo, SloFile
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -96,6 +97,14 @@ DEFAULT_PII_POLICY = PiiPolicy(
     ],
     default="log",
 )
+
+
+def load_slos(folder: Path) -> list[Slo]:
+    """The SLOs of ``slo.yaml`` (none without the file)."""
+    path = folder / "slo.yaml"
+    if not path.exists():
+        return []
+    return list(parse_model_file(path, path.read_text(), SloFile).slos)
 
 
 def load_pii_policy(folder: Path) -> PiiPolicy:

@@ -41,6 +41,7 @@ from streams.engine import (
     restore_record,
 )
 from streams.metrics import WorkerMetrics
+from streams.pipeline.slo import MINUTE_US, Slo, SloCounts, evaluate, session_verdicts
 from streams.publisher import DecisionPublisher, make_decision
 from streams.settings import Settings
 from streams.topics import (
@@ -59,6 +60,9 @@ POLL_TIMEOUT_S = 0.02
 TICK_INTERVAL_S = 1.0
 #: a decision for a target without a window lasts this long unless resumed (event time)
 DEFAULT_DECISION_TTL_S = 24 * 3600
+RUNBOOK_URL = (
+    "https://github.com/governor/governor/blob/main/ops/runbooks/Governor{slo}BudgetBurn.md"
+)
 
 
 def changelog_topic(settings: Settings) -> str:
@@ -113,6 +117,13 @@ class AccountingRunner:
         self._dirty_partitions: set[int] = set()
         self._heads_dirty: set[str] = set()
         self.error: BaseException | None = None
+        #: SLO good/bad counts on event time, and the alerts firing (not checkpointed: a restart
+        #: starts the windows afresh)
+        self.slos: list[Slo] = []
+        self.slo_counts = SloCounts()
+        self.firing: set[str] = set()
+        self._firing_since: dict[str, int] = {}
+        self._evaluated_minute = 0
         #: work other threads hand to the runner thread (it owns the transactional producer)
         self._calls: list[Callable[[], None]] = []
         bootstrap = settings.bootstrap
@@ -200,12 +211,16 @@ class AccountingRunner:
                 self._dead_letter(msg, exc)
                 continue
             by_partition[msg.partition() or 0].append(event)
+        if not self._evaluated_minute and by_partition and self.slos:
+            earliest = min(e["start_time_us"] for evs in by_partition.values() for e in evs)
+            self._evaluated_minute = earliest - earliest % MINUTE_US - MINUTE_US
         with self.lock:
             for partition, events in by_partition.items():
                 result = self.engine.process(partition, events)
                 self._dirty_partitions.add(partition)
                 self._publish(result)
                 self._observe(result, events, now_s)
+            self._evaluate_slos()
         self.processed += len(messages)
         self.last_batch_at = time.time()
         if not self.first_batch_at:
@@ -243,6 +258,8 @@ class AccountingRunner:
                 latencies[(state.agent_id, kind)].append(delta.duration_us / 1e6)
             if kind == "TOOL_CALL":
                 failed = delta.status not in ("OK", "UNKNOWN")
+                if self.slos:
+                    self.slo_counts.add("degradation", delta.event_time_us, not failed)
                 outcome = "error" if failed else ("retried_ok" if delta.retry else "ok")
                 tool_outcomes[(state.agent_id, outcome)] += 1
             if delta.started:
@@ -289,6 +306,8 @@ class AccountingRunner:
                 m.session_quality.labels(
                     record["tenant_id"], record["agent_id"], "good" if good else "bad"
                 ).inc()
+            for slo, good in session_verdicts(record, self.slos).items():
+                self.slo_counts.add(slo, record["end_time_us"], good)
             compliant = "compliant" if record["violations"] == 0 else "violating"
             m.session_compliance.labels(record["tenant_id"], record["agent_id"], compliant).inc()
         if self.on_result is not None:
@@ -423,6 +442,51 @@ class AccountingRunner:
                 self._publish(result)
         self._update_lag()
         self._check_redis()
+        self._evaluate_slos()
+
+    def _evaluate_slos(self) -> None:
+        """Evaluate the burn-rate alerts at the end of every event-time minute passed since the
+        last evaluation, so a replay fires and resolves the alerts the live run did."""
+        watermark = self.engine.watermark_us
+        if not self.slos or not watermark:
+            return
+        current = watermark - watermark % MINUTE_US
+        first = self._evaluated_minute + MINUTE_US if self._evaluated_minute else current
+        for minute in range(max(first, current - 3 * 86400 * 1_000_000), current + 1, MINUTE_US):
+            self._evaluate_at(min(minute + MINUTE_US - 1, watermark))
+        self._evaluated_minute = current
+        self.slo_counts.expire(watermark)
+
+    def _evaluate_at(self, now: int) -> None:
+        for change in evaluate(self.slo_counts, self.slos, now, self.firing):
+            if change.firing:
+                self._firing_since[change.alert_id] = now
+            started = self._firing_since.get(change.alert_id, now)
+            state = "FIRING" if change.firing else "RESOLVED"
+            alert = {
+                "alert_id": change.alert_id,
+                "kind": "SLO_BURN",
+                "state": state,
+                "severity": change.severity,
+                "tenant_id": None,
+                "agent_id": None,
+                "slo": change.slo,
+                "layer": None,
+                "summary": f"{change.slo} SLO burning its error budget {change.burn_long:.1f}x "
+                f"({change.tier} burn) — {state.lower()}",
+                "description": f"error ratio {change.error_ratio:.2%} over the long window",
+                "event_time_us": now,
+                "started_at_us": started,
+                "labels": {"tier": change.tier},
+                "values": {"burn_long": change.burn_long, "burn_short": change.burn_short,
+                           "error_ratio": change.error_ratio},
+                "runbook_url": RUNBOOK_URL.format(slo=change.slo.capitalize()),
+            }  # fmt: skip
+            self._txn_produce(
+                self.settings.topic("alerts"), change.alert_id.encode(),
+                self.codecs.alert.encode(alert),
+            )  # fmt: skip
+            log.warning("alert %s %s: %s", change.alert_id, state, alert["summary"])
 
     def _check_redis(self) -> None:
         try:

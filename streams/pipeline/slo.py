@@ -1,0 +1,126 @@
+"""SLOs on event time: good/bad counts per minute, burn rates over windows, alert states (pure).
+
+Each finished session (and each tool call, for degradation) is good or bad for each SLO. Counts
+are kept per event-time minute and per hour; a window's error ratio sums hours for the long
+windows and minutes for the short ones. The burn rate is the error ratio over the error budget
+(1 - objective). Alerts follow the multi-window, multi-burn-rate rules of the SRE workbook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MINUTE_US = 60_000_000
+HOUR_US = 60 * MINUTE_US
+
+#: (name, severity, long window s, short window s, burn-rate factor)
+TIERS = (
+    ("fast", "PAGE", 3600, 300, 14.4),
+    ("slow", "PAGE", 6 * 3600, 1800, 6.0),
+    ("ticket", "TICKET", 3 * 86400, 6 * 3600, 1.0),
+)
+
+
+class Slo(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    description: str = ""
+    objective: Annotated[float, Field(gt=0, lt=1)]
+    threshold_s: float = 30.0
+    threshold: float = 0.7
+
+
+class SloFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    version: Annotated[int, Field(ge=1)]
+    slos: list[Slo]
+
+
+def session_verdicts(summary: Mapping[str, Any], slos: Iterable[Slo]) -> dict[str, bool]:
+    """slo name -> good? for one finished session (SLOs it does not concern are left out)."""
+    verdicts: dict[str, bool] = {}
+    for slo in slos:
+        if slo.name == "availability":
+            verdicts[slo.name] = summary["status"] not in ("ERROR", "TIMEOUT")
+        elif slo.name == "latency":
+            duration_s = (summary["end_time_us"] - summary["start_time_us"]) / 1e6
+            verdicts[slo.name] = duration_s <= slo.threshold_s
+        elif slo.name == "quality":
+            scores = [s for n, s in summary["evaluations"].items() if n != "output"]
+            if scores:
+                verdicts[slo.name] = min(scores) >= slo.threshold
+        elif slo.name == "compliance":
+            verdicts[slo.name] = summary["violations"] == 0
+    return verdicts
+
+
+@dataclass
+class SloCounts:
+    """Good/bad per (slo, minute) and (slo, hour), event time."""
+
+    minutes: dict[tuple[str, int], list[int]] = field(default_factory=dict)
+    hours: dict[tuple[str, int], list[int]] = field(default_factory=dict)
+
+    def add(self, slo: str, time_us: int, good: bool, n: int = 1) -> None:
+        index = 0 if good else 1
+        for table, size in ((self.minutes, MINUTE_US), (self.hours, HOUR_US)):
+            key = (slo, time_us - time_us % size)
+            counts = table.get(key)
+            if counts is None:
+                counts = table[key] = [0, 0]
+            counts[index] += n
+
+    def ratio(self, slo: str, now_us: int, window_s: int) -> tuple[float, int]:
+        """(error ratio, events) over the window ending at ``now_us``."""
+        table, size = (self.minutes, MINUTE_US) if window_s < 3600 * 2 else (self.hours, HOUR_US)
+        end = now_us - now_us % size
+        buckets = max(1, window_s * 1_000_000 // size)
+        good = bad = 0
+        for i in range(buckets):
+            counts = table.get((slo, end - i * size))
+            if counts is not None:
+                good += counts[0]
+                bad += counts[1]
+        total = good + bad
+        return (bad / total if total else 0.0), total
+
+    def expire(self, now_us: int) -> None:
+        for table, keep in ((self.minutes, 3 * HOUR_US), (self.hours, 4 * 86400 * 1_000_000)):
+            for key in [k for k in table if k[1] < now_us - keep]:
+                del table[key]
+
+
+@dataclass(frozen=True)
+class AlertChange:
+    alert_id: str
+    slo: str
+    tier: str
+    severity: str
+    firing: bool
+    burn_long: float
+    burn_short: float
+    error_ratio: float
+
+
+def evaluate(
+    counts: SloCounts, slos: Iterable[Slo], now_us: int, firing: set[str]
+) -> list[AlertChange]:
+    """The alerts that start or stop firing at ``now_us`` (``firing`` is updated)."""
+    changes = []
+    for slo in slos:
+        budget = 1 - slo.objective
+        for tier, severity, long_s, short_s, factor in TIERS:
+            long_ratio, long_n = counts.ratio(slo.name, now_us, long_s)
+            short_ratio, _ = counts.ratio(slo.name, now_us, short_s)
+            burn_long, burn_short = long_ratio / budget, short_ratio / budget
+            on = long_n > 0 and burn_long > factor and burn_short > factor
+            alert_id = f"slo:{slo.name}:{tier}"
+            if on != (alert_id in firing):
+                (firing.add if on else firing.discard)(alert_id)
+                changes.append(AlertChange(alert_id, slo.name, tier, severity, on, burn_long,
+                                           burn_short, long_ratio))  # fmt: skip
+    return changes
