@@ -255,6 +255,9 @@ def _views(app: faust.App, parts: WorkerParts) -> None:
                                                      q.get("since", "24h")),
                 "outcomes": lambda: answers.outcomes(q.get("since", "24h")),
                 "latency": lambda: answers.latency(q.get("window", "1h")),
+                "quality": lambda: answers.quality(parts.settings.quality_threshold,
+                                                   q.get("since", "7d")),
+                "slo": lambda: slo_answer(parts.runner),
             }  # fmt: skip
             if question not in calls:
                 return self.json({"error": f"unknown question {question!r}",
@@ -274,6 +277,23 @@ def _views(app: faust.App, parts: WorkerParts) -> None:
                     "refused": None if error is None else error.problems,
                 }
             )
+
+
+def slo_answer(runner: AccountingRunner) -> dict[str, Any]:
+    """Each SLO's objective, SLI and remaining error budget over 3 days of event time."""
+    now = runner.engine.watermark_us
+    rows = []
+    for slo in runner.slos:
+        ratio, events = runner.slo_counts.ratio(slo.name, now, 3 * 86400)
+        budget = 1 - slo.objective
+        rows.append({
+            "name": slo.name, "objective": slo.objective, "events": events,
+            "sli": 1 - ratio if events else None,
+            "budget_remaining": 1 - ratio / budget if events else None,
+            "firing": sorted(a.split(":")[2] for a in runner.firing
+                             if a.split(":")[1] == slo.name),
+        })  # fmt: skip
+    return {"window": "3d", "slos": rows}
 
 
 def _counter_by_label(counter: Any, label: str) -> dict[str, float]:

@@ -496,6 +496,66 @@ def ask_outcomes(
     console.print(modes)
 
 
+@ask_app.command("quality")
+def ask_quality(
+    since: Annotated[str, typer.Option(help="Sessions that ended in the last ...")] = "7d",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Evaluation scores by query category against the quality threshold; flagged categories
+    come with sample sessions."""
+    answer = _answers().quality(settings().quality_threshold, since=since)
+    if as_json:
+        _emit_json(answer)
+        return
+    table = Table(title=f"quality by category ({since}, threshold {answer['threshold']:g})")
+    for column in ("category", "evaluation", "sessions", "mean", "below", "sample sessions"):
+        table.add_column(column)
+    for row in answer["categories"]:
+        mean = "-" if row["mean"] is None else f"{row['mean']:.3f}"
+        style = "[red]" if row["flagged"] else ""
+        table.add_row(
+            f"{style}{row['category']}",
+            row["evaluation"],
+            f"{row['sessions']:,}",
+            f"{style}{mean}",
+            f"{row['below_threshold']:,}",
+            ", ".join(s[:13] for s in row["samples"]),
+        )
+    console.print(table)
+
+
+@ask_app.command("slo")
+def ask_slo(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Each SLO's objective, current SLI (last 3 days of event time) and error budget left.
+
+    Asks the running worker, which computes the SLIs on event time.
+    """
+    from streams.worker import fetch_json
+
+    s = settings()
+    answer = fetch_json(f"http://{s.web_host}:{s.web_port}/ask/slo")
+    if answer is None:
+        raise _fail(f"no worker answers on {s.web_host}:{s.web_port} (start: governor worker)")
+    if as_json:
+        _emit_json(answer)
+        return
+    table = Table(title="SLOs (SLI over the last 3 days of event time)")
+    for column in ("SLO", "objective", "SLI", "events", "budget left", "firing"):
+        table.add_column(column)
+    for row in answer["slos"]:
+        sli = "-" if row["sli"] is None else f"{row['sli']:.3%}"
+        left = "-" if row["budget_remaining"] is None else f"{row['budget_remaining']:.0%}"
+        table.add_row(
+            row["name"],
+            f"{row['objective']:.1%}",
+            sli,
+            f"{row['events']:,}",
+            left,
+            ", ".join(row["firing"]),
+        )
+    console.print(table)
+
+
 @ask_app.command("latency")
 def ask_latency(
     window: Annotated[str, typer.Option(help="Sessions that ended in the last 1h, 24h ...")] = "1h",

@@ -57,6 +57,15 @@ def _event_loop(kind: str | None) -> Any:
     return asyncio.new_event_loop()
 
 
+def fetch_json(url: str, timeout_s: float = 5.0) -> Any:
+    """GET a JSON answer; None when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return json.loads(response.read())
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None
+
+
 class WorkerProcess:
     """``governor worker`` as a child process, for the demo and the integration tests."""
 
@@ -94,11 +103,7 @@ class WorkerProcess:
 
     def get_json(self, path: str) -> Any:
         """GET a JSON view of the worker; None while it does not answer."""
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=2) as response:
-                return json.loads(response.read())
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return None
+        return fetch_json(self.url + path, timeout_s=2)
 
     def log_tail(self, lines: int = 40) -> str:
         from streams.stack import log_tail

@@ -165,6 +165,33 @@ class Answers:
             ],
         }
 
+    def quality(self, threshold: float, since: str = "7d") -> dict[str, Any]:
+        """Evaluation scores by query category against the threshold, with sample sessions."""
+        period = Period.last(since, self.now_us)
+        stats = self.stats(period)
+        rows: dict[tuple[str, str], dict[str, float]] = {}
+        for field, value in stats.items():
+            if field.startswith("quality|"):
+                _, category, name, measure = field.split("|")
+                rows.setdefault((category, name), {})[measure] = value
+        categories = []
+        for (category, name), m in sorted(rows.items()):
+            count = int(m.get("count", 0))
+            mean = m.get("sum", 0.0) / count if count else None
+            flagged = mean is not None and mean < threshold
+            samples: list[str] = []
+            if flagged:
+                pipe = self.model.redis.pipeline(transaction=False)
+                for hour in period.hours():
+                    pipe.lrange(self.model.key(f"quality-samples:{category}", hour), 0, 4)
+                samples = [s.decode() for rows_ in pipe.execute() for s in rows_][:5]
+            categories.append({
+                "category": category, "evaluation": name, "sessions": count, "mean": mean,
+                "below_threshold": int(m.get("below", 0)), "flagged": flagged,
+                "samples": samples,
+            })  # fmt: skip
+        return {"since": since, "threshold": threshold, "categories": categories}
+
     def latency(self, window: str = "1h", slowest: int = 10) -> dict[str, Any]:
         period = Period.last(window, self.now_us)
         stats = self.stats(period)

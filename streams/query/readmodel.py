@@ -22,10 +22,15 @@ from streams.pipeline.aggregates import HOUR_US, LATENCY_BOUNDS_MS
 COST_BOUNDS_MICROS: tuple[float, ...] = tuple(2 ** (i / 4) for i in range(0, 128))
 
 APPLY = """
--- KEYS: seen, stats, by_cost, by_duration, summary
+-- KEYS: seen, stats, by_cost, by_duration, summary, quality samples (or '' when good)
 -- ARGV: session id, cost, duration, summary json, ttl, then field/increment pairs
 if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end
 for i = 6, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[2], ARGV[i], ARGV[i + 1]) end
+if KEYS[6] ~= '' then
+  redis.call('LPUSH', KEYS[6], ARGV[1])
+  redis.call('LTRIM', KEYS[6], 0, 4)
+  redis.call('EXPIRE', KEYS[6], ARGV[5])
+end
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
 redis.call('SET', KEYS[5], ARGV[4], 'EX', ARGV[5])
@@ -108,9 +113,13 @@ class SessionReadModel:
             for field, value in increments(s, quality_threshold).items():
                 fields.extend((field, value))
             duration = max(0, s["end_time_us"] - s["start_time_us"])
+            scores = [v for name, v in s["evaluations"].items() if name != "output"]
+            below = bool(scores) and min(scores) < quality_threshold
+            category = s["category"] or "uncategorised"
+            samples = self.key(f"quality-samples:{category}", hour) if below else ""
             self._apply(
                 keys=[self.key("seen", hour), self.key("stats", hour), self.key("cost", hour),
-                      self.key("duration", hour), self.summary_key(s["session_id"])],
+                      self.key("duration", hour), self.summary_key(s["session_id"]), samples],
                 args=[s["session_id"], s["cost_micros"], duration,
                       json.dumps(compact(s), separators=(",", ":")), self.ttl_s, *fields],
                 client=pipe,

@@ -121,6 +121,24 @@ def test_answers_equal_the_truth_of_a_simulated_week(topics: Settings, tmp_path:
         assert top["top"][0]["retries"] == first["retries"]
         assert top["median"] is not None
 
+        quality = {
+            (r["category"], r["evaluation"]): r
+            for r in ask(settings, "quality", "--since", "30d")["categories"]
+        }
+        scores: dict[tuple[str, str], list[float]] = {}
+        for s in truth:
+            for name, score in s["evaluations"].items():
+                if name != "output":
+                    scores.setdefault((s["category"], name), []).append(score)
+        assert set(quality) == set(scores)
+        for key, values in scores.items():
+            assert quality[key]["sessions"] == len(values)
+            assert abs(quality[key]["mean"] - sum(values) / len(values)) < 1e-9
+            assert quality[key]["flagged"] == (sum(values) / len(values) < 0.7)
+        flagged = [k for k, r in quality.items() if r["flagged"]]
+        assert ("returns", "helpfulness") in flagged or any(k[0] == "returns" for k in flagged)
+        assert all(quality[k]["samples"] for k in flagged)
+
         latency = ask(settings, "latency", "--window", "30d")
         durations = [s["duration_us"] / 1000 for s in truth]
         assert within_bucket(nth(durations, 0.5), latency["session_ms"]["p50"])

@@ -69,17 +69,22 @@ def test_an_error_burst_fires_the_fast_burn_alert_and_it_resolves(
         )
     producer.flush(30)
     fast: list[dict[str, Any]] = []
-    with WorkerProcess(settings, tmp_path / "worker.log"):
+    with WorkerProcess(settings, tmp_path / "worker.log") as worker:
         deadline = time.monotonic() + 60
         while len(fast) < 2 and time.monotonic() < deadline:
             time.sleep(1)
             rows = read_partitions(settings, settings.topic("alerts"), [0, 1, 2])
             alerts = [codecs.alert.decode(v) for p in sorted(rows) for _o, _k, v in rows[p] if v]
             fast = [a for a in alerts if a["alert_id"] == "slo:availability:fast"]
+        slo = {row["name"]: row for row in worker.get_json("/ask/slo")["slos"]}
     assert [a["state"] for a in fast] == ["FIRING", "RESOLVED"]
     fired, resolved = (a["event_time_us"] for a in fast)
     burst_start, burst_end = start + 90 * MINUTE_US, start + 105 * MINUTE_US
     assert burst_start < fired <= burst_end, "fires during the burst"
     assert burst_end < resolved <= burst_end + 6 * MINUTE_US, "resolves within a short window"
     assert fast[0]["severity"] == "PAGE"
+    # 15 of 180 minutes failed: the availability SLI over the window shows it
+    assert slo["availability"]["events"] == 180 * 20
+    assert abs(slo["availability"]["sli"] - 165 / 180) < 1e-9
+    assert slo["availability"]["budget_remaining"] < 0
     assert fast[0]["runbook_url"].endswith("GovernorAvailabilityBudgetBurn.md")
