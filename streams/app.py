@@ -34,7 +34,7 @@ from streams.pipeline.policy import PolicySet
 from streams.pipeline.pricing import load_prices
 from streams.policy_files import PolicyError, PolicyWatch, load_pii_policy, load_slos
 from streams.publisher import DecisionPublisher
-from streams.query.answers import Answers
+from streams.query.answers import Answers, Period
 from streams.query.pii import pii_answer
 from streams.query.readmodel import SessionReadModel
 from streams.settings import Settings
@@ -254,7 +254,7 @@ def _views(app: faust.App, parts: WorkerParts) -> None:
                 "top-cost": lambda: answers.top_cost(float(q.get("pct", "1")),
                                                      q.get("since", "24h")),
                 "outcomes": lambda: answers.outcomes(q.get("since", "24h")),
-                "latency": lambda: answers.latency(q.get("window", "1h")),
+                "latency": lambda: latency_answer(parts, answers, q.get("window", "1h")),
                 "quality": lambda: answers.quality(parts.settings.quality_threshold,
                                                    q.get("since", "7d")),
                 "slo": lambda: slo_answer(parts.runner),
@@ -277,6 +277,21 @@ def _views(app: faust.App, parts: WorkerParts) -> None:
                     "refused": None if error is None else error.problems,
                 }
             )
+
+
+def latency_answer(parts: WorkerParts, answers: Answers, window: str) -> dict[str, Any]:
+    """Session latency from the read-model, plus step latency by kind from the worker's
+    histograms (the step-level detail lives only in the worker)."""
+    answer = answers.latency(window)
+    since = Period.last(window, answers.now_us).since_us
+    with parts.runner.lock:
+        by_kind = parts.engine.step_latency(since)
+    answer["step_ms_by_kind"] = {
+        kind: {"steps": h.count, "p50": h.quantile(0.5), "p90": h.quantile(0.9),
+               "p99": h.quantile(0.99)}
+        for kind, h in sorted(by_kind.items())
+    }  # fmt: skip
+    return answer
 
 
 def slo_answer(runner: AccountingRunner) -> dict[str, Any]:

@@ -561,8 +561,15 @@ def ask_latency(
     window: Annotated[str, typer.Option(help="Sessions that ended in the last 1h, 24h ...")] = "1h",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """p50/p90/p99 session latency now, and today's slowest sessions with their bottleneck."""
-    answer = _answers().latency(window=window)
+    """p50/p90/p99 session latency and step latency by kind, and today's slowest sessions with
+    their bottleneck step. Step latency comes from the running worker; without one, only the
+    session-level answer (from the read-model) is shown."""
+    from streams.worker import fetch_json
+
+    s = settings()
+    answer = fetch_json(f"http://{s.web_host}:{s.web_port}/ask/latency?window={window}")
+    if answer is None:
+        answer = _answers().latency(window=window)
     if as_json:
         _emit_json(answer)
         return
@@ -571,6 +578,16 @@ def ask_latency(
         f"session latency over {window} ({answer['sessions']:,} sessions): "
         + "  ".join(f"{q} {v / 1000:,.1f}s" if v is not None else f"{q} -" for q, v in ms.items())
     )
+    steps = answer.get("step_ms_by_kind", {})
+    if steps:
+        step_table = Table(title=f"step latency by kind ({window})")
+        for column in ("kind", "steps", "p50", "p90", "p99"):
+            step_table.add_column(column, justify="left" if column == "kind" else "right")
+        for kind, q in steps.items():
+            step_table.add_row(
+                kind, f"{q['steps']:,}", *(f"{q[p] / 1000:,.2f}s" for p in ("p50", "p90", "p99"))
+            )
+        console.print(step_table)
     table = Table(title="slowest sessions today")
     for column in ("session", "agent", "duration", "bottleneck step", "step time", "share"):
         table.add_column(column)

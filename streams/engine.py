@@ -213,6 +213,16 @@ class Engine:
             self._tool_failures.get((tool, now_min - i * MINUTE_US), 0) for i in range(minutes)
         )
 
+    def step_latency(self, since_us: int) -> dict[str, Histogram]:
+        """Step latency histograms by step kind, over hours from ``since_us``, all partitions."""
+        merged_by_kind: dict[str, Histogram] = {}
+        for part in self.partitions.values():
+            for (_agent, kind, _name, hour), histogram in part.histograms.items():
+                if kind == SESSION_KIND or hour + HOUR_US <= since_us:
+                    continue
+                merged_by_kind.setdefault(kind, Histogram()).merge(histogram)
+        return merged_by_kind
+
     # --- processing ----------------------------------------------------------------------
 
     def process(self, partition: int, events: Iterable[dict[str, Any]]) -> BatchResult:

@@ -140,6 +140,9 @@ def test_answers_equal_the_truth_of_a_simulated_week(topics: Settings, tmp_path:
         assert all(quality[k]["samples"] for k in flagged)
 
         latency = ask(settings, "latency", "--window", "30d")
+        for kind in ("LLM_CALL", "TOOL_CALL"):
+            steps = sum(s["steps_by_kind"].get(kind, 0) for s in truth)
+            assert latency["step_ms_by_kind"][kind]["steps"] == steps
         durations = [s["duration_us"] / 1000 for s in truth]
         assert within_bucket(nth(durations, 0.5), latency["session_ms"]["p50"])
         assert within_bucket(nth(durations, 0.99), latency["session_ms"]["p99"])
