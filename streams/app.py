@@ -100,7 +100,7 @@ def build_app(settings: Settings, brokers: int = 1) -> faust.App:
     signing_key = ensure_signing_key(settings.control_keys_dir)
     publisher = DecisionPublisher(settings, signing_key, codecs)
     runner = AccountingRunner(settings, engine, codecs, publisher, metrics)
-    runner.slos = load_slos(settings.policies_dir)
+    runner.use_slos(load_slos(settings.policies_dir))
     pii_policy = load_pii_policy(settings.policies_dir)
     attach_pii(
         app,

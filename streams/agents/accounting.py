@@ -41,7 +41,14 @@ from streams.engine import (
     restore_record,
 )
 from streams.metrics import WorkerMetrics
-from streams.pipeline.slo import MINUTE_US, Slo, SloCounts, evaluate, session_verdicts
+from streams.pipeline.slo import (
+    MINUTE_US,
+    FallbackTracker,
+    Slo,
+    SloCounts,
+    evaluate,
+    session_verdicts,
+)
 from streams.publisher import DecisionPublisher, make_decision
 from streams.settings import Settings
 from streams.topics import (
@@ -120,6 +127,7 @@ class AccountingRunner:
         #: SLO good/bad counts on event time, and the alerts firing (not checkpointed: a restart
         #: starts the windows afresh)
         self.slos: list[Slo] = []
+        self.fallbacks: FallbackTracker | None = None
         self.slo_counts = SloCounts()
         self.firing: set[str] = set()
         self._firing_since: dict[str, int] = {}
@@ -258,8 +266,10 @@ class AccountingRunner:
                 latencies[(state.agent_id, kind)].append(delta.duration_us / 1e6)
             if kind == "TOOL_CALL":
                 failed = delta.status not in ("OK", "UNKNOWN")
-                if self.slos:
-                    self.slo_counts.add("degradation", delta.event_time_us, not failed)
+                if self.fallbacks is not None:
+                    verdict = self.fallbacks.tool_call(state.session_id, delta.name or "", failed)
+                    if verdict is not None:
+                        self.slo_counts.add("degradation", delta.event_time_us, verdict)
                 outcome = "error" if failed else ("retried_ok" if delta.retry else "ok")
                 tool_outcomes[(state.agent_id, outcome)] += 1
             if delta.started:
@@ -308,6 +318,10 @@ class AccountingRunner:
                 ).inc()
             for slo, good in session_verdicts(record, self.slos).items():
                 self.slo_counts.add(slo, record["end_time_us"], good)
+            if self.fallbacks is not None:
+                ended = self.fallbacks.session_ended(record["session_id"])
+                if ended is not None:
+                    self.slo_counts.add("degradation", record["end_time_us"], ended)
             compliant = "compliant" if record["violations"] == 0 else "violating"
             m.session_compliance.labels(record["tenant_id"], record["agent_id"], compliant).inc()
         if self.on_result is not None:
@@ -443,6 +457,11 @@ class AccountingRunner:
         self._update_lag()
         self._check_redis()
         self._evaluate_slos()
+
+    def use_slos(self, slos: list[Slo]) -> None:
+        self.slos = slos
+        degradation = next((s for s in slos if s.name == "degradation"), None)
+        self.fallbacks = FallbackTracker(degradation) if degradation else None
 
     def _evaluate_slos(self) -> None:
         """Evaluate the burn-rate alerts at the end of every event-time minute passed since the

@@ -8,6 +8,7 @@ windows and minutes for the short ones. The burn rate is the error ratio over th
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -32,6 +33,15 @@ class Slo(BaseModel):
     objective: Annotated[float, Field(gt=0, lt=1)]
     threshold_s: float = 30.0
     threshold: float = 0.7
+    #: degradation: failed tool (glob) -> tools (globs) that count as its fallback; a tool with
+    #: no entry falls back by retrying itself
+    fallbacks: dict[str, list[str]] = {}
+
+    def is_fallback(self, failed_tool: str, next_tool: str) -> bool:
+        for pattern, fallbacks in self.fallbacks.items():
+            if fnmatch.fnmatchcase(failed_tool, pattern):
+                return any(fnmatch.fnmatchcase(next_tool, f) for f in fallbacks)
+        return next_tool == failed_tool
 
 
 class SloFile(BaseModel):
@@ -56,6 +66,28 @@ def session_verdicts(summary: Mapping[str, Any], slos: Iterable[Slo]) -> dict[st
         elif slo.name == "compliance":
             verdicts[slo.name] = summary["violations"] == 0
     return verdicts
+
+
+@dataclass
+class FallbackTracker:
+    """Degradation SLI: each failed tool call is good when the session's next tool call is its
+    defined fallback, bad when it is something else or the session ends first."""
+
+    slo: Slo
+    pending: dict[str, str] = field(default_factory=dict)
+
+    def tool_call(self, session_id: str, tool: str, failed: bool) -> bool | None:
+        """The verdict on the previous failure, if this call settles one."""
+        verdict = None
+        failed_tool = self.pending.pop(session_id, None)
+        if failed_tool is not None:
+            verdict = self.slo.is_fallback(failed_tool, tool)
+        if failed:
+            self.pending[session_id] = tool
+        return verdict
+
+    def session_ended(self, session_id: str) -> bool | None:
+        return False if self.pending.pop(session_id, None) is not None else None
 
 
 @dataclass

@@ -61,3 +61,19 @@ def test_steady_errors_within_budget_raise_nothing() -> None:
         counts.add("availability", now, good=False, n=5)  # 0.5 % < the 1 % budget
         changes += evaluate(counts, SLOS[:1], now, firing)
     assert changes == []
+
+
+def test_a_failed_tool_call_is_good_when_its_fallback_follows() -> None:
+    from streams.pipeline.slo import FallbackTracker
+
+    [degradation] = [s for s in SLOS if s.name == "degradation"]
+    tracker = FallbackTracker(degradation)
+    assert tracker.tool_call("s1", "web_search", failed=True) is None
+    assert tracker.tool_call("s1", "search_kb", failed=False) is True  # the defined fallback
+    assert tracker.tool_call("s1", "web_search", failed=True) is None
+    assert tracker.tool_call("s1", "send_email", failed=False) is False  # not a fallback
+    assert tracker.tool_call("s2", "lookup_order", failed=True) is None
+    assert tracker.tool_call("s2", "lookup_order", failed=False) is True  # a retry, no entry
+    assert tracker.tool_call("s3", "lookup_order", failed=True) is None
+    assert tracker.session_ended("s3") is False  # ended without a fallback
+    assert tracker.session_ended("s1") is None
