@@ -37,13 +37,13 @@ def bench_stack() -> Iterator[Settings]:
             stack.down(base)
 
 
-def realistic_events(count: int, seed: int = 3) -> list[dict[str, Any]]:
+def realistic_events(count: int, seed: int = 3, days: float = 1.0) -> list[dict[str, Any]]:
     """At least ``count`` simulator events of a fleet, interleaved in event-time order."""
     settings = Settings.from_env()
     prices = load_prices(settings.policies_dir / "prices.yaml")
     sessions = max(100, count // 9)
     while True:
-        plans = plan_fleet(FleetParams(sessions=sessions, seed=seed, days=1.0))
+        plans = plan_fleet(FleetParams(sessions=sessions, seed=seed, days=days))
         events, _truth = simulate_offline(plans, prices)
         if len(events) >= count:
             break

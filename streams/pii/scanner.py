@@ -13,6 +13,7 @@ no token prefix); the scanner counts what it skipped.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -76,6 +77,8 @@ class PiiScanner:
         # presidio's email recognizer imports tldextract, which fetches the suffix list unless
         # told not to: this machine (and many production ones) has no internet
         os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", " ")
+        # presidio logs a line per analysed text at INFO; the worker's log is for its own news
+        logging.getLogger("presidio-analyzer").setLevel(logging.WARNING)
         self._engine = _analyzer(self.spacy_model)
         wanted = set(self.entities)
         self._presidio_entities = sorted(wanted - {"SECRET"})
