@@ -479,59 +479,58 @@ class Session:
             if self.gov.on_warn is not None:
                 self.gov.on_warn(self, decision)
 
+    def _next_step(self) -> tuple[str, float, dict[str, Any] | None]:
+        """What the decision in force asks of the next step: ``go``, ``sleep`` (THROTTLE, for
+        the returned seconds) or ``pause``. KILL raises; WARN calls back and goes on."""
+        decision = self._decision()
+        self._raise_if_killed(decision)
+        if decision is None:
+            return "go", 0.0, None
+        if decision["action"] == "WARN":
+            self._warn(decision)
+            return "go", 0.0, decision
+        if decision["action"] == "THROTTLE":
+            return "sleep", _delay_s(decision), decision
+        return "pause", 0.0, decision
+
+    def _pause_left(self, deadline: float, decision: dict[str, Any] | None) -> float:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            policy = decision["policy_id"] if decision else "?"
+            raise PauseTimeout(f"paused by {policy} for too long")
+        return remaining
+
     def check(self) -> None:
         """Apply the decision in force before a step. In a running event loop this only raises
         for KILL and calls WARN; THROTTLE and PAUSE are applied by ``await check_async()`` and
         by ``async with`` steps, so the loop is never blocked."""
         if _in_event_loop():
-            decision = self._decision()
-            self._raise_if_killed(decision)
-            if decision is not None and decision["action"] == "WARN":
-                self._warn(decision)
+            self._next_step()
             return
         deadline = time.monotonic() + self.gov.settings.pause_timeout_s
-        throttled = False
         while True:
-            decision = self._decision()
-            self._raise_if_killed(decision)
-            if decision is None:
+            verdict, seconds, decision = self._next_step()
+            if verdict == "go":
                 return
-            action = decision["action"]
-            if action == "WARN":
-                self._warn(decision)
+            if verdict == "sleep":
+                time.sleep(seconds)
                 return
-            if action == "THROTTLE":
-                if not throttled:
-                    throttled = True
-                    time.sleep(_delay_s(decision))
-                return
-            # PAUSE: block until something changes, then look again
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise PauseTimeout(f"paused by {decision['policy_id']} for too long")
+            # PAUSE: block until a decision changes, then look again
+            remaining = self._pause_left(deadline, decision)
             with self.gov.changed:
                 self.gov.changed.wait(min(remaining, 1.0))
 
     async def check_async(self) -> None:
         """:meth:`check` for async agents: waits with ``asyncio.sleep``."""
         deadline = time.monotonic() + self.gov.settings.pause_timeout_s
-        throttled = False
         while True:
-            decision = self._decision()
-            self._raise_if_killed(decision)
-            if decision is None:
+            verdict, seconds, decision = self._next_step()
+            if verdict == "go":
                 return
-            action = decision["action"]
-            if action == "WARN":
-                self._warn(decision)
+            if verdict == "sleep":
+                await asyncio.sleep(seconds)
                 return
-            if action == "THROTTLE":
-                if not throttled:
-                    throttled = True
-                    await asyncio.sleep(_delay_s(decision))
-                return
-            if time.monotonic() >= deadline:
-                raise PauseTimeout(f"paused by {decision['policy_id']} for too long")
+            self._pause_left(deadline, decision)
             await asyncio.sleep(PAUSE_POLL_S)
 
     def _cancel_running_steps(self) -> None:
