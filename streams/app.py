@@ -264,6 +264,27 @@ def _views(app: faust.App, parts: WorkerParts) -> None:
                                   "questions": [*calls, "pii"]}, status=404)  # fmt: skip
             return self.json(await asyncio.to_thread(calls[question]))
 
+    @app.page("/alerts/webhook")
+    class AlertWebhookView(View):
+        """Alertmanager's webhook receiver: each notified alert is counted and logged, so the
+        worker's log shows what Prometheus paged about next to what the worker decided."""
+
+        async def post(self, request: Request) -> Response:
+            payload = await request.json()
+            alerts = payload.get("alerts", []) if isinstance(payload, dict) else []
+            for alert in alerts:
+                labels = alert.get("labels", {})
+                parts.metrics.webhook_alerts.labels(
+                    str(labels.get("alertname", "unknown")), str(alert.get("status", "unknown"))
+                ).inc()
+                log.warning(
+                    "alertmanager: %s %s (%s)",
+                    labels.get("alertname"),
+                    alert.get("status"),
+                    alert.get("annotations", {}).get("summary", ""),
+                )
+            return self.json({"received": len(alerts)})
+
     @app.page("/policies")
     class PoliciesView(View):
         async def get(self, request: Request) -> Response:

@@ -36,6 +36,7 @@ class WorkerMetrics:
     session_compliance: Counter
     tool_calls: Counter
     redis_up: Gauge
+    webhook_alerts: Counter
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -140,6 +141,12 @@ def worker_metrics() -> WorkerMetrics:
             registry=r,
         ),
         redis_up=Gauge("governor_redis_up", "1 when the worker reaches Redis", registry=r),
+        webhook_alerts=Counter(
+            "governor_alertmanager_notifications",
+            "Alerts Alertmanager sent to the worker",
+            ["alertname", "status"],
+            registry=r,
+        ),
         pii_skip_rate=Gauge(
             "governor_pii_prefilter_skip_ratio",
             "Share of texts the PII prefilter skipped",

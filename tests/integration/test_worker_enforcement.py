@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 import urllib.request
@@ -221,3 +222,21 @@ def test_metrics_parse_and_have_the_families(worker: tuple[WorkerProcess, Settin
         "governor_policy_version",
     }
     assert session_id not in text, "session ids must never be labels"
+    notification = {
+        "alerts": [
+            {
+                "status": "firing",
+                "labels": {"alertname": "GovernorRedisDown"},
+                "annotations": {"summary": "Redis unreachable"},
+            }
+        ]
+    }
+    request = urllib.request.Request(
+        process.url + "/alerts/webhook",
+        data=json.dumps(notification).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert json.loads(response.read()) == {"received": 1}
+    assert "alertmanager: GovernorRedisDown firing" in process.log_tail(50)
