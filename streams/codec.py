@@ -238,6 +238,12 @@ class SourceRecord:
     timestamp_ms: int | None = None
 
 
+def header_pairs(raw: Any) -> tuple[tuple[str, bytes], ...]:
+    """A Kafka client's headers (a list of pairs or a dict, str or bytes values) as bytes."""
+    pairs = raw.items() if isinstance(raw, dict) else (raw or ())
+    return tuple((k, v.encode() if isinstance(v, str) else (v or b"")) for k, v in pairs)
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     """What goes to the dead-letter topic: the original key and bytes, plus the reason."""

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 
+from streams.codec import header_pairs
+
 
 def producer(bootstrap: str) -> Producer:
     return Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True})
@@ -55,6 +57,4 @@ def consume(bootstrap: str, topic: str, count: int, timeout_s: float = 30) -> li
 
 
 def headers_of(message: Message) -> dict[str, bytes]:
-    raw = message.headers() or []
-    pairs = raw.items() if isinstance(raw, dict) else raw
-    return {k: v.encode() if isinstance(v, str) else (v or b"") for k, v in pairs}
+    return dict(header_pairs(message.headers()))

@@ -31,7 +31,7 @@ from confluent_kafka import (
 )
 
 from streams.audit import AuditChains, ChainHead
-from streams.codec import Codecs, DecodeError, SourceRecord, dead_letter
+from streams.codec import Codecs, DecodeError, SourceRecord, dead_letter, header_pairs
 from streams.engine import (
     BatchResult,
     Decided,
@@ -426,16 +426,13 @@ class AccountingRunner:
         self._heads_dirty.add(record["tenant_id"])
 
     def _dead_letter(self, msg: Message, exc: DecodeError) -> None:
-        raw = msg.headers() or []
-        pairs = raw.items() if isinstance(raw, dict) else raw
-        headers = tuple((k, v.encode() if isinstance(v, str) else (v or b"")) for k, v in pairs)
         source = SourceRecord(
             topic=msg.topic() or "",
             partition=msg.partition() or 0,
             offset=msg.offset() or 0,
             key=msg.key(),
             value=msg.value(),
-            headers=headers,
+            headers=header_pairs(msg.headers()),
             timestamp_ms=msg.timestamp()[1],
         )
         letter = dead_letter(source, exc)
