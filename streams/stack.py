@@ -377,8 +377,9 @@ def _start_kafka(settings: Settings, brokers: int) -> list[str]:
                     STORAGE_TOOL,
                     "format",
                     "--ignore-formatted",
-                    "-t",
-                    cluster_id,
+                    # one token: a base64url id may start with "-", which argparse would take
+                    # for an option
+                    f"--cluster-id={cluster_id}",
                     "-c",
                     str(config),
                 ],
