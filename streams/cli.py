@@ -639,6 +639,14 @@ def audit_verify(
         raise typer.Exit(code=1)
 
 
+# --- incidents -----------------------------------------------------------------------------
+
+incident_app = typer.Typer(
+    help="Incidents: a record per incident (compacted gov.incidents) and session timelines."
+)
+app.add_typer(incident_app, name="incident")
+
+
 def main() -> None:
     app()
 
