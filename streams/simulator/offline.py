@@ -4,7 +4,8 @@ For unit tests and for feeding the pipeline directly: the driver plays plans thr
 :class:`OfflineGovernor` exactly as through the real one, and the events come out as the
 client's ``Session`` builds them (the integration test checks the two agree), with event ids
 derived from session id and seq so a run is reproducible. ``kills`` stands in for KILL
-decisions: session id -> how many steps pass before the next one raises ``SessionKilled``.
+decisions: session id -> how many steps pass before the next one raises ``SessionKilled``; the
+SESSION_END then reports acting on decision ``offline-<session id>`` as the client reports a KILL.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from streams.client import SessionKilled
+from streams.control import ActedOn, acted_attributes
+from streams.pipeline.accounting import close_timed_out, fold, new_state, summary
 from streams.pipeline.pricing import PriceTable
 from streams.simulator.driver import AgentKey, Connect, EventSink, GovernorLike, SimClock, drive
 from streams.simulator.params import FleetParams
@@ -41,6 +44,7 @@ class OfflineSession:
         self.seq = 0
         self._steps = 0
         self._started_us = 0
+        self._acted: list[ActedOn] = []
         self._common = {
             "session_id": session_id,
             "tenant_id": gov.key.tenant_id,
@@ -61,6 +65,9 @@ class OfflineSession:
         status: str = "OK",
         **fields: Any,
     ) -> dict[str, Any]:
+        acted, self._acted = self._acted, []
+        if acted:
+            fields["attributes"] = acted_attributes(acted)
         self.seq += 1
         event = {
             **self._common,
@@ -78,7 +85,9 @@ class OfflineSession:
     def _check(self) -> None:
         limit = self.gov.kills.get(self.session_id)
         if limit is not None and self._steps >= limit:
-            raise SessionKilled("offline kill", "offline", f"offline-{self.session_id}")
+            decision_id = f"offline-{self.session_id}"
+            self._acted.append(ActedOn(decision_id, "KILL", self.gov.clock.now_us))
+            raise SessionKilled("offline kill", "offline", decision_id)
         self._steps += 1
 
     def start(self) -> None:
@@ -254,3 +263,25 @@ def simulate_offline(
 
     drive(plans, offline_governors(kills), concurrency=concurrency, on_session=done)
     return events, truths
+
+
+def offline_summaries(
+    events: Iterable[Mapping[str, Any]], prices: PriceTable
+) -> list[dict[str, Any]]:
+    """The SessionSummary records a worker would publish for ``events`` (sessions without a
+    SESSION_END end as TIMEOUT), in the order they end: for feeding what reads gov.sessions
+    without running the worker."""
+    by_session: dict[str, list[dict[str, Any]]] = {}
+    for event in events:
+        by_session.setdefault(str(event["session_id"]), []).append(dict(event))
+    summaries = []
+    for session_events in by_session.values():
+        session_events.sort(key=lambda e: int(e["seq"]))
+        state = new_state(session_events[0])
+        for event in session_events:
+            fold(state, event, prices)
+        if not state.ended:
+            close_timed_out(state)
+        summaries.append(summary(state))
+    summaries.sort(key=lambda s: (s["end_time_us"], s["session_id"]))
+    return summaries
