@@ -111,6 +111,10 @@ class Engine:
         #: spend per (scope, hour) of all owned partitions, kept current by _aggregate
         self._hour_spend: Counter[tuple[str, int]] = Counter()
         self._watermark_us = 0
+        #: event time of the event being decided: step and failure rates are counted over the
+        #: minutes up to it, not up to the watermark, so a partition read behind the others (a
+        #: replay consumed one partition after another) sees its own minutes, as the live run did
+        self._deciding_us = 0
         self._scopes: dict[tuple[str, str], tuple[str, str]] = {}
         #: (policy id, target) -> level, over all owned partitions (for Facts.level)
         self._levels: dict[tuple[str, str], int] = {}
@@ -199,7 +203,7 @@ class Engine:
             self._active.update(part.active)
 
     def steps(self, scope: str, scope_id: str, window_s: float) -> int:
-        now_min = self._watermark_us - self._watermark_us % MINUTE_US
+        now_min = bucket_start(self._deciding_us or self._watermark_us, MINUTE_US)
         key = (scope, scope_id)
         if window_s <= 60:
             return self._steps.get((key, now_min), 0)
@@ -207,7 +211,7 @@ class Engine:
         return sum(self._steps.get((key, now_min - i * MINUTE_US), 0) for i in range(minutes))
 
     def failures(self, tool: str, window_s: float) -> int:
-        now_min = bucket_start(self.watermark_us, MINUTE_US)
+        now_min = bucket_start(self._deciding_us or self._watermark_us, MINUTE_US)
         minutes = max(1, int(window_s // 60))
         return sum(
             self._tool_failures.get((tool, now_min - i * MINUTE_US), 0) for i in range(minutes)
@@ -268,6 +272,7 @@ class Engine:
         self._aggregate(part, state, delta, tenant, agent)
         result.deltas.append((state, delta))
         if self.policies.policies and not (state.ended and not delta.ended):
+            self._deciding_us = delta.event_time_us
             for index, outcome in enumerate(decide(self.policies, state, delta, self.facts)):
                 decided = self._escalate(part, outcome, state, delta, event, index)
                 if decided is not None:

@@ -35,6 +35,9 @@ class Settings:
     bootstrap: str = "127.0.0.1:19092"
     redis_url: str = "redis://127.0.0.1:16379/0"
     topic_prefix: str = "gov."
+    #: read StepEvents from this topic instead of ``<prefix>events`` (a worker on a replay
+    #: topic); everything the worker writes stays under ``topic_prefix``
+    events_topic: str | None = None
 
     # topics
     event_partitions: int = 6
@@ -121,6 +124,11 @@ class Settings:
     def topic(self, suffix: str) -> str:
         """Full topic name for a suffix such as ``events`` or ``events.dlq``."""
         return f"{self.topic_prefix}{suffix}"
+
+    @property
+    def events_source_topic(self) -> str:
+        """Where the worker reads StepEvents: ``events_topic`` or ``<prefix>events``."""
+        return self.events_topic or self.topic("events")
 
     @property
     def control_keys_dir(self) -> Path:

@@ -209,6 +209,8 @@ def ensure_topics(settings: Settings, admin: AdminClient | None = None) -> list[
                 },
             )
             for spec in topic_specs(settings)
+            # a worker reading another events topic (a replay) has no events of its own
+            if not (spec.suffix == "events" and settings.events_topic)
         ),
     )
 

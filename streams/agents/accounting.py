@@ -78,7 +78,12 @@ def changelog_topic(settings: Settings) -> str:
 
 def ensure_changelog(settings: Settings) -> None:
     admin = admin_client(settings)
-    replication, min_isr = replication_for(settings, len(admin.list_topics(timeout=10).brokers))
+    metadata = admin.list_topics(timeout=10)
+    replication, min_isr = replication_for(settings, len(metadata.brokers))
+    # one changelog partition per events partition: the events topic (a replay topic, say) may
+    # have more partitions than this worker's setting
+    events = metadata.topics.get(settings.events_source_topic)
+    partitions = max(settings.event_partitions, len(events.partitions) if events else 0)
     config = {
         "cleanup.policy": "compact",
         "min.insync.replicas": str(min_isr),
@@ -86,7 +91,7 @@ def ensure_changelog(settings: Settings) -> None:
     }
     create_topics(
         admin,
-        [new_topic(changelog_topic(settings), settings.event_partitions, replication, config)],
+        [new_topic(changelog_topic(settings), partitions, replication, config)],
     )
 
 
@@ -118,7 +123,7 @@ class AccountingRunner:
         self.ready = threading.Event()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="governor-accounting", daemon=True)
-        self._events_topic = settings.topic("events")
+        self._events_topic = settings.events_source_topic
         self._changelog = changelog_topic(settings)
         self._in_txn = False
         self._dirty_partitions: set[int] = set()

@@ -149,7 +149,7 @@ class PiiHandler:
 
 
 def attach_pii(app: faust.App, settings: Settings, handler: PiiHandler) -> None:
-    events = raw_topic(app, settings.topic("events"))
+    events = raw_topic(app, settings.events_source_topic)
     findings_topic = raw_topic(app, settings.topic("pii"))
     codec = handler.codecs.pii_finding
 
