@@ -302,6 +302,100 @@ def policy_check(
     console.print(f"[green]{len(policy_set.policies)} policies valid[/]")
 
 
+@policy_app.command("backtest")
+def policy_backtest(
+    folder: Annotated[Path, typer.Argument(help="The candidate policy folder.")],
+    from_: Annotated[str, typer.Option("--from", help="Window start: 2h, 7d, ISO-8601 ...")],
+    to: Annotated[str, typer.Option("--to", help="Window end (default now).")] = "now",
+    warmup: Annotated[
+        str,
+        typer.Option(
+            help="Read this long before the window to warm the engines up (sessions "
+            "begun before it, budgets already spent), or 'all' for the whole topic."
+        ),
+    ] = "all",
+    live: Annotated[
+        Path | None, typer.Option(help="The live policy folder (default GOVERNOR_POLICIES_DIR).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable report.")] = False,
+) -> None:
+    """Shadow mode: what the candidate policies would have done to retained history.
+
+    Replays the events of the window (Kafka record time) through the candidate policies and
+    the live ones, in this process, publishing nothing; reports decisions by policy, sessions
+    stopped and cost avoided for both, next to the decisions the live worker published. The
+    live set must reproduce the published decisions exactly: if it does not, the report says
+    which differ (a policy change inside the window, or events no longer retained).
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from streams.backtest import backtest
+    from streams.pipeline.policy import duration_s
+    from streams.policy_files import PolicyError
+    from streams.times import parse_instant
+
+    s = settings()
+    try:
+        from_us, to_us = parse_instant(from_), parse_instant(to)
+        read_from = 0 if warmup == "all" else from_us - int(duration_s(warmup) * 1_000_000)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    if to_us < from_us:
+        raise _fail("--to is before --from")
+    bar = Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=Console(stderr=True), transient=True,
+    )  # fmt: skip
+    with bar:
+        task = bar.add_task("replaying events", total=None)
+        try:
+            report = backtest(
+                s, folder, from_us, to_us, read_from_us=max(0, read_from), live_dir=live,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )  # fmt: skip
+        except PolicyError as exc:
+            for problem in exc.problems:
+                console.print(f"[red]{problem}[/]", highlight=False)
+            raise typer.Exit(code=1) from exc
+    if as_json:
+        _emit_json(report.as_dict())
+        return
+    runs = (report.candidate, report.live_policies, report.published)
+    table = Table(title=f"backtest of {folder}: {report.events_in_window:,} events in the window "
+                        f"({report.events:,} read), {report.elapsed_s:.1f} s")  # fmt: skip
+    for column in ("policy", "candidate (shadow)", "live policies (shadow)", "live (published)"):
+        table.add_column(column, justify="left" if column == "policy" else "right")
+    policies = sorted({p for run in runs for p in run["by_policy"]})
+    for policy in policies:
+        table.add_row(policy, *(_actions(run["by_policy"].get(policy, {})) for run in runs))
+    table.add_row("[bold]decisions", *(f"[bold]{run['decisions']:,}" for run in runs))
+    table.add_row("sessions stopped", *(f"{run['sessions_stopped']:,}" for run in runs))
+    table.add_row(
+        "cost avoided",
+        _money(report.candidate["cost_avoided_usd"]),
+        _money(report.live_policies["cost_avoided_usd"]),
+        "-",
+    )
+    console.print(table)
+    if report.reproduces_live:
+        console.print(
+            f"[green]the live policies reproduce the {report.published['decisions']:,} "
+            "published decisions exactly[/]"
+        )
+    else:
+        console.print(
+            f"[yellow]the live policies do not reproduce the published decisions: "
+            f"{len(report.live_only_in_shadow)} only in the shadow run, "
+            f"{len(report.live_only_published)} only published (a policy change inside the "
+            "window, or events no longer retained?)[/]"
+        )
+    console.print(f"{len(report.candidate_only):,} decisions only the candidate would make")
+
+
+def _actions(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n:,} {action}" for action, n in sorted(counts.items())) or "-"
+
+
 def _applies_to(policy: Any) -> str:
     scope = getattr(policy, "scope", "session")
     tenants = ",".join(policy.match.tenants)
