@@ -247,3 +247,66 @@ class DecisionBook:
     def latest(self, target: str) -> dict[str, Any] | None:
         with self._lock:
             return self._latest.get(target)
+
+
+# --- what a client reports of acting on a decision -----------------------------------------
+
+#: StepEvent attributes naming the decision(s) a session applied since its previous event
+ACTED_DECISION_ID = "governor.decision_id"
+ACTED_ACTION = "governor.action"
+ACTED_AT_US = "governor.acted_at_us"
+#: how long the session waited (THROTTLE slept, PAUSE blocked); absent for WARN and KILL
+ACTED_WAITED_US = "governor.waited_us"
+
+
+@dataclass(frozen=True)
+class ActedOn:
+    """A session applied a decision: KILL raised, THROTTLE slept, PAUSE blocked, WARN called."""
+
+    decision_id: str
+    action: str
+    acted_at_us: int
+    waited_us: int | None = None
+
+
+def acted_attributes(reports: Iterable[ActedOn]) -> dict[str, str]:
+    """The attributes that carry ``reports`` on one event.
+
+    Nearly always one report; when a session applied several decisions without emitting in
+    between (a PAUSE ended by a KILL), the values are comma-separated lists in the same order,
+    so none is lost (decision ids, actions and numbers never contain commas).
+    """
+    reports = list(reports)
+    if not reports:
+        return {}
+    attributes = {
+        ACTED_DECISION_ID: ",".join(r.decision_id for r in reports),
+        ACTED_ACTION: ",".join(r.action for r in reports),
+        ACTED_AT_US: ",".join(str(r.acted_at_us) for r in reports),
+    }
+    if any(r.waited_us is not None for r in reports):
+        attributes[ACTED_WAITED_US] = ",".join(
+            "" if r.waited_us is None else str(r.waited_us) for r in reports
+        )
+    return attributes
+
+
+def acted_reports(attributes: Mapping[str, str] | None) -> list[ActedOn]:
+    """The reports an event's attributes carry (none when it carries none or they are garbled:
+    an attribute map is free-form, so a malformed report is ignored rather than fatal)."""
+    attributes = attributes or {}
+    if ACTED_DECISION_ID not in attributes:
+        return []
+    ids = attributes[ACTED_DECISION_ID].split(",")
+    actions = attributes.get(ACTED_ACTION, "").split(",")
+    times = attributes.get(ACTED_AT_US, "").split(",")
+    waits = attributes.get(ACTED_WAITED_US, ",".join("" for _ in ids)).split(",")
+    if not len(ids) == len(actions) == len(times) == len(waits):
+        return []
+    try:
+        return [
+            ActedOn(decision_id, action, int(at), int(waited) if waited else None)
+            for decision_id, action, at, waited in zip(ids, actions, times, waits, strict=True)
+        ]
+    except ValueError:
+        return []

@@ -10,7 +10,9 @@ Emitting never waits on the broker (see :mod:`streams.client.emitter` for the bu
 Before each step the session applies the strongest decision in force for it, its agent or its
 tenant: KILL raises :class:`SessionKilled`, THROTTLE waits, PAUSE blocks until RESUME (or
 :class:`PauseTimeout`), WARN calls ``on_warn``. A KILL that arrives while an async step runs
-cancels that step at once; the step is recorded as CANCELLED.
+cancels that step at once; the step is recorded as CANCELLED. Each decision a session applies is
+reported once, on the session's next event (for a KILL, its SESSION_END), as the attributes of
+:func:`streams.control.acted_attributes`: decision id, action, when, and how long it waited.
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ from streams.client.pii import PiiGuard
 from streams.client.subscriber import ControlSubscriber
 from streams.codec import Codecs, DecodeError
 from streams.control import (
+    ActedOn,
     DecisionBook,
     DropReason,
     KeyRing,
+    acted_attributes,
     agent_target,
     decision_redis_key,
     session_target,
@@ -302,6 +306,9 @@ class Session:
         self.seq = 0
         self.killed_by: dict[str, Any] | None = None
         self._warned: set[str] = set()
+        #: decisions applied and not yet reported on an event; ids ever reported (once each)
+        self._acted: list[ActedOn] = []
+        self._reported: set[str] = set()
         self._running: set[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]] = set()
         self._started_us = 0
         self._common = {
@@ -327,6 +334,9 @@ class Session:
         **fields: Any,
     ) -> dict[str, Any]:
         """Publish one StepEvent of this session (no policy check); returns it."""
+        acted, self._acted = self._acted, []
+        if acted:
+            fields["attributes"] = {**(fields.get("attributes") or {}), **acted_attributes(acted)}
         self.seq += 1
         event = {
             **self._common,
@@ -468,14 +478,27 @@ class Session:
     def _decision(self) -> dict[str, Any] | None:
         return self.gov.book.effective(self.targets, self.gov.now_us())
 
+    def _note_acted(
+        self, decision: Mapping[str, Any], acted_at_us: int, waited_us: int | None = None
+    ) -> None:
+        """Remember that this session applied ``decision``, for its next event (once per id)."""
+        if decision["decision_id"] in self._reported:
+            return
+        self._reported.add(decision["decision_id"])
+        self._acted.append(
+            ActedOn(decision["decision_id"], decision["action"], acted_at_us, waited_us)
+        )
+
     def _raise_if_killed(self, decision: dict[str, Any] | None) -> None:
         if decision is not None and decision["action"] == "KILL":
             self.killed_by = decision
+            self._note_acted(decision, self.gov.now_us())
             raise SessionKilled(decision["reason"], decision["policy_id"], decision["decision_id"])
 
     def _warn(self, decision: dict[str, Any]) -> None:
         if decision["decision_id"] not in self._warned:
             self._warned.add(decision["decision_id"])
+            self._note_acted(decision, self.gov.now_us())
             if self.gov.on_warn is not None:
                 self.gov.on_warn(self, decision)
 
@@ -508,30 +531,54 @@ class Session:
             self._next_step()
             return
         deadline = time.monotonic() + self.gov.settings.pause_timeout_s
-        while True:
-            verdict, seconds, decision = self._next_step()
-            if verdict == "go":
-                return
-            if verdict == "sleep":
-                time.sleep(seconds)
-                return
-            # PAUSE: block until a decision changes, then look again
-            remaining = self._pause_left(deadline, decision)
-            with self.gov.changed:
-                self.gov.changed.wait(min(remaining, 1.0))
+        paused: _Paused | None = None
+        try:
+            while True:
+                verdict, seconds, decision = self._next_step()
+                if verdict == "go":
+                    return
+                if verdict == "sleep":
+                    throttled = _Paused.begin(self, decision)
+                    time.sleep(seconds)
+                    throttled.report(self)
+                    return
+                # PAUSE: block until a decision changes, then look again
+                paused = self._pausing(paused, decision)
+                remaining = self._pause_left(deadline, decision)
+                with self.gov.changed:
+                    self.gov.changed.wait(min(remaining, 1.0))
+        finally:
+            if paused is not None:
+                paused.report(self)  # released, timed out or killed: how long it blocked
 
     async def check_async(self) -> None:
         """:meth:`check` for async agents: waits with ``asyncio.sleep``."""
         deadline = time.monotonic() + self.gov.settings.pause_timeout_s
-        while True:
-            verdict, seconds, decision = self._next_step()
-            if verdict == "go":
-                return
-            if verdict == "sleep":
-                await asyncio.sleep(seconds)
-                return
-            self._pause_left(deadline, decision)
-            await asyncio.sleep(PAUSE_POLL_S)
+        paused: _Paused | None = None
+        try:
+            while True:
+                verdict, seconds, decision = self._next_step()
+                if verdict == "go":
+                    return
+                if verdict == "sleep":
+                    throttled = _Paused.begin(self, decision)
+                    await asyncio.sleep(seconds)
+                    throttled.report(self)
+                    return
+                paused = self._pausing(paused, decision)
+                self._pause_left(deadline, decision)
+                await asyncio.sleep(PAUSE_POLL_S)
+        finally:
+            if paused is not None:
+                paused.report(self)
+
+    def _pausing(self, paused: _Paused | None, decision: dict[str, Any] | None) -> _Paused:
+        """The pause in progress; another PAUSE decision taking over ends the previous one's."""
+        if paused is not None:
+            if decision is not None and paused.decision["decision_id"] == decision["decision_id"]:
+                return paused
+            paused.report(self)
+        return _Paused.begin(self, decision)
 
     def _cancel_running_steps(self) -> None:
         """Called from the control thread when a KILL for this session arrives."""
@@ -608,6 +655,25 @@ class Session:
 
 def _delay_s(decision: Mapping[str, Any]) -> float:
     return float(decision.get("parameters", {}).get("delay_ms", "1000")) / 1000
+
+
+class _Paused:
+    """A THROTTLE sleep or PAUSE block in progress: reported when it ends, with its length."""
+
+    def __init__(self, decision: Mapping[str, Any], acted_at_us: int) -> None:
+        self.decision = decision
+        self.acted_at_us = acted_at_us
+        self._t0 = time.monotonic()
+
+    @classmethod
+    def begin(cls, session: Session, decision: Mapping[str, Any] | None) -> _Paused:
+        if decision is None:  # _next_step always names the decision it sleeps or pauses for
+            raise ValueError("a wait without a decision")
+        return cls(decision, session.gov.now_us())
+
+    def report(self, session: Session) -> None:
+        waited_us = round((time.monotonic() - self._t0) * 1_000_000)
+        session._note_acted(self.decision, self.acted_at_us, waited_us)
 
 
 class Step:
