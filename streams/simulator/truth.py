@@ -5,7 +5,8 @@ produced, exactly as a consumer of ``gov.events`` sees them. The plan only adds 
 not carry: which PII values were planted (so each occurrence can be located) and whether the
 session was planned as a budget breaker.
 
-Definitions (a worker that agrees with these agrees with the truth):
+Definitions (a worker that agrees with these agrees with the truth; cost, outcome, retry and
+activity end live in :mod:`streams.pipeline.session_facts`, shared with the incident timeline):
 
 - cost: over LLM and tool calls, the reported ``cost_micros`` when present, else the LLM call
   priced with :meth:`PriceTable.price_micros`; an LLM call whose model has no price is counted
@@ -35,14 +36,25 @@ from types import TracebackType
 from typing import Any, TextIO
 
 from streams.pipeline.pricing import PriceTable
+from streams.pipeline.session_facts import (
+    CALL_KINDS,
+    Event,
+    activity_end_us,
+    call_cost_micros,
+    call_name,
+    is_retry,
+    slowest_call,
+)
+from streams.pipeline.session_facts import (  # re-exported: the driver and the CLI read these here
+    OUTCOMES as OUTCOMES,
+)
+from streams.pipeline.session_facts import (
+    session_outcome as session_outcome,
+)
 from streams.simulator.catalog import DENIED_TOOLS
 from streams.simulator.params import FleetParams
 from streams.simulator.pii import PiiValue
 
-Event = Mapping[str, Any]
-
-OUTCOMES = ("OK", "ERROR", "TIMEOUT", "KILLED")
-CALL_KINDS = ("LLM_CALL", "TOOL_CALL")
 HOP_OF_ROLE = {
     "USER": "CONTEXT",
     "SYSTEM": "CONTEXT",
@@ -51,39 +63,6 @@ HOP_OF_ROLE = {
     "OUTPUT": "OUTPUT",
     "ASSISTANT": "ASSISTANT",
 }
-
-
-def session_outcome(events: Iterable[Event]) -> str:
-    ends = [e for e in events if e["kind"] == "SESSION_END"]
-    if not ends:
-        return "TIMEOUT"
-    status = str(ends[-1]["status"])
-    return status if status in OUTCOMES else "ERROR"
-
-
-def is_retry(previous: Event | None, call: Event) -> bool:
-    """Whether ``call`` repeats ``previous`` (the call before it) after it failed."""
-    if previous is None or previous.get("status") == "OK" or previous["kind"] != call["kind"]:
-        return False
-    if call["kind"] == "TOOL_CALL":
-        return call.get("tool_call_id") is not None and (
-            previous.get("tool_call_id") == call.get("tool_call_id")
-        )
-    return previous.get("model") == call.get("model")
-
-
-def call_cost_micros(event: Event, prices: PriceTable) -> int | None:
-    """What one LLM or tool call cost; None when it is an LLM call nobody can price."""
-    if event.get("cost_micros") is not None:
-        return int(event["cost_micros"])
-    if event["kind"] != "LLM_CALL":
-        return 0
-    return prices.price_micros(
-        event.get("model"),
-        event.get("input_tokens"),
-        event.get("output_tokens"),
-        event.get("cache_read_input_tokens"),
-    )
 
 
 def session_truth(
@@ -102,7 +81,7 @@ def session_truth(
     ends = [e for e in ordered if e["kind"] == "SESSION_END"]
     start_us = int((starts[0] if starts else first)["start_time_us"])
     end_us = int(ends[-1]["start_time_us"]) if ends else None
-    last_us = max(_activity_end_us(e) for e in ordered)
+    last_us = max(activity_end_us(e) for e in ordered)
 
     calls = [e for e in ordered if e["kind"] in CALL_KINDS]
     llm = [e for e in calls if e["kind"] == "LLM_CALL"]
@@ -124,7 +103,7 @@ def session_truth(
 
     failures = [c for c in calls if c.get("status") != "OK"]
     failure = failures[-1] if failures else None
-    slowest = max(calls, key=lambda c: int(c.get("duration_us") or 0), default=None)
+    slowest = slowest_call(calls)
     tools = [str(c.get("tool_name")) for c in calls if c["kind"] == "TOOL_CALL"]
     return {
         "session_id": first["session_id"],
@@ -172,7 +151,7 @@ def session_truth(
         else {
             "seq": int(slowest["seq"]),
             "kind": slowest["kind"],
-            "name": slowest.get("tool_name") or slowest.get("model"),
+            "name": call_name(slowest),
             "duration_us": int(slowest.get("duration_us") or 0),
         },
         "budget_breaker": budget_breaker,
@@ -180,13 +159,6 @@ def session_truth(
         "events": len(ordered),
         "pii": _pii_occurrences(ordered, planted),
     }
-
-
-def _activity_end_us(event: Event) -> int:
-    """When the step ended. SESSION_END is stamped with the session's end as its start and the
-    whole session as its duration, so it ends at its start."""
-    start = int(event["start_time_us"])
-    return start if event["kind"] == "SESSION_END" else start + int(event.get("duration_us") or 0)
 
 
 def _pii_occurrences(events: Sequence[Event], planted: Iterable[PiiValue]) -> list[dict[str, Any]]:
