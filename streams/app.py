@@ -33,6 +33,15 @@ from streams.pipeline.accounting import summary
 from streams.pipeline.policy import PolicySet
 from streams.pipeline.pricing import load_prices
 from streams.policy_files import PolicyError, PolicyWatch, load_pii_policy, load_slos
+from streams.policy_history import (
+    PolicyHistory,
+    Rollback,
+    UnknownPolicyVersion,
+    install_files,
+    load_policy_versions,
+    rollback_request,
+    validate_version,
+)
 from streams.publisher import DecisionPublisher
 from streams.query.answers import Answers, Period
 from streams.query.pii import pii_answer
@@ -78,6 +87,8 @@ class WorkerParts:
     runner: AccountingRunner
     policies: PolicyWatch
     read_model: SessionReadModel
+    #: every accepted policy set goes to gov.policies, for history and rollback
+    history: PolicyHistory
 
 
 def build_app(settings: Settings, brokers: int = 1) -> faust.App:
@@ -124,7 +135,10 @@ def build_app(settings: Settings, brokers: int = 1) -> faust.App:
     read_model = SessionReadModel(
         redis.Redis.from_url(settings.redis_url), settings.redis_key_prefix
     )
-    parts = WorkerParts(settings, codecs, metrics, engine, runner, watch, read_model)
+    history = PolicyHistory(settings, watch.last_good_dir)
+    parts = WorkerParts(
+        settings, codecs, metrics, engine, runner, watch, read_model, history=history
+    )
     app.governor = parts  # type: ignore[attr-defined]
 
     @app.service
@@ -134,6 +148,16 @@ def build_app(settings: Settings, brokers: int = 1) -> faust.App:
 
         async def on_stop(self) -> None:
             await asyncio.to_thread(runner.stop)
+
+    @app.service
+    class PolicyHistoryService(Service):
+        """Records the set in force at start; apply_policies records every later one."""
+
+        async def on_start(self) -> None:
+            history.accepted(engine.policies)
+
+        async def on_stop(self) -> None:
+            await asyncio.to_thread(history.close)
 
     @app.timer(interval=POLICY_POLL_S)  # type: ignore[untyped-decorator]
     async def reload_policies() -> None:
@@ -165,7 +189,11 @@ def fingerprint_key(settings: Settings, signing_key: SigningKey) -> bytes:
     return hashlib.sha256(b"governor-pii-fingerprint\0" + private).digest()
 
 
-def apply_policies(parts: WorkerParts, policy_set: PolicySet) -> None:
+def apply_policies(
+    parts: WorkerParts, policy_set: PolicySet, rollback: Rollback | None = None
+) -> None:
+    """Put ``policy_set`` in force (the one path for reloads and rollbacks), record it in
+    gov.policies and audit the change, as a ROLLBACK when an operator asked for one."""
     with parts.runner.lock:
         previous = parts.engine.policies
         parts.engine.policies = policy_set
@@ -178,7 +206,18 @@ def apply_policies(parts: WorkerParts, policy_set: PolicySet) -> None:
         previous.digest,
         ", ".join(p.id for p in policy_set.policies),
     )
-    parts.runner.audit_policy_change(previous, policy_set)
+    parts.history.accepted(policy_set)
+    if rollback is None:
+        parts.runner.audit_policy_change(previous, policy_set)
+    else:
+        parts.runner.audit_policy_change(
+            previous,
+            policy_set,
+            kind="ROLLBACK",
+            actor=rollback.by,
+            summary_prefix=f"rollback by {rollback.by}: ",
+            extra={"reason": rollback.reason, "by": rollback.by},
+        )
 
 
 def _views(app: faust.App, parts: WorkerParts) -> None:
@@ -298,6 +337,49 @@ def _views(app: faust.App, parts: WorkerParts) -> None:
                     "refused": None if error is None else error.problems,
                 }
             )
+
+    @app.page("/policies/rollback")
+    class PolicyRollbackView(View):
+        """POST {"to_version": N, "reason": ..., "by": ...}: version N's files from gov.policies
+        go into the policies folder and in force at once, audited as ROLLBACK."""
+
+        async def post(self, request: Request) -> Response:
+            try:
+                rollback = rollback_request(await request.json())
+            except ValueError as exc:
+                return self.json({"error": str(exc)}, status=400)
+            try:
+                answer = await roll_back(parts, rollback)
+            except UnknownPolicyVersion as exc:
+                return self.json({"error": str(exc), "known_versions": exc.known}, status=404)
+            except PolicyError as exc:
+                return self.json({"error": str(exc), "problems": exc.problems}, status=422)
+            return self.json(answer)
+
+
+async def roll_back(parts: WorkerParts, rollback: Rollback) -> dict[str, Any]:
+    """Install version N's files and apply them through the reload path (watch.poll, then
+    apply_policies), so the timer finds nothing new to apply afterwards."""
+    versions = await asyncio.to_thread(load_policy_versions, parts.settings)
+    target = versions.get(rollback.to_version)
+    if target is None:
+        raise UnknownPolicyVersion(rollback.to_version, sorted(versions))
+    await asyncio.to_thread(validate_version, target)
+    # no await from here on: the reload timer runs on this event loop, so it never sees the
+    # folder half-written nor applies the files a second time
+    previous = parts.engine.policies
+    install_files(parts.settings.policies_dir, target.files)
+    changed = parts.policies.poll()
+    if changed is not None:
+        apply_policies(parts, changed, rollback)
+    current = parts.engine.policies
+    return {
+        "from_version": previous.version,
+        "to_version": current.version,
+        "digest": current.digest,
+        "policies": [p.id for p in current.policies],
+        "changed": changed is not None,
+    }
 
 
 def latency_answer(parts: WorkerParts, answers: Answers, window: str) -> dict[str, Any]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -424,6 +426,93 @@ def _limit(policy: Any) -> str:
     return "unpriced model"
 
 
+@policy_app.command("history")
+def policy_history(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable answer.")] = False,
+) -> None:
+    """Every policy version the worker accepted (gov.policies): digest, when, policy ids, and
+    which one is in force (asked of the running worker)."""
+    from confluent_kafka import KafkaException
+
+    from streams.policy_history import history_answer, load_policy_versions
+    from streams.times import format_instant
+    from streams.worker import fetch_json
+
+    s = settings()
+    try:
+        versions = load_policy_versions(s)
+    except KafkaException as exc:
+        raise _fail(f"cannot read gov.policies from Kafka at {s.bootstrap}: {exc}") from exc
+    answer = history_answer(versions, fetch_json(f"{_worker_url(s)}/policies", timeout_s=3))
+    if as_json:
+        _emit_json(answer)
+        return
+    table = Table(title=f"policy versions in {s.topic('policies')}")
+    for column in ("version", "digest", "accepted (UTC)", "policies", "files", "in force"):
+        table.add_column(column)
+    for row in answer["versions"]:
+        in_force = {True: "[green]in force[/]", False: "", None: "?"}[row["in_force"]]
+        table.add_row(
+            str(row["version"]),
+            row["digest"],
+            format_instant(row["accepted_at_us"]),
+            ", ".join(row["policies"]),
+            ", ".join(row["files"]),
+            in_force,
+        )
+    console.print(table)
+    if not answer["worker_reachable"]:
+        console.print(f"no worker answers on {s.web_host}:{s.web_port}: in force unknown")
+
+
+@policy_app.command("rollback")
+def policy_rollback(
+    to_version: Annotated[int, typer.Option("--to-version", help="The version to restore.")],
+    reason: Annotated[str, typer.Option(help="Why (goes into the audit trail).")] = "",
+    by: Annotated[str | None, typer.Option(help="Who rolls back (default: $USER).")] = None,
+) -> None:
+    """Put an earlier policy version back in force: the running worker writes its files from
+    gov.policies into the policies folder, applies them at once and audits a ROLLBACK."""
+    from streams.worker import post_json
+
+    s = settings()
+    payload = {"to_version": to_version, "reason": reason, "by": _who(by)}
+    reply = post_json(f"{_worker_url(s)}/policies/rollback", payload)
+    if reply is None:
+        raise _fail(
+            f"no worker answers on {s.web_host}:{s.web_port}; a rollback needs the running "
+            "worker (start: governor worker)"
+        )
+    status, answer = reply
+    if status != 200:
+        problems = "".join(f"\n  {p}" for p in answer.get("problems", []))
+        raise _fail(f"{answer.get('error', f'HTTP {status}')}{problems}")
+    if not answer["changed"]:
+        console.print(f"policies v{answer['to_version']} ({answer['digest']}) already in force")
+        return
+    console.print(
+        f"policies v{answer['from_version']} -> [bold]v{answer['to_version']}[/] "
+        f"({answer['digest']}) in force: {', '.join(answer['policies'])}"
+    )
+
+
+def _worker_url(s: Settings) -> str:
+    return f"http://{s.web_host}:{s.web_port}"
+
+
+def _who(by: str | None) -> str:
+    """``--by``, else the user running the command."""
+    import getpass
+    import os
+
+    if by and by.strip():
+        return by.strip()
+    try:
+        return os.environ.get("USER") or getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
 # --- ask -----------------------------------------------------------------------------------
 
 ask_app = typer.Typer(help="Operational questions, answered from tables and read-models.")
@@ -834,6 +923,221 @@ incident_app = typer.Typer(
     help="Incidents: a record per incident (compacted gov.incidents) and session timelines."
 )
 app.add_typer(incident_app, name="incident")
+
+
+@contextmanager
+def _incident_errors(s: Settings) -> Iterator[None]:
+    """A refused change or an unreachable broker: one line and exit code 1."""
+    from confluent_kafka import KafkaException
+
+    try:
+        yield
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    except KafkaException as exc:
+        raise _fail(f"cannot reach Kafka at {s.bootstrap}: {exc}") from exc
+
+
+@incident_app.command("open")
+def incident_open(
+    title: Annotated[str, typer.Option(help="What is happening, in one line.")],
+    from_: Annotated[
+        str | None,
+        typer.Option("--from", help="When it began: now, 2h (ago), ISO-8601, epoch (default now)."),
+    ] = None,
+    to: Annotated[str | None, typer.Option(help="When it ended, if it has.")] = None,
+    layer: Annotated[
+        str, typer.Option(help="Suspected layer: model, prompt, tool, policy, infra, unknown.")
+    ] = "unknown",
+    severity: Annotated[str | None, typer.Option(help="As your team names it, e.g. SEV2.")] = None,
+    tenant: Annotated[list[str] | None, typer.Option(help="An affected tenant (repeat).")] = None,
+    agent: Annotated[list[str] | None, typer.Option(help="An affected agent (repeat).")] = None,
+    session: Annotated[
+        list[str] | None, typer.Option(help="An affected session id (repeat).")
+    ] = None,
+    by: Annotated[str | None, typer.Option(help="Who opens it (default: $USER).")] = None,
+    incident_id: Annotated[
+        str | None, typer.Option("--id", help="The id (default INC-<yyyymmdd>-<4 hex>).")
+    ] = None,
+) -> None:
+    """Open an incident in gov.incidents; prints its id."""
+    from streams import incidents as inc
+    from streams.times import now_us, parse_instant
+
+    s = settings()
+    with _incident_errors(s):
+        _ensure_topics(s)
+        now = now_us()
+        taken = inc.load_incidents(s)
+        incident = inc.open_incident(
+            incident_id=(
+                inc.check_incident_id(incident_id, taken)
+                if incident_id
+                else inc.choose_incident_id(now, taken)
+            ),
+            title=title,
+            opened_at_us=now,
+            opened_by=_who(by),
+            from_us=None if from_ is None else parse_instant(from_, now),
+            to_us=None if to is None else parse_instant(to, now),
+            severity=severity,
+            suspected_layer=layer,
+            tenants=tenant or (),
+            agents=agent or (),
+            sessions=session or (),
+        )
+        inc.publish_incident(s, incident)
+    console.print(f"opened [bold]{incident.incident_id}[/]: {incident.title}", highlight=False)
+
+
+@incident_app.command("note")
+def incident_note(
+    incident_id: Annotated[str, typer.Argument(help="The incident.")],
+    text: Annotated[str, typer.Argument(help="What was found, done or is left to clean up.")],
+    action: Annotated[
+        bool, typer.Option("--action", help="Something done (e.g. a policy rollback).")
+    ] = False,
+    downstream: Annotated[
+        bool, typer.Option("--downstream", help="An effect to clean up (e.g. refunds).")
+    ] = False,
+    session: Annotated[
+        list[str] | None, typer.Option(help="A session this is about (repeat).")
+    ] = None,
+    by: Annotated[str | None, typer.Option(help="Who writes it (default: $USER).")] = None,
+) -> None:
+    """Add an entry to an incident's log: a NOTE, an --action or a --downstream effect."""
+    from streams import incidents as inc
+    from streams.times import now_us
+
+    if action and downstream:
+        raise _fail("an entry is either --action or --downstream, not both")
+    kind = "ACTION" if action else "DOWNSTREAM" if downstream else "NOTE"
+    s = settings()
+    with _incident_errors(s):
+        incident = inc.add_entry(
+            inc.find_incident(inc.load_incidents(s), incident_id),
+            time_us=now_us(),
+            author=_who(by),
+            kind=kind,
+            text=text,
+            sessions=session or (),
+        )
+        inc.publish_incident(s, incident)
+    console.print(f"{incident.incident_id}: {kind} #{len(incident.entries)} added", highlight=False)
+
+
+@incident_app.command("close")
+def incident_close(
+    incident_id: Annotated[str, typer.Argument(help="The incident.")],
+    resolution: Annotated[str, typer.Option(help="How it was resolved.")],
+    to: Annotated[
+        str | None, typer.Option(help="When it ended (default: as set, else now).")
+    ] = None,
+    by: Annotated[str | None, typer.Option(help="Who closes it (default: $USER).")] = None,
+) -> None:
+    """Close an incident with its resolution."""
+    from streams import incidents as inc
+    from streams.times import now_us, parse_instant
+
+    s = settings()
+    with _incident_errors(s):
+        now = now_us()
+        incident = inc.close_incident(
+            inc.find_incident(inc.load_incidents(s), incident_id),
+            time_us=now,
+            author=_who(by),
+            resolution=resolution,
+            to_us=None if to is None else parse_instant(to, now),
+        )
+        inc.publish_incident(s, incident)
+    console.print(f"closed [bold]{incident.incident_id}[/]: {resolution}", highlight=False)
+
+
+@incident_app.command("list")
+def incident_list(
+    include_closed: Annotated[bool, typer.Option("--all", help="Closed ones too.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable answer.")] = False,
+) -> None:
+    """Open incidents (all with --all), oldest first."""
+    from streams import incidents as inc
+    from streams.times import format_instant
+
+    s = settings()
+    with _incident_errors(s):
+        chosen = inc.listed(inc.load_incidents(s), include_closed)
+    if as_json:
+        _emit_json({"incidents": [inc.to_record(i) for i in chosen]})
+        return
+    table = Table(title=f"{'all' if include_closed else 'open'} incidents: {len(chosen)}")
+    for column in ("id", "status", "severity", "layer", "opened (UTC)", "by", "range (UTC)",
+                   "sessions", "entries", "title"):  # fmt: skip
+        table.add_column(column)
+    for i in chosen:
+        table.add_row(
+            i.incident_id,
+            i.status,
+            i.severity or "",
+            i.suspected_layer.lower(),
+            format_instant(i.opened_at_us)[:16],
+            i.opened_by,
+            _incident_range(i.from_us, i.to_us),
+            str(len(i.affected_sessions)),
+            str(len(i.entries)),
+            i.title,
+        )
+    console.print(table)
+
+
+@incident_app.command("show")
+def incident_show(
+    incident_id: Annotated[str, typer.Argument(help="The incident.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable answer.")] = False,
+) -> None:
+    """Every field of an incident and its log, in the order written."""
+    from streams import incidents as inc
+    from streams.times import format_instant
+
+    s = settings()
+    with _incident_errors(s):
+        i = inc.find_incident(inc.load_incidents(s), incident_id)
+    if as_json:
+        _emit_json(inc.to_record(i))
+        return
+    closed = (
+        f"closed {format_instant(i.closed_at_us)} by {i.closed_by}: {i.resolution}"
+        if i.closed_at_us is not None
+        else "open"
+    )
+    lines = [
+        f"[bold]{i.incident_id}[/] {i.status} {i.severity or ''} — {i.title}",
+        f"opened {format_instant(i.opened_at_us)} by {i.opened_by}; {closed}",
+        f"range (UTC): {_incident_range(i.from_us, i.to_us)}",
+        f"suspected layer: {i.suspected_layer.lower()}",
+        f"tenants: {', '.join(i.tenants) or '-'}   agents: {', '.join(i.agents) or '-'}",
+        f"affected sessions: {', '.join(i.affected_sessions) or '-'}",
+    ]
+    for line in lines:
+        console.print(line, highlight=False)
+    table = Table(title="log")
+    for column in ("#", "time (UTC)", "kind", "author", "text", "sessions"):
+        table.add_column(column)
+    for n, entry in enumerate(i.entries, 1):
+        table.add_row(
+            str(n),
+            format_instant(entry.time_us),
+            entry.kind,
+            entry.author,
+            entry.text,
+            ", ".join(entry.sessions),
+        )
+    console.print(table)
+
+
+def _incident_range(from_us: int, to_us: int | None) -> str:
+    from streams.times import format_instant
+
+    end = "ongoing" if to_us is None else format_instant(to_us)[:16]
+    return f"{format_instant(from_us)[:16]} .. {end}"
 
 
 def main() -> None:

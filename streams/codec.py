@@ -25,7 +25,16 @@ from fastavro.schema import to_parsing_canonical_form
 MAGIC = b"\xc3\x01"
 HEADER_LEN = len(MAGIC) + 8
 NAMESPACE = "dev.governor"
-RECORDS = ("StepEvent", "Decision", "SessionSummary", "PiiFinding", "Alert", "AuditRecord")
+RECORDS = (
+    "StepEvent",
+    "Decision",
+    "SessionSummary",
+    "PiiFinding",
+    "Alert",
+    "AuditRecord",
+    "Incident",
+    "PolicyVersion",
+)
 
 _SCHEMA_FILE = re.compile(r"^(?P<record>[A-Za-z]+)\.v(?P<version>\d+)\.avsc$")
 
@@ -206,6 +215,8 @@ class Codecs:
         self.pii_finding = Codec(schemas, "PiiFinding")
         self.alert = Codec(schemas, "Alert")
         self.audit_record = Codec(schemas, "AuditRecord")
+        self.incident = Codec(schemas, "Incident")
+        self.policy_version = Codec(schemas, "PolicyVersion")
 
     @classmethod
     def load(cls, schemas_dir: Path) -> Codecs:

@@ -8,6 +8,7 @@ is invalid, so the last good set stays in force.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -146,10 +147,9 @@ def load_policy_set(folder: Path) -> PolicySet:
     files = sorted(p for p in folder.glob("*.yaml") if p.name not in OTHER_FILES)
     problems: list[str] = []
     parsed: list[tuple[Path, PolicyFile]] = []
-    digest = hashlib.sha256()
+    texts: dict[str, str] = {}
     for path in files:
-        text = path.read_text()
-        digest.update(path.name.encode() + b"\0" + text.encode())
+        text = texts[path.name] = path.read_text()
         try:
             parsed.append((path, parse_policy_file(path, text)))
         except PolicyError as exc:
@@ -164,7 +164,19 @@ def load_policy_set(folder: Path) -> PolicySet:
             seen[policy.id] = path
     if problems:
         raise PolicyError(problems)
-    return PolicySet.build([pf for _, pf in parsed], digest=digest.hexdigest()[:12])
+    return PolicySet.build([pf for _, pf in parsed], digest=files_digest(texts))
+
+
+def files_digest(files: Mapping[str, str]) -> str:
+    """A policy set's digest: SHA-256 over every enforcement file's name and text, by name.
+
+    The same texts under the same names give the same digest wherever they are stored, so a
+    set restored from gov.policies is recognisably the one accepted before.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + files[name].encode())
+    return digest.hexdigest()[:12]
 
 
 class PolicyWatch:

@@ -11,7 +11,14 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from streams.settings import Settings
@@ -101,11 +108,20 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(
             "incidents",
             "incident_id",
-            "JSON incident record",
+            "Incident",
             1,
             FOREVER,
             "compact",
             description="incident records, latest state per incident",
+        ),
+        TopicSpec(
+            "policies",
+            "version",
+            "PolicyVersion",
+            1,
+            FOREVER,
+            "compact",
+            description="every policy set the worker accepted, with its files (rollback)",
         ),
         TopicSpec(
             "audit.heads",
@@ -262,6 +278,45 @@ def describe_topics(admin: AdminClient, names: list[str], timeout_s: float = 10)
     return result
 
 
+def read_latest(settings: Settings, topic: str) -> dict[bytes, bytes]:
+    """The latest value of every key of a compacted topic, read from the beginning to the end
+    offsets of all its partitions (a tombstone removes the key; a missing topic is empty)."""
+    # all topics, not list_topics(topic): asking for one by name can auto-create it
+    metadata = admin_client(settings).list_topics(timeout=10).topics.get(topic)
+    if metadata is None or metadata.error is not None:
+        return {}
+    latest: dict[bytes, bytes] = {}
+    for rows in read_partitions(settings, topic, sorted(metadata.partitions)).values():
+        for _offset, key, value in rows:
+            if key is None:
+                continue
+            if value is None:
+                latest.pop(key, None)
+            else:
+                latest[key] = value
+    return latest
+
+
+def publish_keyed(settings: Settings, topic: str, key: bytes, value: bytes) -> None:
+    """Write one record and wait for the broker's acknowledgement (idempotent producer, so a
+    retried send is never duplicated); raises KafkaException if it was not written."""
+    errors: list[KafkaError] = []
+    producer = Producer(
+        {
+            "bootstrap.servers": settings.bootstrap,
+            "enable.idempotence": True,
+            "acks": "all",
+            "message.timeout.ms": 30_000,
+            "log_level": 3,
+        }
+    )
+    producer.produce(
+        topic, value, key, on_delivery=lambda err, _msg: errors.append(err) if err else None
+    )
+    if producer.flush(35) or errors:
+        raise KafkaException(errors[0] if errors else f"{topic}: record not acknowledged in 35s")
+
+
 def read_partitions(
     settings: Settings, topic: str, partitions: list[int]
 ) -> dict[int, list[Record]]:
@@ -284,7 +339,8 @@ def read_partitions(
     try:
         reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         while pending:
-            for msg in reader.consume(10_000, 0.5):
+            # a batch returns when full or at the timeout: a short one ends small reads sooner
+            for msg in reader.consume(10_000, 0.1):
                 error = msg.error()
                 if error is not None:
                     if error.code() != KafkaError._PARTITION_EOF:

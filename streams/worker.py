@@ -66,6 +66,28 @@ def fetch_json(url: str, timeout_s: float = 5.0) -> Any:
         return None
 
 
+def post_json(url: str, payload: Any, timeout_s: float = 30.0) -> tuple[int, Any] | None:
+    """POST JSON; (HTTP status, JSON answer), error statuses included; None when nothing
+    answers."""
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        try:
+            return exc.code, json.loads(body)
+        except ValueError:
+            return exc.code, {"error": body.decode(errors="replace") or exc.reason}
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None
+
+
 class WorkerProcess:
     """``governor worker`` as a child process, for the demo and the integration tests."""
 

@@ -374,25 +374,36 @@ class AccountingRunner:
             )
             self._audit(record)
 
-    def audit_policy_change(self, previous: Any, current: Any) -> None:
-        """Audit a policy change in every tenant's chain (called from the app's timer)."""
+    def audit_policy_change(
+        self,
+        previous: Any,
+        current: Any,
+        kind: str = "POLICY_CHANGE",
+        actor: str = "governor-worker",
+        summary_prefix: str = "",
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        """Audit a policy change (or, with kind ROLLBACK, an operator's rollback) in every
+        tenant's chain (called from the app's event loop)."""
 
         def write() -> None:
             tenants = sorted(self.chains.heads) or ["*"]
             for tenant in tenants:
                 record = self.chains.append(
                     tenant,
-                    "POLICY_CHANGE",
+                    kind,
                     self.engine.watermark_us or time.time_ns() // 1000,
                     str(self.settings.policies_dir),
-                    f"policies v{previous.version} ({previous.digest}) -> "
+                    f"{summary_prefix}policies v{previous.version} ({previous.digest}) -> "
                     f"v{current.version} ({current.digest})",
                     {
                         "from_version": str(previous.version),
                         "to_version": str(current.version),
                         "digest": current.digest,
                         "policies": ",".join(p.id for p in current.policies),
+                        **(extra or {}),
                     },
+                    actor=actor,
                 )
                 self._audit(record)
 

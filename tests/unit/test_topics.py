@@ -22,6 +22,8 @@ def test_events_follow_settings_and_audit_is_kept_forever() -> None:
     assert specs["events"].retention_ms == 3_600_000
     assert specs["audit"].retention_ms == FOREVER
     assert specs["incidents"].cleanup_policy == "compact"
+    assert specs["policies"].cleanup_policy == "compact"
+    assert specs["policies"].retention_ms == FOREVER
 
 
 @pytest.mark.parametrize(
