@@ -44,6 +44,7 @@ from streams.policy_history import (
 )
 from streams.publisher import DecisionPublisher
 from streams.query.answers import Answers, Period
+from streams.query.drift import DriftDetector, DriftStore
 from streams.query.pii import pii_answer
 from streams.query.readmodel import SessionReadModel
 from streams.settings import Settings
@@ -174,7 +175,10 @@ def build_app(settings: Settings, brokers: int = 1) -> faust.App:
         if changed is not None:
             apply_policies(parts, changed)
 
-    attach_read_model(app, settings, codecs, parts.read_model)
+    drift = DriftDetector(
+        DriftStore(redis.Redis.from_url(settings.redis_url), settings.redis_key_prefix)
+    )
+    attach_read_model(app, settings, codecs, parts.read_model, drift)
     _views(app, parts)
     return app
 

@@ -707,6 +707,78 @@ def ask_quality(
     console.print(table)
 
 
+@ask_app.command("drift")
+def ask_drift(
+    agent: Annotated[str, typer.Option(help="The agent id (every tenant running it).")],
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's agent.")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Only a version change after this (7d, 2026-11-20, ...); without a "
+            "change, the sessions since then."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable answer.")] = False,
+) -> None:
+    """Did the agent's behaviour shift, and in which layer?
+
+    After its latest version change (agent, model, prompt, tool schema or policy version): the
+    sessions after against those before. Without one: the latest window against the version's
+    baseline. Per behaviour: the test (Mann-Whitney U or chi-square), both sides, the effect
+    size (Cliff's delta or Cramér's V), the p-value and the Holm-adjusted p-value; SHIFT marks
+    an adjusted p below 0.001 with an effect of at least 0.1.
+    """
+    import redis
+
+    from streams.query.drift import DriftStore, drift_report
+    from streams.times import parse_instant
+
+    s = settings()
+    try:
+        since_us = parse_instant(since) if since else None
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    store = DriftStore(redis.Redis.from_url(s.redis_url), s.redis_key_prefix)
+    report = drift_report(store, agent, tenant=tenant, since_us=since_us)
+    if as_json:
+        _emit_json(report)
+        return
+    if not report["scopes"]:
+        raise _fail(f"no finished sessions of agent {agent!r} in the drift samples")
+    for scope in report["scopes"]:
+        layers = "+".join(scope["layers"]) or "none"
+        table = Table(
+            title=f"{scope['scope']}: {scope['kind']} ({scope['change']}), layer {layers}; "
+            f"{scope['n_after']} sessions vs {scope['n_before']}"
+        )
+        for column in ("behaviour", "test", "before", "after", "effect", "p", "p adj", ""):
+            table.add_column(column, justify="left" if column == "behaviour" else "right")
+        for row in scope["rows"]:
+            table.add_row(
+                row["metric"],
+                row["test"],
+                _drift_value(row["before"], row["summary"]),
+                _drift_value(row["after"], row["summary"]),
+                f"{row['effect_name']} {row['effect']:+.2f}",
+                f"{row['p_value']:.2g}",
+                f"{row['p_adjusted']:.2g}",
+                "[bold red]SHIFT[/]" if row["shifted"] else "",
+            )
+        if not scope["rows"]:
+            table.add_row("(too few sessions to compare)", "", "", "", "", "", "", "")
+        console.print(table)
+        for alert_id, state in scope["alerts"].items():
+            console.print(f"  alert {alert_id}: {state}", highlight=False)
+
+
+def _drift_value(value: float | None, how: str) -> str:
+    if value is None:
+        return "-"
+    if how == "rate":
+        return f"{value:.1%}"
+    return f"{value:,.3g} ({how})"
+
+
 @ask_app.command("slo")
 def ask_slo(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Each SLO's objective, current SLI (last 3 days of event time) and error budget left.

@@ -127,6 +127,8 @@ def run_demo(
         cli.ask_cost(as_json=False)
         cli.ask_top_cost(pct=1.0, since="8d", as_json=False)
         cli.ask_pii(since="8d", fingerprint=None, as_json=False)
+        # the simulated prompt change of acme/support-bot: before/after, layer and effect sizes
+        cli.ask_drift(agent="support-bot", tenant="acme", since=None, as_json=False)
         console.print(
             f"[dim]events emitted {report.emitted:,}, delivered {report.delivered:,}; "
             "try: governor ask --help, governor audit verify, curl "

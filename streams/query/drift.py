@@ -34,7 +34,7 @@ from streams.pipeline.drift import (
 
 log = logging.getLogger(__name__)
 
-RUNBOOK_URL = "ops/runbooks/drift.md"
+RUNBOOK_URL = "https://github.com/governor/governor/blob/main/ops/runbooks/GovernorDrift.md"
 
 ADD = """
 -- KEYS: scopes, versions (vkey -> first start), counts (vkey -> sessions), ids, samples
