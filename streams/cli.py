@@ -997,6 +997,38 @@ incident_app = typer.Typer(
 app.add_typer(incident_app, name="incident")
 
 
+@incident_app.command("timeline")
+def incident_timeline(
+    session: Annotated[str, typer.Option("--session", help="The session id.")],
+    events_topic: Annotated[
+        str | None,
+        typer.Option(help="Read the session's events here (a gov.replay.<id> topic, say)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable timeline.")] = False,
+) -> None:
+    """One session in time order: its steps, the decisions in force and when the client acted
+    on them, its PII findings (never values) and the alerts firing; then totals and the
+    bottleneck."""
+    from confluent_kafka import KafkaException
+
+    from streams.query.session_records import SessionNotFound, TopicNotFound, session_timeline
+    from streams.query.timeline import describe_totals, timeline_table
+
+    s = settings()
+    try:
+        timeline = session_timeline(s, session, events_topic=events_topic)
+    except (SessionNotFound, TopicNotFound) as exc:
+        raise _fail(str(exc)) from exc
+    except KafkaException as exc:
+        raise _fail(f"cannot read Kafka at {s.bootstrap}: {exc}") from exc
+    if as_json:
+        _emit_json(timeline.to_dict())
+        return
+    console.print(timeline_table(timeline))
+    for line in describe_totals(timeline):
+        console.print(line, markup=False, highlight=False)
+
+
 @contextmanager
 def _incident_errors(s: Settings) -> Iterator[None]:
     """A refused change or an unreachable broker: one line and exit code 1."""
