@@ -96,7 +96,7 @@ def targets_of(event: dict[str, Any]) -> tuple[str, str, str]:
     """The control targets an event's session answers to (as the policies name them)."""
     return (
         f"session:{event['session_id']}",
-        f"agent:{event['agent_id']}",
+        f"agent:{event['tenant_id']}/{event['agent_id']}",
         f"tenant:{event['tenant_id']}",
     )
 

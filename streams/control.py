@@ -50,8 +50,10 @@ def session_target(session_id: str) -> str:
     return f"session:{session_id}"
 
 
-def agent_target(agent_id: str) -> str:
-    return f"agent:{agent_id}"
+def agent_target(tenant_id: str, agent_id: str) -> str:
+    # agent ids repeat across tenants (every tenant may run a "support-bot"): the tenant is part
+    # of the target, or one tenant's throttle would count as another's
+    return f"agent:{tenant_id}/{agent_id}"
 
 
 def tenant_target(tenant_id: str) -> str:

@@ -331,7 +331,7 @@ class Engine:
             part.dirty.add(("h", hkey))
             minute = when - when % MINUTE_US
             self._steps[(("session", state.session_id), minute)] += 1
-            self._steps[(("agent", state.agent_id), minute)] += 1
+            self._steps[(("agent", f"{state.tenant_id}/{state.agent_id}"), minute)] += 1
             if is_tool and delta.status not in ("OK", "UNKNOWN"):
                 self._tool_failures[(delta.name or "unknown", minute)] += 1
 

@@ -124,7 +124,7 @@ class Governor:
         self.redis_errors = 0
         self._subscriber: ControlSubscriber | None = None
         if obey:
-            self._load_decisions([tenant_target(tenant), agent_target(agent)])
+            self._load_decisions([tenant_target(tenant), agent_target(tenant, agent)])
             self._subscriber = ControlSubscriber(
                 self.settings.bootstrap,
                 self.settings.topic("control"),
@@ -243,7 +243,9 @@ class Governor:
     def _reload_decisions(self) -> None:
         with self._sessions_lock:
             sessions = [session_target(s) for s in self._sessions]
-        self._load_decisions([tenant_target(self.tenant), agent_target(self.agent), *sessions])
+        self._load_decisions(
+            [tenant_target(self.tenant), agent_target(self.tenant, self.agent), *sessions]
+        )
 
     # --- hard caps ---------------------------------------------------------------------
 
@@ -300,7 +302,7 @@ class Session:
         self.session_id = session_id
         self.targets = (
             session_target(session_id),
-            agent_target(gov.agent),
+            agent_target(gov.tenant, gov.agent),
             tenant_target(gov.tenant),
         )
         self.seq = 0

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from streams.pipeline.aggregates import scope_of
+from streams.pipeline.aggregates import agent_scope, scope_of
 
 Action = Literal["warn", "throttle", "pause", "kill"]
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
@@ -332,8 +332,7 @@ def _budget(policy: Any, state: Any, delta: Any, facts: Facts, session: str) -> 
     if policy.scope == "session":
         target = session
     else:
-        scope_id = state.agent_id if policy.scope == "agent" else state.tenant_id
-        target = f"{policy.scope}:{scope_id}"
+        target = scope_of(policy.scope, state.tenant_id, state.agent_id)
     if facts.level is not None and facts.level(policy.id, target) >= 2:
         return []  # enforced already: budgets are checked on every priced event, keep it cheap
     if policy.scope == "session":
@@ -355,11 +354,13 @@ def _budget(policy: Any, state: Any, delta: Any, facts: Facts, session: str) -> 
 
 def _step_rate(policy: Any, state: Any, facts: Facts, session: str) -> list[Outcome]:
     window_s = duration_s(policy.window)
-    scope_id = state.session_id if policy.scope == "session" else state.agent_id
+    scope_id = (
+        state.session_id if policy.scope == "session" else f"{state.tenant_id}/{state.agent_id}"
+    )
     steps = facts.steps(policy.scope, scope_id, window_s)
     if steps <= policy.max_steps:
         return []
-    target = session if policy.scope == "session" else f"agent:{state.agent_id}"
+    target = session if policy.scope == "session" else agent_scope(state.tenant_id, state.agent_id)
     reason = f"{steps} steps in {policy.window} > {policy.max_steps}"
     return [_act(policy, target, reason, ttl_s=window_s)]
 
@@ -371,4 +372,5 @@ def _degradation(policy: Any, state: Any, delta: Any, facts: Facts) -> list[Outc
     if failures < policy.max_failures:
         return []
     reason = f"tool {delta.name!r} failed {failures} times in {policy.window}"
-    return [_act(policy, f"agent:{state.agent_id}", reason, ttl_s=duration_s(policy.resume_after))]
+    target = agent_scope(state.tenant_id, state.agent_id)
+    return [_act(policy, target, reason, ttl_s=duration_s(policy.resume_after))]

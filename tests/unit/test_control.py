@@ -70,7 +70,7 @@ def test_keys_round_trip_through_files(key: SigningKey, tmp_path: Path) -> None:
 
 def test_a_valid_decision_is_accepted_and_in_force(key: SigningKey, book: DecisionBook) -> None:
     assert book.offer(decision(key), NOW) is None
-    effective = book.effective([session_target("s-1"), agent_target("a")], NOW)
+    effective = book.effective([session_target("s-1"), agent_target("acme", "a")], NOW)
     assert effective is not None
     assert effective["action"] == "KILL"
     assert book.accepted == 1
@@ -113,13 +113,13 @@ def test_expired_other_tenant_and_older_epoch_are_dropped(
 
 
 def test_resume_clears_and_the_strongest_target_wins(key: SigningKey, book: DecisionBook) -> None:
-    targets = [session_target("s-1"), agent_target("bot"), tenant_target("acme")]
-    book.offer(decision(key, target=agent_target("bot"), action="PAUSE"), NOW)
+    targets = [session_target("s-1"), agent_target("acme", "bot"), tenant_target("acme")]
+    book.offer(decision(key, target=agent_target("acme", "bot"), action="PAUSE"), NOW)
     book.offer(decision(key, target=tenant_target("acme"), action="WARN"), NOW)
     in_force = book.effective(targets, NOW)
     assert in_force is not None
     assert in_force["action"] == "PAUSE"
-    book.offer(decision(key, target=agent_target("bot"), action="RESUME", epoch=2), NOW)
+    book.offer(decision(key, target=agent_target("acme", "bot"), action="RESUME", epoch=2), NOW)
     in_force = book.effective(targets, NOW)
     assert in_force is not None
     assert in_force["action"] == "WARN"

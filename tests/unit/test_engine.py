@@ -77,7 +77,7 @@ def test_agent_spend_is_summed_over_the_window_across_partitions() -> None:
     result = eng.process(1, other)
     assert eng.spend(agent_scope("acme", "bot"), 3600) == 1200
     assert [(d.outcome.target, d.outcome.action) for d in result.decisions] == [
-        ("agent:bot", "KILL")
+        ("agent:acme/bot", "KILL")
     ]
 
 

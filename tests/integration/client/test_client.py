@@ -171,8 +171,8 @@ def test_an_agent_wide_pause_blocks_until_resume(
     governor: GovernorFactory, publisher: DecisionPublisher
 ) -> None:
     gov = governor()
-    publisher.publish(decide(agent_target("support-bot"), "PAUSE", epoch=1), wait=True)
-    wait_until(lambda: gov.book.latest(agent_target("support-bot")), what="the PAUSE")
+    publisher.publish(decide(agent_target("acme", "support-bot"), "PAUSE", epoch=1), wait=True)
+    wait_until(lambda: gov.book.latest(agent_target("acme", "support-bot")), what="the PAUSE")
     done = threading.Event()
     started = time.monotonic()
 
@@ -184,7 +184,7 @@ def test_an_agent_wide_pause_blocks_until_resume(
     thread = threading.Thread(target=agent)
     thread.start()
     assert not done.wait(1.0), "the paused agent went on"
-    publisher.publish(decide(agent_target("support-bot"), "RESUME", epoch=2), wait=True)
+    publisher.publish(decide(agent_target("acme", "support-bot"), "RESUME", epoch=2), wait=True)
     assert done.wait(10), "the agent did not resume"
     assert time.monotonic() - started >= 1.0
     thread.join()
@@ -202,10 +202,12 @@ def test_throttle_delays_each_step_and_warn_calls_back_once(
         s.llm_call(model="m", input_tokens=1, output_tokens=1)
     assert len(warnings) == 1
     publisher.publish(
-        decide(agent_target("support-bot"), "THROTTLE", epoch=1, parameters={"delay_ms": "300"}),
+        decide(
+            agent_target("acme", "support-bot"), "THROTTLE", epoch=1, parameters={"delay_ms": "300"}
+        ),
         wait=True,
     )
-    wait_until(lambda: gov.book.latest(agent_target("support-bot")), what="the THROTTLE")
+    wait_until(lambda: gov.book.latest(agent_target("acme", "support-bot")), what="the THROTTLE")
     started = time.monotonic()
     with gov.session() as s:
         for _ in range(3):
@@ -244,7 +246,7 @@ def test_a_restarted_agent_remembers_kills_from_redis(
     governor: GovernorFactory, publisher: DecisionPublisher
 ) -> None:
     publisher.publish(decide(session_target("resumed-1"), "KILL", reason="loop"), wait=True)
-    publisher.publish(decide(agent_target("batch-bot"), "KILL", reason="retired"), wait=True)
+    publisher.publish(decide(agent_target("acme", "batch-bot"), "KILL", reason="retired"), wait=True)
     # both Governors start after the decisions: the control topic is read from its end
     resumed = governor().session("resumed-1")
     with pytest.raises(SessionKilled, match="loop"):
@@ -255,7 +257,7 @@ def test_a_restarted_agent_remembers_kills_from_redis(
 
 def test_preflight_reserves_atomically_with_zero_overshoot(governor: GovernorFactory) -> None:
     gov = governor(agent="capped-bot")
-    gov.budgets.set_cap(agent_target("capped-bot"), 1_000_000)  # $1.00
+    gov.budgets.set_cap(agent_target("acme", "capped-bot"), 1_000_000)  # $1.00
     s = gov.session()
     granted: list[Any] = []
     refused: list[BudgetExhausted] = []
@@ -276,14 +278,14 @@ def test_preflight_reserves_atomically_with_zero_overshoot(governor: GovernorFac
     for t in threads:
         t.join()
     assert (len(granted), len(refused)) == (10, 15)
-    assert refused[0].target == agent_target("capped-bot")
+    assert refused[0].target == agent_target("acme", "capped-bot")
     granted[0].settle(0.04)
     granted[1].release()
     with s:
         s.llm_call(
             model="gpt-4o", input_tokens=1, output_tokens=1, cost_usd=0.07, reservation=granted[2]
         )
-    ledger = gov.budgets.ledger(agent_target("capped-bot"))
+    ledger = gov.budgets.ledger(agent_target("acme", "capped-bot"))
     assert ledger["spent_micros"] == 110_000
     assert ledger["reserved_micros"] == 700_000
     assert gov.preflight(s, 0.19).amount_micros == 190_000

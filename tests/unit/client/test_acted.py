@@ -139,7 +139,7 @@ def test_a_throttle_is_reported_once_with_the_time_it_slept(
     gov: Capturing, key: SigningKey, clock: Clock
 ) -> None:
     decision = offer(
-        gov, key, agent_target("support-bot"), "THROTTLE", parameters={"delay_ms": "30"}
+        gov, key, agent_target("acme", "support-bot"), "THROTTLE", parameters={"delay_ms": "30"}
     )
     s = gov.session("s-throttle")
     s.start()
@@ -184,7 +184,7 @@ def test_a_pause_reports_how_long_it_blocked_once_released(
 
 
 def test_a_pause_ended_by_a_kill_reports_both_on_the_end(gov: Capturing, key: SigningKey) -> None:
-    paused = offer(gov, key, agent_target("support-bot"), "PAUSE")
+    paused = offer(gov, key, agent_target("acme", "support-bot"), "PAUSE")
     s = gov.session("s-pause-kill")
     s.start()
     killer = threading.Timer(0.1, lambda: offer(gov, key, session_target("s-pause-kill"), "KILL"))

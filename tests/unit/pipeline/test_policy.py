@@ -71,7 +71,7 @@ def test_agent_budget_uses_window_spend_and_lapses() -> None:
     [found] = outcomes(ps, events, facts(spend=1_000_001))
     assert (found.action, found.target, found.parameters) == (
         "THROTTLE",
-        "agent:bot",
+        "agent:acme/bot",
         {"delay_ms": "250"},
     )
     assert found.ttl_s == 3600
@@ -117,7 +117,7 @@ def test_degradation_pauses_the_agent_of_a_failing_tool() -> None:
     failing = [ev(1, "TOOL_CALL", tool_name="search_web", status="ERROR")]
     assert outcomes(ps, failing, facts(failures=4)) == []
     [found] = outcomes(ps, failing, facts(failures=5))
-    assert (found.action, found.target, found.ttl_s) == ("PAUSE", "agent:bot", 600)
+    assert (found.action, found.target, found.ttl_s) == ("PAUSE", "agent:acme/bot", 600)
 
 
 def test_match_limits_a_policy_to_tenants_and_agents() -> None:
