@@ -246,7 +246,9 @@ def test_a_restarted_agent_remembers_kills_from_redis(
     governor: GovernorFactory, publisher: DecisionPublisher
 ) -> None:
     publisher.publish(decide(session_target("resumed-1"), "KILL", reason="loop"), wait=True)
-    publisher.publish(decide(agent_target("acme", "batch-bot"), "KILL", reason="retired"), wait=True)
+    publisher.publish(
+        decide(agent_target("acme", "batch-bot"), "KILL", reason="retired"), wait=True
+    )
     # both Governors start after the decisions: the control topic is read from its end
     resumed = governor().session("resumed-1")
     with pytest.raises(SessionKilled, match="loop"):
