@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.codec import Codecs, DecodeError
-from streams.control import decision_id
+from streams.control import agent_target, decision_id, session_target, tenant_target
 from streams.engine import BatchResult, Decided, Engine
 from streams.pipeline.policy import PolicySet
 from streams.pipeline.pricing import load_prices
@@ -95,9 +95,9 @@ def decision_view(decided: Decided) -> dict[str, Any]:
 def targets_of(event: dict[str, Any]) -> tuple[str, str, str]:
     """The control targets an event's session answers to (as the policies name them)."""
     return (
-        f"session:{event['session_id']}",
-        f"agent:{event['tenant_id']}/{event['agent_id']}",
-        f"tenant:{event['tenant_id']}",
+        session_target(event["session_id"]),
+        agent_target(event["tenant_id"], event["agent_id"]),
+        tenant_target(event["tenant_id"]),
     )
 
 

@@ -1,14 +1,19 @@
-"""Small real-Kafka helpers for integration tests (no mocks: these talk to the broker)."""
+"""Small helpers for integration tests that talk to the real broker and worker (no mocks)."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer
+from typer.testing import CliRunner
 
-from streams.codec import header_pairs
+from streams.cli import app as cli
+from streams.codec import Codecs, header_pairs
+from streams.settings import Settings
 
 
 def producer(bootstrap: str) -> Producer:
@@ -58,3 +63,33 @@ def consume(bootstrap: str, topic: str, count: int, timeout_s: float = 30) -> li
 
 def headers_of(message: Message) -> dict[str, bytes]:
     return dict(header_pairs(message.headers()))
+
+
+def ask(settings: Settings, *args: str) -> Any:
+    result = CliRunner().invoke(cli, ["ask", *args, "--json"], env=settings.to_env())
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def close_silent_sessions(settings: Settings, after_us: int) -> None:
+    """One event per partition, later than the idle timeout: every abandoned session closes."""
+    codecs = Codecs.load(settings.schemas_dir)
+    producer = Producer({"bootstrap.servers": settings.bootstrap})
+    for partition in range(settings.event_partitions):
+        event: dict[str, Any] = {
+            "event_id": f"clock-{partition}",
+            "seq": 1,
+            "session_id": f"clock-{partition}",
+            "tenant_id": "clock",
+            "agent_id": "clock",
+            "kind": "SESSION_START",
+            "start_time_us": after_us,
+            "status": "OK",
+        }
+        producer.produce(
+            settings.topic("events"),
+            codecs.step_event.encode(event),
+            event["session_id"].encode(),
+            partition=partition,
+        )
+    producer.flush(10)

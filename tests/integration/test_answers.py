@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -11,27 +10,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Producer
 from rich.console import Console
-from typer.testing import CliRunner
 
-from streams.cli import app as cli
-from streams.codec import Codecs
 from streams.pipeline.aggregates import DAY_US
 from streams.settings import Settings
 from streams.simulator.params import FleetParams
 from streams.simulator.run import run_simulation
 from streams.simulator.truth import load_truth
 from streams.worker import WorkerProcess
+from tests.kafka_helpers import ask, close_silent_sessions
 
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = 2**0.25  # the histograms' bucket ratio
-
-
-def ask(settings: Settings, *args: str) -> Any:
-    result = CliRunner().invoke(cli, ["ask", *args, "--json"], env=settings.to_env())
-    assert result.exit_code == 0, result.output
-    return json.loads(result.output)
 
 
 def end_of(s: Mapping[str, Any]) -> int:
@@ -45,30 +35,6 @@ def nth(values: list[float], q: float) -> float:
 
 def within_bucket(true: float, reported: float) -> bool:
     return true <= reported * 1.000001 and reported <= max(true, 1.0) * BUCKET * 1.000001
-
-
-def close_silent_sessions(settings: Settings, after_us: int) -> None:
-    """One event per partition, later than the idle timeout: every abandoned session closes."""
-    codecs = Codecs.load(settings.schemas_dir)
-    producer = Producer({"bootstrap.servers": settings.bootstrap})
-    for partition in range(settings.event_partitions):
-        event: dict[str, Any] = {
-            "event_id": f"clock-{partition}",
-            "seq": 1,
-            "session_id": f"clock-{partition}",
-            "tenant_id": "clock",
-            "agent_id": "clock",
-            "kind": "SESSION_START",
-            "start_time_us": after_us,
-            "status": "OK",
-        }
-        producer.produce(
-            settings.topic("events"),
-            codecs.step_event.encode(event),
-            event["session_id"].encode(),
-            partition=partition,
-        )
-    producer.flush(10)
 
 
 def test_answers_equal_the_truth_of_a_simulated_week(topics: Settings, tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from typer.testing import CliRunner
@@ -19,14 +18,9 @@ from streams.simulator.params import FleetParams
 from streams.simulator.run import run_simulation
 from streams.simulator.truth import load_truth
 from streams.worker import WorkerProcess
+from tests.kafka_helpers import ask
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def ask(settings: Settings, *args: str) -> Any:
-    result = CliRunner().invoke(cli, ["ask", *args, "--json"], env=settings.to_env())
-    assert result.exit_code == 0, result.output
-    return json.loads(result.output)
 
 
 def test_backtest_reproduces_the_live_decisions(topics: Settings, tmp_path: Path) -> None:

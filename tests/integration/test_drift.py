@@ -5,16 +5,13 @@ its own tenant names, so they share nothing but the broker."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Producer
-from typer.testing import CliRunner
 
-from streams.cli import app as cli
 from streams.codec import Codecs
 from streams.pipeline.pricing import load_prices
 from streams.settings import Settings
@@ -23,6 +20,7 @@ from streams.simulator.params import FleetParams
 from streams.simulator.plan import plan_fleet
 from streams.topics import read_partitions
 from streams.worker import WorkerProcess
+from tests.kafka_helpers import ask
 
 REPO = Path(__file__).resolve().parents[2]
 END_US = 1_795_000_000_000_000
@@ -62,14 +60,6 @@ def drift_alerts(settings: Settings) -> list[dict[str, Any]]:
         if value is not None
     ]
     return [a for a in alerts if a["kind"] == "DRIFT"]
-
-
-def ask(settings: Settings, *args: str) -> Any:
-    result = CliRunner().invoke(
-        cli, ["ask", *args, "--json"], env=settings.to_env(), catch_exceptions=False
-    )
-    assert result.exit_code == 0, result.output
-    return json.loads(result.output)
 
 
 def test_a_prompt_change_is_drift_in_the_prompt_layer_and_no_change_is_quiet(

@@ -22,7 +22,8 @@ from streams.simulator.truth import load_truth
 from streams.topics import read_partitions
 from streams.worker import WorkerProcess
 from tests.conftest import free_port
-from tests.integration.test_answers import ask, close_silent_sessions, end_of
+from tests.integration.test_answers import end_of
+from tests.kafka_helpers import ask, close_silent_sessions
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,12 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from confluent_kafka import Producer
 from rich.console import Console
 from typer.testing import CliRunner
 
 from streams.cli import app as cli
-from streams.codec import Codecs
 from streams.query.readmodel import SessionReadModel
 from streams.query.session_records import session_timeline
 from streams.query.timeline import Timeline
@@ -27,36 +25,13 @@ from streams.simulator.params import FleetParams
 from streams.simulator.run import run_simulation
 from streams.simulator.truth import load_truth
 from streams.worker import WorkerProcess
+from tests.kafka_helpers import close_silent_sessions
 
 REPO = Path(__file__).resolve().parents[2]
 #: what the pattern scanner finds (PERSON needs the spaCy model, which the worker may lack)
 STRUCTURED = {"EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "US_SSN"}
 #: the truth names a value in an ASSISTANT segment by its role; the scanner calls it OUTPUT
 SCANNER_HOP = {"ASSISTANT": "OUTPUT"}
-
-
-def close_silent_sessions(settings: Settings, after_us: int) -> None:
-    """One event per partition, later than the idle timeout: every abandoned session closes."""
-    codecs = Codecs.load(settings.schemas_dir)
-    producer = Producer({"bootstrap.servers": settings.bootstrap})
-    for partition in range(settings.event_partitions):
-        event: dict[str, Any] = {
-            "event_id": f"clock-{partition}",
-            "seq": 1,
-            "session_id": f"clock-{partition}",
-            "tenant_id": "clock",
-            "agent_id": "clock",
-            "kind": "SESSION_START",
-            "start_time_us": after_us,
-            "status": "OK",
-        }
-        producer.produce(
-            settings.topic("events"),
-            codecs.step_event.encode(event),
-            event["session_id"].encode(),
-            partition=partition,
-        )
-    producer.flush(10)
 
 
 def cli_output(settings: Settings, *args: str) -> tuple[int, str]:
