@@ -10,17 +10,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import faust
-import redis
 from cryptography.hazmat.primitives import serialization
 from faust.web import Request, Response, View
 from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from streams.agents.accounting import AccountingRunner
+from streams.agents.health import AgentHealth
 from streams.agents.pii import PiiHandler, attach_pii
 from streams.agents.sessions import attach_read_model
 from streams.codec import Codecs
@@ -30,9 +31,7 @@ from streams.metrics import WorkerMetrics, worker_metrics
 from streams.pii.ledger import PiiLedger
 from streams.pii.scanner import PiiScanner
 from streams.pipeline.accounting import summary
-from streams.pipeline.policy import PolicySet
-from streams.pipeline.pricing import load_prices
-from streams.policy_files import PolicyError, PolicyWatch, load_pii_policy, load_slos
+from streams.policy_files import PolicyBundle, PolicyError, PolicyWatch, load_bundle, log_warnings
 from streams.policy_history import (
     PolicyHistory,
     Rollback,
@@ -42,11 +41,21 @@ from streams.policy_history import (
     rollback_request,
     validate_version,
 )
+from streams.processor.health import (
+    HealthBounds,
+    HealthReport,
+    LoopSnapshot,
+    WorkerSnapshot,
+    liveness,
+    readiness,
+)
+from streams.processor.lag import LagMonitor
 from streams.publisher import DecisionPublisher
 from streams.query.answers import Answers, Period
 from streams.query.drift import DriftDetector, DriftStore
 from streams.query.pii import pii_answer
 from streams.query.readmodel import SessionReadModel
+from streams.redis_client import redis_client
 from streams.settings import Settings
 from streams.topics import replication_for
 
@@ -90,6 +99,13 @@ class WorkerParts:
     read_model: SessionReadModel
     #: every accepted policy set goes to gov.policies, for history and rollback
     history: PolicyHistory
+    #: consumer lag measured from the broker, apart from the accounting loop
+    lag: LagMonitor | None = None
+    #: the PII agent's handler: a reloaded pii.yaml replaces its policy (and scanner)
+    pii: PiiHandler | None = None
+    #: liveness of the Faust agents (state, last progress), for the health views
+    pii_health: AgentHealth | None = None
+    read_model_health: AgentHealth | None = None
 
 
 def build_app(settings: Settings, brokers: int = 1) -> faust.App:
@@ -97,48 +113,65 @@ def build_app(settings: Settings, brokers: int = 1) -> faust.App:
     codecs = Codecs.load(settings.schemas_dir)
     metrics = worker_metrics()
     watch = PolicyWatch(settings.policies_dir, settings.state_dir / "policies-last-good")
-    policy_set = watch.load_initial()
+    try:
+        bundle = watch.load_initial()
+    except PolicyError as exc:
+        # a worker enforcing nothing would look healthy: refuse to start, saying why
+        raise SystemExit(f"policy files refused, the worker cannot start:\n{exc}") from exc
     if watch.last_error is not None:
-        log.error("policy files refused, enforcing the last good set:\n%s", watch.last_error)
-    metrics.policy_version.set(policy_set.version)
+        metrics.policy_reload_errors.inc()
+        log.error(
+            "policy files refused, enforcing the last good bundle (%s) from %s:\n%s",
+            bundle.digest,
+            watch.last_good_dir,
+            watch.last_error,
+        )
+    log_warnings(bundle, log)
+    metrics.policy_version.set(bundle.policies.version)
     engine = Engine(
-        load_prices(settings.policies_dir / "prices.yaml"),
-        policy_set,
+        bundle.prices,
+        bundle.policies,
         idle_timeout_s=settings.session_idle_timeout_s,
         finished_retention_s=settings.finished_retention_s,
         hourly_retention_s=settings.hourly_retention_s,
         daily_retention_s=settings.daily_retention_s,
     )
     signing_key = ensure_signing_key(settings.control_keys_dir)
-    publisher = DecisionPublisher(settings, signing_key, codecs)
+    publisher = DecisionPublisher(
+        settings, signing_key, codecs, on_redis_state=lambda ok: metrics.redis_up.set(int(ok))
+    )
     runner = AccountingRunner(settings, engine, codecs, publisher, metrics)
-    runner.use_slos(load_slos(settings.policies_dir))
-    pii_policy = load_pii_policy(settings.policies_dir)
-    attach_pii(
-        app,
+    runner.use_slos(bundle.slos)
+    pii = PiiHandler(
         settings,
-        PiiHandler(
-            settings,
-            codecs,
-            PiiScanner(pii_policy.entities, settings.pii_spacy_model or None),
-            pii_policy,
-            fingerprint_key(settings, signing_key),
-            PiiLedger(
-                redis.Redis.from_url(settings.redis_url),
-                settings.redis_key_prefix,
-                settings.pii_ledger_days,
-            ),
-            publisher,
-            runner.audit,
-            metrics,
+        codecs,
+        PiiScanner(bundle.pii.entities, settings.pii_spacy_model or None),
+        bundle.pii,
+        fingerprint_key(settings, signing_key),
+        PiiLedger(
+            redis_client(settings),
+            settings.redis_key_prefix,
+            settings.pii_ledger_days,
         ),
+        publisher,
+        runner.audit,
+        metrics,
     )
-    read_model = SessionReadModel(
-        redis.Redis.from_url(settings.redis_url), settings.redis_key_prefix
-    )
+    pii_health = attach_pii(app, settings, pii)
+    read_model = SessionReadModel(redis_client(settings), settings.redis_key_prefix)
     history = PolicyHistory(settings, watch.last_good_dir)
+    lag = LagMonitor(settings, metrics)
     parts = WorkerParts(
-        settings, codecs, metrics, engine, runner, watch, read_model, history=history
+        settings,
+        codecs,
+        metrics,
+        engine,
+        runner,
+        watch,
+        read_model,
+        history=history,
+        lag=lag,
+        pii=pii,
     )
     app.governor = parts  # type: ignore[attr-defined]
 
@@ -146,8 +179,10 @@ def build_app(settings: Settings, brokers: int = 1) -> faust.App:
     class Accounting(Service):
         async def on_start(self) -> None:
             await asyncio.to_thread(runner.start)
+            lag.start()
 
         async def on_stop(self) -> None:
+            lag.stop()
             await asyncio.to_thread(runner.stop)
 
     @app.service
@@ -167,7 +202,7 @@ def build_app(settings: Settings, brokers: int = 1) -> faust.App:
         except PolicyError as exc:
             metrics.policy_reload_errors.inc()
             log.error(
-                "policy change refused, version %s stays in force:\n%s",
+                "policy change refused, the bundle in force (policies v%s) stays:\n%s",
                 engine.policies.version,
                 exc,
             )
@@ -175,11 +210,13 @@ def build_app(settings: Settings, brokers: int = 1) -> faust.App:
         if changed is not None:
             apply_policies(parts, changed)
 
-    drift = DriftDetector(
-        DriftStore(redis.Redis.from_url(settings.redis_url), settings.redis_key_prefix)
+    drift = DriftDetector(DriftStore(redis_client(settings), settings.redis_key_prefix))
+    parts.read_model_health = attach_read_model(
+        app, settings, codecs, parts.read_model, drift, metrics
     )
-    attach_read_model(app, settings, codecs, parts.read_model, drift)
+    parts.pii_health = pii_health
     _views(app, parts)
+    _health_views(app, parts)
     return app
 
 
@@ -194,14 +231,37 @@ def fingerprint_key(settings: Settings, signing_key: SigningKey) -> bytes:
 
 
 def apply_policies(
-    parts: WorkerParts, policy_set: PolicySet, rollback: Rollback | None = None
+    parts: WorkerParts, bundle: PolicyBundle, rollback: Rollback | None = None
 ) -> None:
-    """Put ``policy_set`` in force (the one path for reloads and rollbacks), record it in
-    gov.policies and audit the change, as a ROLLBACK when an operator asked for one."""
+    """Put ``bundle`` in force (the one path for reloads and rollbacks): policies, prices and
+    SLOs under the runner's lock, the PII policy beside them; a new policy set is recorded in
+    gov.policies and audited, as a ROLLBACK when an operator asked for one."""
+    policy_set = bundle.policies
     with parts.runner.lock:
         previous = parts.engine.policies
         parts.engine.policies = policy_set
+        parts.engine.prices = bundle.prices
+        if bundle.slos != parts.runner.slos:
+            # only on a change: use_slos starts a new fallback tracker, which forgets the
+            # failures waiting for their fallback
+            parts.runner.use_slos(bundle.slos)
+    pii = parts.pii
+    if pii is not None and bundle.pii != pii.policy:
+        if bundle.pii.entities != pii.policy.entities:
+            # presidio's setup blocks the event loop for a moment; the PII agent runs on this
+            # loop too, so it never sees the scanner and the policy disagree
+            pii.scanner = PiiScanner(bundle.pii.entities, parts.settings.pii_spacy_model or None)
+        pii.policy = bundle.pii
+    log_warnings(bundle, log)
     parts.metrics.policy_version.set(policy_set.version)
+    if policy_set.digest == previous.digest and rollback is None:
+        log.info(
+            "policy bundle %s in force (prices, PII or SLOs changed), policies v%s (%s) unchanged",
+            bundle.digest,
+            policy_set.version,
+            policy_set.digest,
+        )
+        return
     log.info(
         "policies v%s (%s) in force, was v%s (%s): %s",
         policy_set.version,
@@ -333,12 +393,14 @@ def _views(app: faust.App, parts: WorkerParts) -> None:
         async def get(self, request: Request) -> Response:
             current = parts.engine.policies
             error = parts.policies.last_error
+            bundle = parts.policies.current
             return self.json(
                 {
                     "version": current.version,
                     "digest": current.digest,
                     "policies": [p.id for p in current.policies],
                     "refused": None if error is None else error.problems,
+                    "warnings": [] if bundle is None else list(bundle.warnings),
                 }
             )
 
@@ -369,6 +431,9 @@ async def roll_back(parts: WorkerParts, rollback: Rollback) -> dict[str, Any]:
     if target is None:
         raise UnknownPolicyVersion(rollback.to_version, sorted(versions))
     await asyncio.to_thread(validate_version, target)
+    # the bundle is accepted as a whole: with a broken prices, pii or slo file beside them the
+    # old files would be installed but not in force, so refuse before writing anything
+    await asyncio.to_thread(load_bundle, parts.settings.policies_dir, target.files)
     # no await from here on: the reload timer runs on this event loop, so it never sees the
     # folder half-written nor applies the files a second time
     previous = parts.engine.policies
@@ -416,6 +481,99 @@ def slo_answer(runner: AccountingRunner) -> dict[str, Any]:
                              if a.split(":")[1] == slo.name),
         })  # fmt: skip
     return {"window": "3d", "slos": rows}
+
+
+HEALTH_INTERVAL_S = 1.0
+
+
+def worker_snapshot(parts: WorkerParts) -> WorkerSnapshot:
+    """What the loops of this worker are doing now, for /healthz and /readyz."""
+    now = time.monotonic()
+    runner, mirror = parts.runner, parts.runner.publisher.mirror
+    loops = [
+        LoopSnapshot(
+            "accounting",
+            runner.alive,
+            now - runner.loop_heartbeat,
+            runner.loop_state,
+            runner.last_fault if runner.loop_state == "recovering" else "",
+        ),
+        LoopSnapshot(
+            "decision-mirror",
+            mirror.alive,
+            now - mirror.last_loop_monotonic,
+            "running" if mirror.redis_ok else "retrying",
+            f"{mirror.pending} decisions waiting for Redis" if not mirror.redis_ok else "",
+        ),
+    ]
+    for agent in (parts.pii_health, parts.read_model_health):
+        if agent is not None:
+            # an agent's death ends the process (faults.fatal): here it is alive or stuck
+            loops.append(
+                LoopSnapshot(
+                    agent.name,
+                    True,
+                    agent.idle_s(now),
+                    agent.state,
+                    agent.last_fault if agent.retrying else "",
+                )
+            )
+    lag_events: int | None = None
+    lag_error = ""
+    monitor = parts.lag
+    if monitor is not None:
+        lag = monitor.snapshot
+        lag_error = lag.error or ""
+        lag_events = lag.total if lag.measured else None
+        # its failures are the lag check's (readiness); liveness only asks that it runs
+        loops.append(LoopSnapshot("lag-monitor", monitor.alive, 0.0))
+    error = parts.policies.last_error
+    return WorkerSnapshot(
+        loops=tuple(loops),
+        assigned_partitions=len(runner.assigned) if runner.loop_state == "running" else 0,
+        lag_events=lag_events,
+        lag_error=lag_error,
+        redis_ok=mirror.redis_ok,
+        redis_detail=mirror.last_error or "unreachable",
+        policy_refused="" if error is None else "; ".join(error.problems)[:500],
+    )
+
+
+def health_bounds(settings: Settings) -> HealthBounds:
+    return HealthBounds(settings.health_stall_s, settings.ready_max_lag_events)
+
+
+def _health_views(app: faust.App, parts: WorkerParts) -> None:
+    bounds = health_bounds(parts.settings)
+
+    def reports() -> tuple[HealthReport, HealthReport]:
+        snapshot = worker_snapshot(parts)
+        live, ready = liveness(snapshot, bounds), readiness(snapshot, bounds)
+        parts.metrics.healthy.set(int(live.ok))
+        parts.metrics.ready.set(int(live.ok and ready.ok))
+        return live, ready
+
+    @app.timer(interval=HEALTH_INTERVAL_S)  # type: ignore[untyped-decorator]
+    async def report_health() -> None:
+        reports()
+
+    @app.page("/healthz")
+    class HealthzView(View):
+        """200 while every loop is alive and came round recently, else 503 with the reason."""
+
+        async def get(self, request: Request) -> Response:
+            live, _ = reports()
+            return self.json(live.as_dict(), status=200 if live.ok else 503)
+
+    @app.page("/readyz")
+    class ReadyzView(View):
+        """200 while the worker governs as configured (assigned, restored, caught up, Redis
+        reachable, policies in force), else 503 with every failing check."""
+
+        async def get(self, request: Request) -> Response:
+            live, ready = reports()
+            report = HealthReport(live.checks + ready.checks)
+            return self.json(report.as_dict(), status=200 if report.ok else 503)
 
 
 def _counter_by_label(counter: Any, label: str) -> dict[str, float]:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from streams.codec import DecodeError
 
 GENESIS = "0" * 64
 AUDIT_NAMESPACE = uuid.UUID("0b6a7c52-3a3d-5b1e-8f7e-3f4e2a9c1d77")
@@ -69,9 +71,11 @@ class AuditChains:
 @dataclass(frozen=True)
 class ChainBreak:
     tenant_id: str
-    chain_seq: int
+    #: None for a record that is not an AuditRecord at all (its place in a chain is unknown)
+    chain_seq: int | None
     offset: int | None
     problem: str
+    partition: int | None = None
 
 
 def verify_chain(
@@ -136,10 +140,52 @@ class AuditVerification:
         }
 
 
+Row = tuple[int, bytes | None, bytes | None]
+
+
+def _tenant_of(key: bytes | None) -> str:
+    """The tenant a record's key names (gov.audit is keyed by tenant id), for naming a break."""
+    return "?" if key is None else key.decode(errors="replace")
+
+
+def decode_audit_rows(
+    decode: Callable[[bytes], Mapping[str, Any]], partition: int, rows: Iterable[Row]
+) -> tuple[list[tuple[int | None, Mapping[str, Any]]], list[ChainBreak]]:
+    """(offset, record) of every decodable row of one partition of gov.audit, and a break
+    naming each row that is not an AuditRecord: a foreign or corrupt record in the trail is a
+    verification failure, never a crash of the verifier."""
+    records: list[tuple[int | None, Mapping[str, Any]]] = []
+    breaks: list[ChainBreak] = []
+    for offset, key, value in rows:
+        if value is None:
+            continue
+        try:
+            records.append((offset, decode(value)))
+        except DecodeError as exc:
+            breaks.append(
+                ChainBreak(_tenant_of(key), None, offset, f"not an AuditRecord: {exc}", partition)
+            )
+    return records, breaks
+
+
+def decode_heads(rows: Iterable[Row]) -> tuple[dict[str, ChainHead], list[ChainBreak]]:
+    """The recorded head of each chain (gov.audit.heads, JSON), and a break per bad one."""
+    heads: dict[str, ChainHead] = {}
+    breaks: list[ChainBreak] = []
+    for offset, key, value in rows:
+        if key is None or value is None:
+            continue
+        try:
+            data = json.loads(value)
+            heads[key.decode()] = ChainHead(int(data["chain_seq"]), str(data["hash"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            problem = f"the recorded head is not a chain head: {type(exc).__name__}: {exc}"
+            breaks.append(ChainBreak(_tenant_of(key), None, offset, problem, 0))
+    return heads, breaks
+
+
 def verify_audit_topic(settings: Any) -> AuditVerification:
     """Read gov.audit and gov.audit.heads from the broker and verify every tenant's chain."""
-    import json
-
     from streams.codec import Codecs
     from streams.topics import admin_client, read_partitions
 
@@ -149,14 +195,14 @@ def verify_audit_topic(settings: Any) -> AuditVerification:
         admin_client(settings).list_topics(topic, timeout=10).topics[topic].partitions
     )
     records: list[tuple[int | None, Mapping[str, Any]]] = []
-    for rows in read_partitions(settings, topic, partitions).values():
-        for offset, _key, value in rows:
-            if value is not None:
-                records.append((offset, codec.decode(value)))
-    heads: dict[str, ChainHead] = {}
-    for _offset, key, value in read_partitions(settings, settings.topic("audit.heads"), [0])[0]:
-        if key is not None and value is not None:
-            data = json.loads(value)
-            heads[key.decode()] = ChainHead(int(data["chain_seq"]), str(data["hash"]))
+    unreadable: list[ChainBreak] = []
+    for partition, rows in sorted(read_partitions(settings, topic, partitions).items()):
+        decoded, bad = decode_audit_rows(codec.decode, partition, rows)
+        records.extend(decoded)
+        unreadable.extend(bad)
+    heads, bad_heads = decode_heads(
+        read_partitions(settings, settings.topic("audit.heads"), [0])[0]
+    )
     tenants = {r["tenant_id"] for _, r in records} | set(heads)
-    return AuditVerification(len(records), len(tenants), verify_chain(records, heads))
+    breaks = [*unreadable, *bad_heads, *verify_chain(records, heads)]
+    return AuditVerification(len(records) + len(unreadable), len(tenants), breaks)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple, TypedDict
 
 import typer
 from rich.console import Console
@@ -80,16 +80,122 @@ def down() -> None:
 
 
 @app.command()
-def status() -> None:
-    """Show what of the local stack runs where."""
-    _print_status(settings())
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable report.")] = False,
+) -> None:
+    """Show what of the local stack runs where, and the worker's health (/healthz, /readyz)."""
+    _print_status(settings(), as_json=as_json)
 
 
-def _print_status(s: Settings) -> None:
+class HealthCheck(TypedDict):
+    name: str
+    ok: bool
+    detail: str
+
+
+class HealthView(TypedDict):
+    """One view's answer: the views answer 200 when ok and 503 when degraded."""
+
+    http_status: int
+    ok: bool
+    checks: list[HealthCheck]
+    #: the whole JSON answer, as the worker sent it
+    answer: Any
+
+
+class HealthRow(NamedTuple):
+    view: str
+    check: str
+    ok: bool
+    detail: str
+
+
+def health_view(reply: tuple[int, Any] | None) -> HealthView | None:
+    """A view's (HTTP status, JSON) reply as the status report keeps it; None when nothing
+    answered. Anything but 200 with ``"status": "ok"`` is not ok, and an answer without checks
+    (an older worker without the view, an error page) becomes one failing check saying so."""
+    if reply is None:
+        return None
+    http_status, answer = reply
+    body = answer if isinstance(answer, dict) else {}
+    raw_checks = body.get("checks")
+    checks: list[HealthCheck] = [
+        HealthCheck(
+            name=str(c.get("name", "?")), ok=c.get("ok") is True, detail=str(c.get("detail", ""))
+        )
+        for c in (raw_checks if isinstance(raw_checks, list) else [])
+        if isinstance(c, dict)
+    ]
+    ok = http_status == 200 and body.get("status") == "ok"
+    if not checks and not ok:
+        error = body.get("error") or f"HTTP {http_status} without checks"
+        checks = [HealthCheck(name="answer", ok=False, detail=str(error))]
+    return HealthView(http_status=http_status, ok=ok, checks=checks, answer=answer)
+
+
+def health_rows(views: Mapping[str, HealthView | None]) -> list[HealthRow]:
+    """The table of checks: one row per check of each view that answered, in order. A check a
+    later view repeats is shown once (/readyz includes /healthz's: a worker that is not live is
+    not ready)."""
+    rows: list[HealthRow] = []
+    seen: set[str] = set()
+    for name, view in views.items():
+        for c in view["checks"] if view is not None else []:
+            if c["name"] in seen and c["name"] != "answer":
+                continue
+            seen.add(c["name"])
+            rows.append(HealthRow(name, c["name"], c["ok"], c["detail"]))
+    return rows
+
+
+def health_summary(views: Mapping[str, HealthView | None]) -> str:
+    """``/healthz ok (HTTP 200), /readyz degraded (HTTP 503)``: the line above the table."""
+    return ", ".join(
+        f"/{name} no answer"
+        if view is None
+        else f"/{name} {'ok' if view['ok'] else 'degraded'} (HTTP {view['http_status']})"
+        for name, view in views.items()
+    )
+
+
+def _worker_health(s: Settings) -> dict[str, HealthView | None]:
+    from streams.worker import get_json_status
+
+    url = _worker_url(s)
+    healthz = health_view(get_json_status(f"{url}/healthz", timeout_s=3))
+    # nothing answered /healthz: /readyz would not answer either, so do not wait twice
+    readyz = None if healthz is None else health_view(get_json_status(f"{url}/readyz", timeout_s=3))
+    return {"healthz": healthz, "readyz": readyz}
+
+
+def _print_status(s: Settings, as_json: bool = False) -> None:
+    from rich.markup import escape
+
+    services = stack.status(s)
+    url = _worker_url(s)
+    views = _worker_health(s)
+    running = any(view is not None for view in views.values())
+    if as_json:
+        _emit_json(
+            {
+                "stack": [
+                    {
+                        "service": st.service.name,
+                        "address": st.service.address,
+                        "pid": st.pid,
+                        "running": st.running,
+                        "log": str(st.service.log_file),
+                    }
+                    for st in services
+                ],
+                "worker": {"url": url, "running": running, **views},
+            }
+        )
+        return
     table = Table(title=f"local stack ({s.state_dir})")
     for column in ("service", "address", "pid", "state", "log"):
         table.add_column(column)
-    for st in stack.status(s):
+    for st in services:
         table.add_row(
             st.service.name,
             st.service.address,
@@ -98,6 +204,18 @@ def _print_status(s: Settings) -> None:
             str(st.service.log_file),
         )
     console.print(table)
+    if not running:
+        console.print(f"worker: not running (nothing answers on {url})")
+        return
+    console.print(f"worker {url}: {health_summary(views)}", highlight=False)
+    health = Table()
+    for column in ("view", "check", "state", "detail"):
+        health.add_column(column)
+    for row in health_rows(views):
+        state = "[green]ok[/]" if row.ok else "[bold red]FAIL[/]"
+        # details carry worker text such as "partitions [0, 1]": not markup
+        health.add_row(f"/{row.view}", escape(row.check), state, escape(row.detail))
+    console.print(health)
 
 
 # --- topics --------------------------------------------------------------------------------
@@ -279,20 +397,39 @@ def policy_check(
     folder: Annotated[
         Path | None, typer.Argument(help="Policy folder (default: GOVERNOR_POLICIES_DIR).")
     ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable report.")] = False,
 ) -> None:
-    """Validate every policy file; print the set, or each problem as file:line: field: reason.
+    """Validate the folder as the worker loads it: the policies, prices.yaml, pii.yaml and
+    slo.yaml as one bundle. Prints the set, each problem as file:line: field: reason, and a
+    warning for what is accepted but likely not meant (every tool denied, nothing enforced,
+    a policy disabled, a default turned off).
 
-    Exits 1 when a file is refused (the worker would keep its last good set).
+    Exits 1 when anything is refused (the worker would keep its last good bundle), 0 when the
+    bundle is valid, warnings or not.
     """
-    from streams.policy_files import PolicyError, load_policy_set
+    from rich.markup import escape
+
+    from streams.policy_files import PolicyError, load_bundle
 
     path = folder or settings().policies_dir
     try:
-        policy_set = load_policy_set(path)
+        bundle = load_bundle(path)
     except PolicyError as exc:
-        for problem in exc.problems:
-            console.print(f"[red]{problem}[/]", highlight=False)
+        if as_json:
+            _emit_json({"folder": str(path), "valid": False, "problems": exc.problems})
+        else:
+            for problem in exc.problems:
+                console.print(f"[bold red]error:[/] [red]{escape(problem)}[/]", highlight=False)
+            console.print(
+                f"[bold red]refused: {_count(len(exc.problems), 'problem')}[/] "
+                "(the worker keeps its last good bundle)",
+                highlight=False,
+            )
         raise typer.Exit(code=1) from exc
+    policy_set = bundle.policies
+    if as_json:
+        _emit_json(_bundle_report(path, bundle))
+        return
     table = Table(title=f"policies v{policy_set.version} ({policy_set.digest}) in {path}")
     for column in ("id", "kind", "applies to", "limit", "action"):
         table.add_column(column)
@@ -301,7 +438,53 @@ def policy_check(
             policy.id, policy.kind, _applies_to(policy), _limit(policy), policy.action.upper()
         )
     console.print(table)
-    console.print(f"[green]{len(policy_set.policies)} policies valid[/]")
+    console.print(
+        f"{len(bundle.prices.models)} model prices, PII: {len(bundle.pii.entities)} entities "
+        f"({len(bundle.pii.rules)} rules, default {bundle.pii.default}), "
+        f"SLOs: {', '.join(s.name for s in bundle.slos) or 'none'}",
+        highlight=False,
+    )
+    for warning in bundle.warnings:
+        console.print(f"[bold yellow]warning:[/] [yellow]{escape(warning)}[/]", highlight=False)
+    warned = (
+        f", [bold yellow]{_count(len(bundle.warnings), 'warning')}[/]" if bundle.warnings else ""
+    )
+    console.print(f"[green]{len(policy_set.policies)} policies valid[/]{warned}")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _bundle_report(path: Path, bundle: Any) -> dict[str, Any]:
+    """``policy check --json`` of an accepted bundle."""
+    return {
+        "folder": str(path),
+        "valid": True,
+        "problems": [],
+        "warnings": list(bundle.warnings),
+        "version": bundle.policies.version,
+        "digest": bundle.policies.digest,
+        "bundle_digest": bundle.digest,
+        "policies": [
+            {
+                "id": p.id,
+                "kind": p.kind,
+                "applies_to": _applies_to(p),
+                "limit": _limit(p),
+                "action": p.action.upper(),
+            }
+            for p in bundle.policies.policies
+        ],
+        "prices": sorted(bundle.prices.models),
+        "pii": {
+            "entities": list(bundle.pii.entities),
+            "default": bundle.pii.default,
+            "rules": len(bundle.pii.rules),
+        },
+        "slos": [s.name for s in bundle.slos],
+        "files": sorted(bundle.files),
+    }
 
 
 @policy_app.command("backtest")
@@ -967,21 +1150,37 @@ def audit_verify(
     """Re-hash every chain of gov.audit and compare with the recorded heads.
 
     Names the tenant, chain_seq and offset of every edited, removed, reordered or truncated
-    record; exits 1 when the trail is broken.
+    record, and the partition, offset and reason of any record that is not an AuditRecord;
+    exits 1 when the trail is broken.
     """
     import json as json_lib
 
+    from confluent_kafka import KafkaException
+
     from streams.audit import verify_audit_topic
 
-    result = verify_audit_topic(settings())
+    s = settings()
+    try:
+        result = verify_audit_topic(s)
+    except KafkaException as exc:
+        raise _fail(f"cannot read the audit trail at {s.bootstrap}: {exc}") from exc
     if as_json:
         console.print_json(json_lib.dumps(result.as_dict()))
     else:
         for problem in result.breaks:
-            where = f"offset {problem.offset}" if problem.offset is not None else "end of chain"
+            if problem.offset is None:
+                where = "end of chain"
+            elif problem.partition is None:
+                where = f"offset {problem.offset}"
+            else:
+                where = f"partition {problem.partition}, offset {problem.offset}"
+            seq = "" if problem.chain_seq is None else f" #{problem.chain_seq}"
+            # markup off: the problem quotes decoder messages, which may hold "[...]"
             console.print(
-                f"[red]{problem.tenant_id} #{problem.chain_seq} ({where}): {problem.problem}[/]",
+                f"{problem.tenant_id}{seq} ({where}): {problem.problem}",
+                style="red",
                 highlight=False,
+                markup=False,
             )
         verdict = "[red]BROKEN[/]" if result.breaks else "[green]intact[/]"
         console.print(f"{result.records:,} records in {result.tenants} chains: {verdict}")
@@ -1242,6 +1441,91 @@ def _incident_range(from_us: int, to_us: int | None) -> str:
 
     end = "ongoing" if to_us is None else format_instant(to_us)[:16]
     return f"{format_instant(from_us)[:16]} .. {end}"
+
+
+# --- read-models ---------------------------------------------------------------------------
+
+readmodel_app = typer.Typer(
+    help="The Redis read-models (sessions, drift, PII ledger): mirrors of Kafka, rebuilt from it."
+)
+app.add_typer(readmodel_app, name="readmodel")
+
+
+@readmodel_app.command("rebuild")
+def readmodel_rebuild(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable result.")] = False,
+) -> None:
+    """Rebuild the read-models in Redis from Kafka: the sessions read-model and drift samples
+    from gov.sessions (drift alert states from gov.alerts), the PII ledger from gov.pii.
+
+    Safe next to a running worker and over a Redis that still holds them: every record counts
+    once and no drift alert is sent. The worker rebuilds by itself when Redis comes back empty;
+    this is the same, on demand. Progress goes to stderr. Exits 1 when Redis or Kafka cannot be
+    reached.
+    """
+    import json as json_lib
+    import time
+
+    import redis
+    from confluent_kafka import KafkaException
+
+    from streams.processor.faults import describe
+    from streams.query.rebuild import (
+        Progress,
+        RebuildInterrupted,
+        rebuild_pii_ledger,
+        rebuild_read_model,
+    )
+    from streams.redis_client import redis_client
+
+    s = settings()
+    progress_console = Console(stderr=True)
+
+    def show(p: Progress) -> None:
+        total = f" of ~{p.total:,}" if p.total else ""
+        progress_console.print(
+            f"{p.target}: {p.records:,}{total} records of {p.topic}, {p.rate:,.0f} records/s",
+            highlight=False,
+        )
+
+    started = time.monotonic()
+    client = redis_client(s)
+    try:
+        client.ping()
+        model = rebuild_read_model(s, client=client, on_progress=show)
+        ledger = rebuild_pii_ledger(s, client=client, on_progress=show)
+    except RebuildInterrupted as exc:
+        raise _fail(str(exc)) from None
+    except redis.RedisError as exc:
+        raise _fail(f"Redis at {s.redis_url} cannot be reached: {describe(exc)}") from None
+    except (KafkaException, TimeoutError) as exc:
+        raise _fail(f"Kafka at {s.bootstrap} cannot be reached: {describe(exc)}") from None
+    finally:
+        client.close()
+    seconds = time.monotonic() - started
+    if as_json:
+        answer = {"read_model": model.as_dict(), "pii_ledger": ledger.as_dict(), "seconds": seconds}
+        console.print_json(json_lib.dumps(answer))
+        return
+    dropped = (
+        f", {model.dropped_scores:,} non-finite scores left out" if model.dropped_scores else ""
+    )
+    console.print(
+        f"read-model: {model.records:,} sessions of {model.topic} ({model.applied:,} new{dropped}, "
+        f"{model.alert_states:,} drift alert states restored) in {model.seconds:.1f}s",
+        highlight=False,
+    )
+    console.print(
+        f"PII ledger: {ledger.records:,} findings of {ledger.topic} ({ledger.applied:,} new) "
+        f"in {ledger.seconds:.1f}s",
+        highlight=False,
+    )
+    for result in (model, ledger):
+        if result.undecodable:
+            console.print(
+                f"[yellow]{result.undecodable:,} undecodable records of {result.topic} skipped[/]"
+            )
+    console.print(f"rebuilt in {seconds:.1f}s", highlight=False)
 
 
 def main() -> None:

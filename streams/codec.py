@@ -6,11 +6,15 @@ fingerprint among every version kept in ``schemas/`` and resolves it into its ow
 so old data stays readable without a schema registry.
 
 A payload that cannot be decoded raises :class:`DecodeError`; :func:`dead_letter` turns it into a
-record for the dead-letter topic with Kafka-Connect-style headers, so nothing is dropped.
+record for the dead-letter topic with Kafka-Connect-style headers, so nothing is dropped. Dead
+letters keep no clear-text content unless asked to: a StepEvent that decodes (refused for its
+values) is kept with each content segment's text replaced by a marker, and a payload that does
+not decode, whose content cannot be told apart, by a short diagnostic of it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -233,7 +237,12 @@ DLQ_EXCEPTION_CLASS = "__connect.errors.exception.class.name"
 DLQ_EXCEPTION_MESSAGE = "__connect.errors.exception.message"
 DLQ_STAGE = "__connect.errors.stage"
 DLQ_TIMESTAMP = "__connect.errors.timestamp"
+#: what a dead letter no longer holds in clear: ``content`` (the StepEvent's segment texts are
+#: markers) or ``payload`` (the value is a diagnostic of the original bytes)
+DLQ_REDACTED = "governor.redacted"
 _DLQ_MESSAGE_LIMIT = 1000
+#: leading bytes of an undecodable payload shown in its diagnostic (framing, not content)
+_DIAGNOSTIC_HEAD = 16
 
 
 @dataclass(frozen=True)
@@ -257,15 +266,79 @@ def header_pairs(raw: Any) -> tuple[tuple[str, bytes], ...]:
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """What goes to the dead-letter topic: the original key and bytes, plus the reason."""
+    """What goes to the dead-letter topic: the original key, the value (redacted unless kept
+    raw), the original headers and the reason."""
 
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...]
 
 
-def dead_letter(source: SourceRecord, error: BaseException, stage: str = "DECODE") -> DeadLetter:
-    """Build the dead-letter record for ``source``; the original headers are kept first."""
+def redaction_marker(text: str) -> str:
+    """What stands for a redacted text: its length and a short digest, enough to tell two
+    texts apart or match one a user reports, not to recover it."""
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return f"[redacted: {len(text)} chars, sha256:{digest}\u2026]"
+
+
+def payload_diagnostic(value: bytes) -> bytes:
+    """A payload that does not decode, described without its content (JSON)."""
+    return json.dumps(
+        {
+            "redacted": "payload",
+            "length": len(value),
+            "head_hex": value[:_DIAGNOSTIC_HEAD].hex(),
+            "sha256": hashlib.sha256(value).hexdigest(),
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def redacted_step_event(codec: Codec, value: bytes) -> bytes | None:
+    """The StepEvent in ``value`` re-encoded with each content segment's text replaced by
+    :func:`redaction_marker` (roles kept); None when it does not decode as ``codec``'s record."""
+    try:
+        event = codec.decode(value)
+    except DecodeError:
+        return None
+    event["content"] = [
+        {**segment, "text": redaction_marker(segment["text"])}
+        for segment in event.get("content") or []
+    ]
+    try:
+        return codec.encode(event)
+    except Exception:  # fastavro raises several kinds; a diagnostic replaces it then
+        return None
+
+
+def _dead_value(
+    value: bytes | None, codec: Codec | None, keep_raw: bool
+) -> tuple[bytes | None, str | None]:
+    """(value to write, what was redacted) for a dead letter's original ``value``."""
+    if value is None or keep_raw:
+        return value, None
+    if codec is not None:
+        redacted = redacted_step_event(codec, value)
+        if redacted is not None:
+            return redacted, "content"
+    return payload_diagnostic(value), "payload"
+
+
+def dead_letter(
+    source: SourceRecord,
+    error: BaseException,
+    stage: str = "DECODE",
+    *,
+    codec: Codec | None = None,
+    keep_raw: bool = False,
+) -> DeadLetter:
+    """Build the dead-letter record for ``source``; the original headers are kept first.
+
+    The value keeps no clear-text content: with ``codec`` (the StepEvent codec) a payload that
+    decodes is re-encoded with its content redacted; any other payload becomes a diagnostic
+    (length, first bytes, SHA-256). The header ``governor.redacted`` says which. ``keep_raw``
+    (``GOVERNOR_DLQ_KEEP_RAW``) keeps the original bytes instead.
+    """
     error_class = f"{type(error).__module__}.{type(error).__qualname__}"
     reason = [
         (DLQ_TOPIC, source.topic.encode()),
@@ -277,4 +350,7 @@ def dead_letter(source: SourceRecord, error: BaseException, stage: str = "DECODE
     ]
     if source.timestamp_ms is not None:
         reason.append((DLQ_TIMESTAMP, str(source.timestamp_ms).encode()))
-    return DeadLetter(key=source.key, value=source.value, headers=(*source.headers, *reason))
+    value, redacted = _dead_value(source.value, codec, keep_raw)
+    if redacted is not None:
+        reason.append((DLQ_REDACTED, redacted.encode()))
+    return DeadLetter(key=source.key, value=value, headers=(*source.headers, *reason))

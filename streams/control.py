@@ -60,6 +60,13 @@ def tenant_target(tenant_id: str) -> str:
     return f"tenant:{tenant_id}"
 
 
+#: a decision's epoch is ``event time (µs) * EPOCH_SLOTS + slot``: the slot orders the decisions
+#: one event causes; the engine uses slots 0..ENGINE_EPOCH_SLOTS-1, PII kills the last one
+EPOCH_SLOTS = 32
+ENGINE_EPOCH_SLOTS = EPOCH_SLOTS - 1
+PII_EPOCH_SLOT = EPOCH_SLOTS - 1
+
+
 def decision_id(policy_id: str, target: str, epoch: int) -> str:
     """Deterministic: replaying the same events yields the same ids, so clients skip repeats."""
     return str(uuid.uuid5(DECISION_NAMESPACE, f"{policy_id}|{target}|{epoch}"))

@@ -15,12 +15,18 @@ from typing import Any
 
 import orjson
 
+from streams.control import ENGINE_EPOCH_SLOTS, EPOCH_SLOTS
 from streams.pipeline.accounting import (
     SessionState,
     StepDelta,
     close_timed_out,
+    count_step_minute,
+    event_id_digest,
     fold,
     new_state,
+    remember_event_id,
+    reuses_event_id,
+    steps_in_window,
     summary,
 )
 from streams.pipeline.aggregates import (
@@ -34,10 +40,18 @@ from streams.pipeline.aggregates import (
     expired,
     tenant_scope,
 )
-from streams.pipeline.policy import Facts, Outcome, PolicySet, decide
+from streams.pipeline.policy import MAX_RATE_WINDOW_S, Facts, Outcome, PolicySet, decide
 from streams.pipeline.pricing import PriceTable
+from streams.pipeline.validate import Rejection
 
 SESSION_KIND = "SESSION"  #: histogram kind of whole-session latency
+DEFAULT_DECISION_TTL_US = 24 * 3600 * 1_000_000
+NO_END = 2**62
+#: rate counters are kept this long behind the watermark: the longest rate window
+RATE_HORIZON_US = MAX_RATE_WINDOW_S * 1_000_000
+#: a session that ended this long ago (event time) is forgotten, its guard too: late duplicates
+#: come from client retries and rewinds, both minutes behind, never a day
+CLOSED_GUARD_RETENTION_US = 24 * HOUR_US
 
 
 @dataclass
@@ -54,8 +68,13 @@ class PartitionState:
     histograms: dict[tuple[str, str, str, int], Histogram] = field(default_factory=dict)
     #: open sessions per scope
     active: Counter[str] = field(default_factory=Counter)
-    #: (policy id, target) -> (escalation level, epoch) of what was already decided
-    enforced: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+    #: (policy id, target) -> (escalation level, epoch, in force until, event time µs) of what
+    #: was already decided; pruned once the watermark passes the end (a session target's end
+    #: is its eviction), so the next window can decide again and state stays bounded
+    enforced: dict[tuple[str, str], tuple[int, int, int]] = field(default_factory=dict)
+    #: (rate kind, id, minute start) -> count: agent steps and tool failures per event-time
+    #: minute, for step-rate and degradation policies (kept 2 h)
+    rates: Counter[tuple[str, str, int]] = field(default_factory=Counter)
     watermark_us: int = 0
     dirty: set[tuple[str, Any]] = field(default_factory=set)
 
@@ -83,6 +102,8 @@ class BatchResult:
     summaries: list[dict[str, Any]] = field(default_factory=list)
     decisions: list[Decided] = field(default_factory=list)
     deltas: list[tuple[SessionState, StepDelta]] = field(default_factory=list)
+    #: (index of the event in the batch, why): refused before anything was applied
+    rejected: list[tuple[int, Rejection]] = field(default_factory=list)
 
 
 class Engine:
@@ -104,9 +125,10 @@ class Engine:
         self.hourly_retention_us = int(hourly_retention_s * 1_000_000)
         self.daily_retention_us = int(daily_retention_s * 1_000_000)
         self.partitions: dict[int, PartitionState] = {}
-        # minute counters for rates (not checkpointed: a restart forgets the last minutes)
-        self._steps: Counter[tuple[tuple[str, str], int]] = Counter()
-        self._tool_failures: Counter[tuple[str, int]] = Counter()
+        #: the partitions' rate counters summed (policies read these; partitions checkpoint)
+        self._rates: Counter[tuple[str, str, int]] = Counter()
+        #: the session being decided (its own step rate lives in its state)
+        self._deciding_state: SessionState | None = None
         self._spend_before: dict[tuple[str, float], tuple[int, int]] = {}
         #: spend per (scope, hour) of all owned partitions, kept current by _aggregate
         self._hour_spend: Counter[tuple[str, int]] = Counter()
@@ -118,6 +140,8 @@ class Engine:
         self._scopes: dict[tuple[str, str], tuple[str, str]] = {}
         #: (policy id, target) -> level, over all owned partitions (for Facts.level)
         self._levels: dict[tuple[str, str], int] = {}
+        #: a decision for a target without a window of its own stays in force this long
+        self.default_decision_ttl_us = DEFAULT_DECISION_TTL_US
         #: open sessions per scope over all owned partitions (for Facts.active)
         self._active: Counter[str] = Counter()
         self.facts = Facts(
@@ -137,6 +161,7 @@ class Engine:
         self._recompute_watermark()
         self._index_levels()
         self._index_active()
+        self._index_rates()
 
     def revoke(self, partition: int) -> None:
         self.partitions.pop(partition, None)
@@ -145,6 +170,17 @@ class Engine:
         self._recompute_watermark()
         self._index_levels()
         self._index_active()
+        self._index_rates()
+
+    def revoke_all(self) -> None:
+        """Forget every partition (a transient fault: state is restored from the changelog)."""
+        for partition in list(self.partitions):
+            self.revoke(partition)
+
+    def _index_rates(self) -> None:
+        self._rates = Counter()
+        for part in self.partitions.values():
+            self._rates.update(part.rates)
 
     def state(self, partition: int) -> PartitionState:
         if partition not in self.partitions:
@@ -158,7 +194,7 @@ class Engine:
     def _index_levels(self) -> None:
         self._levels = {}
         for part in self.partitions.values():
-            for key, (level, _epoch) in part.enforced.items():
+            for key, (level, _epoch, _until) in part.enforced.items():
                 self._levels[key] = max(level, self._levels.get(key, 0))
 
     @property
@@ -203,19 +239,22 @@ class Engine:
             self._active.update(part.active)
 
     def steps(self, scope: str, scope_id: str, window_s: float) -> int:
-        now_min = bucket_start(self._deciding_us or self._watermark_us, MINUTE_US)
-        key = (scope, scope_id)
-        if window_s <= 60:
-            return self._steps.get((key, now_min), 0)
-        minutes = int(window_s // 60)
-        return sum(self._steps.get((key, now_min - i * MINUTE_US), 0) for i in range(minutes))
+        now = self._deciding_us or self._watermark_us
+        if scope == "session":
+            state = self._deciding_state
+            if state is None or state.session_id != scope_id:
+                return 0
+            return steps_in_window(state, now, window_s)
+        return self._rate("agent", scope_id, now, window_s)
 
     def failures(self, tool: str, window_s: float) -> int:
-        now_min = bucket_start(self._deciding_us or self._watermark_us, MINUTE_US)
+        return self._rate("tool", tool, self._deciding_us or self._watermark_us, window_s)
+
+    def _rate(self, kind: str, key: str, now_us: int, window_s: float) -> int:
+        now_min = bucket_start(now_us, MINUTE_US)
         minutes = max(1, int(window_s // 60))
-        return sum(
-            self._tool_failures.get((tool, now_min - i * MINUTE_US), 0) for i in range(minutes)
-        )
+        rates = self._rates
+        return sum(rates.get((kind, key, now_min - i * MINUTE_US), 0) for i in range(minutes))
 
     def step_latency(self, since_us: int) -> dict[str, Histogram]:
         """Step latency histograms by step kind, over hours from ``since_us``, all partitions."""
@@ -230,32 +269,48 @@ class Engine:
     # --- processing ----------------------------------------------------------------------
 
     def process(self, partition: int, events: Iterable[dict[str, Any]]) -> BatchResult:
+        """Fold validated events (see :mod:`streams.pipeline.validate`); the two checks that
+        need a session's state refuse an event here, before it changes anything."""
         part = self.state(partition)
         result = BatchResult()
-        for event in events:
-            self._apply(part, event, result)
+        for index, event in enumerate(events):
+            rejection = self._apply(part, event, result)
+            if rejection is not None:
+                result.rejected.append((index, rejection))
         return result
 
-    def _apply(self, part: PartitionState, event: dict[str, Any], result: BatchResult) -> None:
+    def _apply(
+        self, part: PartitionState, event: dict[str, Any], result: BatchResult
+    ) -> Rejection | None:
         session_id = event["session_id"]
+        seq = event["seq"]
         state = part.sessions.get(session_id)
+        digest = event_id_digest(event["event_id"])
         if state is None:
             closed = part.closed.get(session_id)
             if closed is not None:
-                if event["seq"] <= closed[0]:
+                if seq <= closed[0]:
                     result.duplicates += 1
-                else:
-                    result.late += 1  # after the session was closed and evicted
-                return
+                    return None
+                return Rejection("after_session_end", f"seq {seq} after the session ended")
             state = new_state(event)
             part.sessions[session_id] = state
-        elif state.ended and state.status == "TIMEOUT":
-            # a session closed for silence speaks again: its totals keep counting
-            pass
+        elif seq > state.last_seq:
+            # a session closed for silence (TIMEOUT) may speak again; one that ended may not
+            if state.ended and state.status != "TIMEOUT":
+                return Rejection(
+                    "after_session_end",
+                    f"seq {seq} after the session ended {state.status} at seq {state.last_seq}",
+                )
+            if reuses_event_id(state, digest):
+                return Rejection(
+                    "event_id_reused", f"event id {event['event_id'][:64]!r} again with seq {seq}"
+                )
         delta = fold(state, event, self.prices, self.policies.version)
         if delta is None:
             result.duplicates += 1
-            return
+            return None
+        remember_event_id(state, digest)
         result.applied += 1
         part.mark("s", session_id)
         if delta.event_time_us > part.watermark_us:
@@ -273,6 +328,7 @@ class Engine:
         result.deltas.append((state, delta))
         if self.policies.policies and not (state.ended and not delta.ended):
             self._deciding_us = delta.event_time_us
+            self._deciding_state = state
             for index, outcome in enumerate(decide(self.policies, state, delta, self.facts)):
                 decided = self._escalate(part, outcome, state, delta, event, index)
                 if decided is not None:
@@ -280,6 +336,7 @@ class Engine:
                     state.violations += outcome.level >= 2
         if delta.ended:
             self._finish(part, state, result)
+        return None
 
     def _aggregate(
         self, part: PartitionState, state: SessionState, delta: StepDelta, tenant: str, agent: str
@@ -330,10 +387,14 @@ class Engine:
             histogram.observe(delta.duration_us / 1000)
             part.dirty.add(("h", hkey))
             minute = when - when % MINUTE_US
-            self._steps[(("session", state.session_id), minute)] += 1
-            self._steps[(("agent", f"{state.tenant_id}/{state.agent_id}"), minute)] += 1
+            count_step_minute(state, when)
+            keys = [("agent", f"{state.tenant_id}/{state.agent_id}", minute)]
             if is_tool and delta.status not in ("OK", "UNKNOWN"):
-                self._tool_failures[(delta.name or "unknown", minute)] += 1
+                keys.append(("tool", delta.name or "unknown", minute))
+            for rkey in keys:
+                part.rates[rkey] += 1
+                self._rates[rkey] += 1
+                part.dirty.add(("r", rkey))
 
     def _escalate(
         self,
@@ -350,8 +411,17 @@ class Engine:
             return None
         # event time makes the epoch deterministic under replay; the index orders outcomes of
         # one event, so two decisions for one target never share an epoch
-        epoch = delta.event_time_us * 16 + min(index, 15)
-        part.enforced[key] = (outcome.level, epoch)
+        epoch = delta.event_time_us * EPOCH_SLOTS + min(index, ENGINE_EPOCH_SLOTS - 1)
+        if outcome.target.startswith("session:"):
+            until = NO_END  # forgotten with the session
+        else:
+            ttl_us = (
+                int(outcome.ttl_s * 1_000_000)
+                if outcome.ttl_s is not None
+                else self.default_decision_ttl_us
+            )
+            until = delta.event_time_us + ttl_us
+        part.enforced[key] = (outcome.level, epoch, until)
         self._levels[key] = max(outcome.level, self._levels.get(key, 0))
         part.mark("e", key)
         return Decided(
@@ -388,6 +458,7 @@ class Engine:
         part = self.state(partition)
         result = BatchResult()
         now = part.watermark_us
+        evicted: set[str] = set()
         for session_id, state in list(part.sessions.items()):
             if not state.ended and state.last_event_us < now - self.idle_timeout_us:
                 close_timed_out(state)
@@ -398,6 +469,9 @@ class Engine:
                 del part.sessions[session_id]
                 part.mark("s", session_id)
                 part.mark("c", session_id)
+                evicted.add(f"session:{session_id}")
+        self._expire_enforced(part, now, evicted)
+        self._expire_rates(part, now)
         for key in [k for k in part.buckets if self._bucket_expired(k[1], k[2], now)]:
             del part.buckets[key]
             part.mark("b", key)
@@ -406,23 +480,42 @@ class Engine:
         ]:
             del part.histograms[hkey]
             part.mark("h", hkey)
-        for session_id in [
-            s for s, (_, end) in part.closed.items() if end < now - self.daily_retention_us
-        ]:
+        # guards are kept in eviction order: the oldest are first, so pruning stops early
+        horizon = now - self.finished_retention_us - CLOSED_GUARD_RETENTION_US
+        expired_guards = []
+        for session_id, (_, end) in part.closed.items():
+            if end >= horizon:
+                break
+            expired_guards.append(session_id)
+        for session_id in expired_guards:
             del part.closed[session_id]
             part.mark("c", session_id)
         self._expire_minutes(now)
         return result
+
+    def _expire_enforced(self, part: PartitionState, now: int, evicted: set[str]) -> None:
+        gone = [
+            key for key, (_, _, until) in part.enforced.items() if until < now or key[1] in evicted
+        ]
+        for key in gone:
+            del part.enforced[key]
+            part.mark("e", key)
+        if gone:
+            self._index_levels()
+
+    def _expire_rates(self, part: PartitionState, now: int) -> None:
+        horizon = bucket_start(now, MINUTE_US) - RATE_HORIZON_US
+        for rkey in [k for k in part.rates if k[2] < horizon]:
+            self._rates[rkey] -= part.rates.pop(rkey)
+            if self._rates[rkey] <= 0:
+                del self._rates[rkey]
+            part.mark("r", rkey)
 
     def _bucket_expired(self, size: int, start: int, now: int) -> bool:
         retention = self.hourly_retention_us if size == HOUR_US else self.daily_retention_us
         return expired(start, size, now, retention)
 
     def _expire_minutes(self, now: int) -> None:
-        horizon = bucket_start(now, MINUTE_US) - 2 * HOUR_US  # longest rate window kept: 2 h
-        for counter in (self._steps, self._tool_failures):
-            for key in [k for k in counter if k[1] < horizon]:
-                del counter[key]
         previous_hour = bucket_start(now, HOUR_US) - HOUR_US
         for spend_key in [k for k in self._hour_spend if k[1] < previous_hour]:
             del self._hour_spend[spend_key]
@@ -458,8 +551,12 @@ def checkpoint_records(part: PartitionState) -> list[tuple[bytes, bytes | None]]
             )
             records.append((b"h|" + orjson.dumps(list(key)), value))
         elif kind == "e":
-            level, epoch = part.enforced[key]
-            records.append((b"e|" + orjson.dumps(list(key)), orjson.dumps([level, epoch])))
+            entry = part.enforced.get(key)
+            value = None if entry is None else orjson.dumps(list(entry))
+            records.append((b"e|" + orjson.dumps(list(key)), value))
+        elif kind == "r":
+            n = part.rates.get(key)
+            records.append((b"r|" + orjson.dumps(list(key)), None if n is None else b"%d" % n))
         elif kind == "a":
             records.append((b"a|", orjson.dumps(dict(part.active))))
     part.dirty.clear()
@@ -496,9 +593,20 @@ def restore_record(part: PartitionState, key: bytes, value: bytes | None) -> Non
             for index, n in data["counts"].items():
                 hist.counts[int(index)] = n
             part.histograms[hkey] = hist
-    elif kind == "e" and data is not None:
+    elif kind == "e":
         policy_id, target = orjson.loads(rest)
-        part.enforced[(policy_id, target)] = (data[0], data[1])
+        if data is None:
+            part.enforced.pop((policy_id, target), None)
+        else:
+            # records written before the expiry was kept: a day from the decision's event time
+            until = data[2] if len(data) > 2 else data[1] // EPOCH_SLOTS + DEFAULT_DECISION_TTL_US
+            part.enforced[(policy_id, target)] = (data[0], data[1], until)
+    elif kind == "r":
+        rate_kind, rate_id, minute = orjson.loads(rest)
+        if data is None:
+            part.rates.pop((rate_kind, rate_id, minute), None)
+        else:
+            part.rates[(rate_kind, rate_id, minute)] = int(data)
     elif kind == "a" and data is not None:
         part.active = Counter(data)
     elif kind == "w" and data is not None:

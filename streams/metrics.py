@@ -37,6 +37,12 @@ class WorkerMetrics:
     tool_calls: Counter
     redis_up: Gauge
     webhook_alerts: Counter
+    rejected_events: Counter
+    last_batch_timestamp: Gauge
+    recoveries: Counter
+    healthy: Gauge
+    ready: Gauge
+    mirror_pending: Gauge
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -145,6 +151,36 @@ def worker_metrics() -> WorkerMetrics:
             "governor_alertmanager_notifications",
             "Alerts Alertmanager sent to the worker",
             ["alertname", "status"],
+            registry=r,
+        ),
+        rejected_events=Counter(
+            "governor_rejected_events",
+            "Events that decoded but carry impossible values, dead-lettered, by reason",
+            ["reason"],
+            registry=r,
+        ),
+        last_batch_timestamp=Gauge(
+            "governor_last_batch_timestamp_seconds",
+            "Wall time the accounting loop last came round (a batch, or an empty poll)",
+            registry=r,
+        ),
+        recoveries=Counter(
+            "governor_recoveries",
+            "Transient faults the worker recovered from (abort, rewind, restore, retry), by loop",
+            ["loop", "fault"],
+            registry=r,
+        ),
+        healthy=Gauge(
+            "governor_worker_healthy", "1 while every loop of the worker is alive", registry=r
+        ),
+        ready=Gauge(
+            "governor_worker_ready",
+            "1 while the worker governs as configured (assigned, restored, caught up, Redis up)",
+            registry=r,
+        ),
+        mirror_pending=Gauge(
+            "governor_redis_mirror_pending",
+            "Decisions on Kafka not yet mirrored to Redis (it catches up when Redis is back)",
             registry=r,
         ),
         pii_skip_rate=Gauge(

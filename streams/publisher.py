@@ -6,24 +6,43 @@ producer (linger 0) so a decision never queues behind bulk traffic.
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import redis
 from confluent_kafka import Producer
 
 from streams.codec import Codecs
-from streams.control import SigningKey, decision_id, decision_redis_key
+from streams.control import EPOCH_SLOTS, SigningKey, decision_id, decision_redis_key
+from streams.processor.faults import Backoff, describe, fatal
+from streams.redis_client import redis_client
 from streams.settings import Settings
 
-#: a late or replayed older decision must not replace a newer one in the read-model
+log = logging.getLogger("governor.publisher")
+
+#: a late or replayed older decision must not replace a newer one in the read-model, but an
+#: entry whose epoch no real decision can have yet (ARGV[3]: the largest epoch of the present)
+#: was planted and must not hide one. Epochs are compared as decimal strings: they exceed
+#: 2^53, where Lua's numbers stop being exact.
 MIRROR_IF_NEWER = """
 local current = redis.call('HGET', KEYS[1], 'epoch')
-if current and tonumber(current) >= tonumber(ARGV[1]) then return 0 end
+local function greater(a, b)
+  if #a ~= #b then return #a > #b end
+  return a > b
+end
+if current and not greater(current, ARGV[3]) and not greater(ARGV[1], current) then
+  return 0
+end
 redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'payload', ARGV[2])
 return 1
 """
+
+#: how far ahead of the wall clock a decision's epoch may legitimately be (event time skew)
+EPOCH_HORIZON_S = 86400.0
+MIRROR_IDLE_S = 1.0
 
 
 def make_decision(
@@ -59,8 +78,141 @@ def make_decision(
     }
 
 
+class DecisionMirror:
+    """The latest decision per target, copied to Redis on a thread of its own, best effort.
+
+    Enforcement never waits on Redis: decisions are on Kafka before they are queued here. While
+    Redis is away the newest entry per target waits (newest epoch wins, so the queue is bounded
+    by the number of targets) and is written when Redis answers again.
+    """
+
+    def __init__(self, settings: Settings, on_state: Callable[[bool], None] | None = None) -> None:
+        self.settings = settings
+        self._redis = redis_client(settings)
+        self._script = self._redis.register_script(MIRROR_IF_NEWER)
+        self._pending: dict[str, tuple[int, bytes]] = {}
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._on_state = on_state
+        self.redis_ok = True
+        self.last_error = ""
+        #: monotonic time the thread last came round (liveness)
+        self.last_loop_monotonic = time.monotonic()
+        self.written = 0
+        self._backoff = Backoff(settings.retry_backoff_s, settings.retry_backoff_max_s)
+        self._thread = threading.Thread(target=self._run, name="governor-mirror", daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def put(self, target: str, epoch: int, payload: bytes) -> None:
+        with self._cond:
+            current = self._pending.get(target)
+            if current is None or epoch > current[0]:
+                self._pending[target] = (epoch, payload)
+            self._cond.notify()
+
+    def flush(self) -> bool:
+        """Write what is pending now, on the caller's thread; False when Redis did not take it."""
+        return self._write_pending()
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._redis.ping())
+        except redis.RedisError:
+            return False
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout=5)
+        self._redis.close()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    if not self._pending and not self._stopping:
+                        self._cond.wait(MIRROR_IDLE_S)
+                    if self._stopping:
+                        return
+                self.last_loop_monotonic = time.monotonic()
+                ok = self._write_pending() if self._pending else self._probe()
+                if not ok:
+                    self._sleep(self._backoff.next_delay())
+                else:
+                    self._backoff.reset()
+        except BaseException as exc:  # a dead mirror thread must not go unnoticed
+            fatal("decision mirror", exc)
+
+    def _sleep(self, seconds: float) -> None:
+        with self._cond:
+            if not self._stopping:
+                self._cond.wait(seconds)
+        self.last_loop_monotonic = time.monotonic()
+
+    def _probe(self) -> bool:
+        ok = self.ping()
+        self._set_state(ok, "" if ok else "ping failed")
+        return ok
+
+    def _write_pending(self) -> bool:
+        with self._cond:
+            batch = dict(self._pending)
+        if not batch:
+            return True
+        horizon = str((time.time_ns() // 1000 + int(EPOCH_HORIZON_S * 1e6)) * EPOCH_SLOTS)
+        prefix = self.settings.redis_key_prefix
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for target, (epoch, payload) in batch.items():
+                key = decision_redis_key(prefix, target)
+                self._script(keys=[key], args=[str(epoch), payload, horizon], client=pipe)
+            pipe.execute()
+        except redis.RedisError as exc:
+            self._set_state(False, describe(exc))
+            return False
+        with self._cond:
+            for target, entry in batch.items():
+                if self._pending.get(target) == entry:
+                    del self._pending[target]
+        self.written += len(batch)
+        self._set_state(True, "")
+        return True
+
+    def _set_state(self, ok: bool, error: str) -> None:
+        if ok != self.redis_ok:
+            if ok:
+                log.warning("Redis answers again: the decision mirror catches up")
+            else:
+                log.warning(
+                    "Redis unreachable (%s): decisions go on through Kafka, the Redis mirror "
+                    "waits (%d pending)",
+                    error,
+                    len(self._pending),
+                )
+        self.redis_ok, self.last_error = ok, error
+        if self._on_state is not None:
+            self._on_state(ok)
+
+
 class DecisionPublisher:
-    def __init__(self, settings: Settings, key: SigningKey, codecs: Codecs | None = None) -> None:
+    """Signs decisions and sends them on the control topic at once; Redis gets a copy later."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        key: SigningKey,
+        codecs: Codecs | None = None,
+        on_redis_state: Callable[[bool], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.key = key
         self.codecs = codecs or Codecs.load(settings.schemas_dir)
@@ -74,8 +226,7 @@ class DecisionPublisher:
                 "log_level": 3,
             }
         )
-        self._redis = redis.Redis.from_url(settings.redis_url)
-        self._mirror = self._redis.register_script(MIRROR_IF_NEWER)
+        self.mirror = DecisionMirror(settings, on_redis_state)
 
     def publish(self, decision: Mapping[str, Any], wait: bool = False) -> dict[str, Any]:
         """Sign and send ``decision``; the latest per target also goes to Redis."""
@@ -85,26 +236,30 @@ class DecisionPublisher:
     def publish_many(
         self, decisions: Sequence[Mapping[str, Any]], wait: bool = False
     ) -> list[dict[str, Any]]:
-        """Sign and send every decision at once; one Redis round trip mirrors them all."""
+        """Sign and send every decision; ``wait`` also waits for Kafka's acknowledgement and
+        tries the Redis copy on this thread (operators and tests want it in place at once)."""
         if not decisions:
             return []
         signed_all = []
-        pipe = self._redis.pipeline(transaction=False)
         for decision in decisions:
             signed = self.key.sign(decision)
             payload = self.codecs.decision.encode(signed)
-            self._producer.produce(self.topic, payload, signed["target"].encode())
-            key = decision_redis_key(self.settings.redis_key_prefix, signed["target"])
-            self._mirror(keys=[key], args=[signed["epoch"], payload], client=pipe)
+            while True:
+                try:
+                    self._producer.produce(self.topic, payload, signed["target"].encode())
+                    break
+                except BufferError:
+                    self._producer.poll(0.05)
+            self.mirror.put(signed["target"], signed["epoch"], payload)
             signed_all.append(signed)
         self._producer.poll(0)
-        pipe.execute()
         if wait:
             self.flush()
+            self.mirror.flush()
         return signed_all
 
     def redis_ping(self) -> bool:
-        return bool(self._redis.ping())
+        return self.mirror.ping()
 
     def flush(self, timeout_s: float = 10.0) -> None:
         if self._producer.flush(timeout_s):
@@ -112,7 +267,8 @@ class DecisionPublisher:
 
     def close(self) -> None:
         self.flush()
-        self._redis.close()
+        self.mirror.flush()
+        self.mirror.close()
 
 
 def now_us() -> int:

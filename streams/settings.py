@@ -83,6 +83,22 @@ class Settings:
     checkpoint_interval_s: float = 1.0
     #: an evaluated session is good when every evaluation score reaches this
     quality_threshold: float = 0.7
+    #: an event's start time may lie this far after its broker record time (clock skew) ...
+    max_event_future_skew_s: float = 600.0
+    #: ... and this far before it (client buffering, backfills, simulated history); outside
+    #: the bounds the event is dead-lettered and cannot move the watermark
+    max_event_past_skew_s: float = 30 * 86400.0
+
+    # faults and health
+    #: every Redis call gives up after this long (a stalled Redis must not stall governance)
+    redis_timeout_s: float = 2.0
+    #: first and longest pause between retries after a transient fault
+    retry_backoff_s: float = 0.5
+    retry_backoff_max_s: float = 10.0
+    #: /healthz turns red when a loop has not come round for this long
+    health_stall_s: float = 30.0
+    #: /readyz turns red when the committed offsets trail the end by more than this
+    ready_max_lag_events: int = 100_000
 
     # PII: the fingerprint key (HMAC-SHA256) and its id; set a real secret in production.
     # An empty key makes the worker derive one from its signing key (stable per deployment).
@@ -92,6 +108,9 @@ class Settings:
     pii_spacy_model: str = ""
     #: how long the PII ledger in Redis keeps counts and lineage (days)
     pii_ledger_days: int = 35
+    #: dead letters keep the original bytes (clear-text content) instead of a redacted copy
+    #: (StepEvents) or a diagnostic (payloads that do not decode); for debugging only
+    dlq_keep_raw: bool = False
 
     # paths of the project's data
     schemas_dir: Path = field(default_factory=lambda: project_root() / "schemas")
@@ -155,6 +174,8 @@ class Settings:
 
 def _parse(name: str, type_name: str, raw: str) -> Any:
     try:
+        if type_name == "bool":
+            return _parse_bool(raw)
         if type_name == "int":
             return int(raw)
         if type_name == "float":
@@ -164,3 +185,12 @@ def _parse(name: str, type_name: str, raw: str) -> Any:
     except ValueError as exc:
         raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r}: expected {type_name}") from exc
     return raw
+
+
+def _parse_bool(raw: str) -> bool:
+    word = raw.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)

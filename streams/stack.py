@@ -455,10 +455,14 @@ def _start_redis(settings: Settings) -> list[str]:
         str(data),
         "--daemonize",
         "no",
+        # an append-only file, fsynced every second: a restarted Redis comes back with its
+        # read-models instead of rebuilding them all from Kafka; no RDB snapshots besides
         "--save",
         "",
         "--appendonly",
-        "no",
+        "yes",
+        "--appendfsync",
+        "everysec",
         "--protected-mode",
         "yes",
     ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from confluent_kafka import (
@@ -322,8 +322,25 @@ def read_partitions(
 ) -> dict[int, list[Record]]:
     """Every committed (offset, key, value) of the partitions, from the beginning to the end."""
     records: dict[int, list[Record]] = {p: [] for p in partitions}
+    scan_partitions(settings, topic, partitions, lambda p, r: records[p].append(r))
+    return records
+
+
+#: a restore that reads nothing for this long gives up (the caller retries: a transient fault)
+SCAN_STALL_S = 60.0
+
+
+def scan_partitions(
+    settings: Settings,
+    topic: str,
+    partitions: list[int],
+    apply: Callable[[int, Record], None],
+) -> int:
+    """Hand every committed record of the partitions, from the beginning to the end, to
+    ``apply(partition, record)`` without holding them (restores stay flat in memory).
+    Returns the number of records; raises TimeoutError when the broker stops answering."""
     if not partitions:
-        return records
+        return 0
     reader = Consumer(
         {
             "bootstrap.servers": settings.bootstrap,
@@ -336,18 +353,28 @@ def read_partitions(
         }
     )
     pending = set(partitions)
+    count = 0
+    last_progress = time.monotonic()
     try:
         reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         while pending:
             # a batch returns when full or at the timeout: a short one ends small reads sooner
-            for msg in reader.consume(10_000, 0.1):
+            messages = reader.consume(10_000, 0.1)
+            if messages:
+                last_progress = time.monotonic()
+            elif time.monotonic() - last_progress > SCAN_STALL_S:
+                raise TimeoutError(
+                    f"reading {topic} partitions {sorted(pending)}: nothing for {SCAN_STALL_S:.0f}s"
+                )
+            for msg in messages:
                 error = msg.error()
                 if error is not None:
                     if error.code() != KafkaError._PARTITION_EOF:
                         raise KafkaException(error)
                     pending.discard(msg.partition() or 0)
                     continue
-                records[msg.partition() or 0].append((msg.offset() or 0, msg.key(), msg.value()))
-        return records
+                apply(msg.partition() or 0, (msg.offset() or 0, msg.key(), msg.value()))
+                count += 1
+        return count
     finally:
         reader.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import http.client
 import json
 import os
 import subprocess
@@ -86,6 +87,22 @@ def post_json(url: str, payload: Any, timeout_s: float = 30.0) -> tuple[int, Any
             return exc.code, {"error": body.decode(errors="replace") or exc.reason}
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return None
+
+
+def get_json_status(url: str, timeout_s: float = 5.0) -> tuple[int, Any] | None:
+    """GET JSON; (HTTP status, JSON answer), error statuses included: a 503 from /healthz or
+    /readyz is an answer (degraded), not silence. None when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            status, body = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, body = exc.code, exc.read()
+    except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError):
+        return None
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, {"error": body.decode(errors="replace")[:200] or f"HTTP {status}"}
 
 
 class WorkerProcess:

@@ -412,9 +412,15 @@ class Session:
         obey: bool = True,
     ) -> dict[str, Any]:
         """Record a finished tool call (after the policy check for this step); ``obey`` as
-        in :meth:`llm_call`."""
+        in :meth:`llm_call`.
+
+        With ``obey`` the arguments also pass the PII guard first: if the policy blocks what
+        they hold, the call is recorded as BLOCKED (without its result) and
+        :class:`ToolBlocked` is raised. Call this before relying on the tool's result, or
+        :meth:`guard_tool` (or ``with s.tool(...)``) before running the tool."""
         if obey:
             self.check()
+            self.guard_tool(name=name, args=args, call_id=call_id, start_us=start_us)
         content = []
         if args is not None:
             content.append(("TOOL_ARGUMENTS", _as_text(args)))
@@ -432,6 +438,39 @@ class Session:
             cost_micros=None if cost_usd is None else round(cost_usd * 1_000_000),
             content=_segments(content),
         )
+
+    def guard_tool(
+        self,
+        *,
+        name: str,
+        args: Any = None,
+        call_id: str | None = None,
+        start_us: int | None = None,
+    ) -> None:
+        """Refuse a tool call whose arguments the PII policy blocks, before it runs: records it
+        as BLOCKED and raises :class:`ToolBlocked`. For adapters that record tool calls after
+        the fact (``tool_call(obey=False)``) and check before the step."""
+        if args is None:
+            return
+        self._refuse_blocked_tool(
+            {
+                "tool_name": name,
+                "tool_call_id": call_id,
+                "operation": "execute_tool",
+                "content": _segments([("TOOL_ARGUMENTS", _as_text(args))]),
+            },
+            start_us,
+        )
+
+    def _refuse_blocked_tool(self, fields: dict[str, Any], start_us: int | None = None) -> None:
+        """The one PII guard of every tool call: BLOCKED on the record, ToolBlocked raised."""
+        tool = fields.get("tool_name") or "unknown"
+        blocked = self.gov.pii.refused(tool, fields.get("content") or [])
+        if blocked:
+            self.emit(
+                "TOOL_CALL", start_us=start_us, status="BLOCKED", error_type="PiiBlocked", **fields
+            )
+            raise ToolBlocked(tool, blocked)
 
     def evaluation(self, *, name: str, score: float, start_us: int | None = None) -> dict[str, Any]:
         """Record an evaluation score of this session (no policy check: it is not a step)."""
@@ -737,14 +776,8 @@ class Step:
 
     def _guard(self) -> None:
         """A tool call whose arguments the PII policy blocks is refused before it runs."""
-        if self.kind != "TOOL_CALL" or not self.session.gov.pii.guards_tools:
-            return
-        arguments = [c["text"] for c in self.fields["content"] if c["role"] == "TOOL_ARGUMENTS"]
-        tool = self.fields.get("tool_name") or "unknown"
-        blocked = self.session.gov.pii.blocked_entities(tool, arguments)
-        if blocked:
-            self.session.emit(self.kind, status="BLOCKED", error_type="PiiBlocked", **self.fields)
-            raise ToolBlocked(tool, blocked)
+        if self.kind == "TOOL_CALL":
+            self.session._refuse_blocked_tool(self.fields)
 
     def __enter__(self) -> Step:
         self.session.check()

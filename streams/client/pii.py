@@ -8,7 +8,7 @@ arguments; redaction (``Governor(redact=True)``) replaces every entity in conten
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +56,15 @@ class PiiGuard:
                 if self.policy.handling(match.entity_type, "TOOL_ARGUMENTS", tool) == "BLOCK":
                     blocked.append(match.entity_type)
         return sorted(set(blocked))
+
+    def refused(self, tool: str, content: Sequence[Mapping[str, str]]) -> list[str]:
+        """Entity types the policy blocks in the TOOL_ARGUMENTS segments of a tool call's
+        ``content``; none while the guard is off. Every way of recording a tool call asks this
+        before the call is recorded as run, so the ledger's BLOCK is what the agent saw."""
+        if not self.guards_tools:
+            return []
+        arguments = [c["text"] for c in content if c["role"] == "TOOL_ARGUMENTS"]
+        return self.blocked_entities(tool, arguments) if arguments else []
 
     def redacted(self, content: list[dict[str, str]]) -> list[dict[str, str]]:
         from presidio_analyzer import RecognizerResult

@@ -2,8 +2,9 @@
 
 Per day: a hash of counts by (entity, hop, handling, destination), and per fingerprint a sorted
 set of the hops it went through (by event time). Each finding is applied once (its id is
-remembered for the day), so a redelivered event does not count twice. Everything here can be
-rebuilt from gov.pii.
+remembered for the day of its event time, in the same Lua call), so a redelivered event, a
+retried batch or a rebuild over findings already applied counts nothing twice. Everything here
+can be rebuilt from gov.pii (:mod:`streams.query.rebuild`).
 """
 
 from __future__ import annotations
@@ -69,6 +70,10 @@ class PiiLedger:
         self._prefix = key_prefix
         self._ttl_s = days * 86_400
         self._apply = client.register_script(APPLY)
+
+    @property
+    def client(self) -> redis.Redis:
+        return self._redis
 
     def _day(self, time_us: int) -> int:
         return time_us // DAY_US

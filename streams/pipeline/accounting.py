@@ -7,6 +7,7 @@ what keeps the hot path cheap) and returns what the event changed, for aggregate
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 from dataclasses import dataclass, field
@@ -73,6 +74,11 @@ class SessionState:
     #: identical tool calls in a row (loop detection): identity and run length
     repeat_key: str | None = None
     repeat_count: int = 0
+    #: steps per event-time minute over the last STEP_MINUTES_KEPT minutes (session step rate)
+    step_minutes: dict[int, int] = field(default_factory=dict)
+    #: 8-byte digests of the event ids applied, to refuse an event id reused with another seq
+    #: (the first MAX_TRACKED_EVENT_IDS events of a session)
+    event_ids: bytes = b""
 
     @property
     def ended(self) -> bool:
@@ -87,6 +93,8 @@ class SessionState:
     def to_dict(self) -> dict[str, Any]:
         # a hand-rolled asdict: checkpoints serialise thousands of states a second
         raw = {name: getattr(self, name) for name in _STATE_FIELDS}
+        raw["event_ids"] = base64.b64encode(self.event_ids).decode()
+        raw["step_minutes"] = {str(m): n for m, n in self.step_minutes.items()}
         slowest = self.slowest
         if slowest is not None:
             raw["slowest"] = {
@@ -102,13 +110,61 @@ class SessionState:
         raw = dict(raw)
         slowest = raw.pop("slowest", None)
         last_failed = raw.pop("last_failed", None)
+        event_ids = raw.pop("event_ids", "")
+        step_minutes = raw.pop("step_minutes", None) or {}
         state = cls(**raw)
+        state.event_ids = base64.b64decode(event_ids)
+        state.step_minutes = {int(m): n for m, n in step_minutes.items()}
         state.slowest = SlowestStep(**slowest) if slowest else None
         state.last_failed = (last_failed[0], last_failed[1]) if last_failed else None
         return state
 
 
 _STATE_FIELDS = tuple(f.name for f in dataclasses.fields(SessionState))
+
+MAX_TRACKED_EVENT_IDS = 256
+#: the longest step-rate window a policy may use, in minutes (policy.MAX_RATE_WINDOW_S)
+STEP_MINUTES_KEPT = 120
+MINUTE_US = 60_000_000
+
+
+def event_id_digest(event_id: str) -> bytes:
+    return hashlib.blake2b(event_id.encode(), digest_size=8).digest()
+
+
+def reuses_event_id(state: SessionState, digest: bytes) -> bool:
+    """Whether ``digest`` is among the session's applied event ids (8-byte aligned)."""
+    ids = state.event_ids
+    start = ids.find(digest)
+    while start >= 0:
+        if start % 8 == 0:
+            return True
+        start = ids.find(digest, start + 1)
+    return False
+
+
+def remember_event_id(state: SessionState, digest: bytes) -> None:
+    if len(state.event_ids) < MAX_TRACKED_EVENT_IDS * 8:
+        state.event_ids += digest
+
+
+def count_step_minute(state: SessionState, time_us: int) -> None:
+    minute = time_us - time_us % MINUTE_US
+    minutes = state.step_minutes
+    if minute not in minutes:
+        horizon = minute - STEP_MINUTES_KEPT * MINUTE_US
+        for old in [m for m in minutes if m <= horizon]:
+            del minutes[old]
+        minutes[minute] = 0
+    minutes[minute] += 1
+
+
+def steps_in_window(state: SessionState, now_us: int, window_s: float) -> int:
+    """Steps of the session in the minutes of the window ending with ``now_us``'s minute."""
+    now_min = now_us - now_us % MINUTE_US
+    minutes = max(1, int(window_s // 60))
+    first = now_min - (minutes - 1) * MINUTE_US
+    return sum(n for m, n in state.step_minutes.items() if first <= m <= now_min)
 
 
 @dataclass(slots=True)

@@ -16,7 +16,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field, field_validator
+
+from streams.pipeline.policy import FILE_MODEL_CONFIG, Version
 
 HOPS = ("CONTEXT", "TOOL_ARGUMENTS", "TOOL_RESULT", "OUTPUT")
 HANDLINGS = ("ALLOW", "LOG", "REDACT", "BLOCK", "KILL")
@@ -50,12 +52,32 @@ def fingerprint(key: bytes, entity_type: str, value: str) -> str:
     return digest.hexdigest()
 
 
+def entity_types() -> tuple[str, ...]:
+    """The entity types the scanner has recognizers for.
+
+    The scanner finds nothing for any other name, without an error: a policy naming one would
+    protect nothing, so the files are checked against these.
+    """
+    from streams.pii.scanner import NAMED, STRUCTURED  # the scanner imports this module
+
+    return (*STRUCTURED, *NAMED)
+
+
 class PiiRule(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = FILE_MODEL_CONFIG
     entities: list[str] = ["*"]
     hops: list[Hop] = ["CONTEXT", "TOOL_ARGUMENTS", "TOOL_RESULT", "OUTPUT"]
     tools: list[str] = ["*"]
     handling: Handling
+
+    @field_validator("entities")
+    @classmethod
+    def _globs_match_entities(cls, globs: list[str]) -> list[str]:
+        known = entity_types()
+        dead = [g for g in globs if not any(fnmatch.fnmatchcase(e, g) for e in known)]
+        if dead:
+            raise ValueError(f"{', '.join(dead)} match no entity type (known: {', '.join(known)})")
+        return globs
 
     def covers(self, entity_type: str, hop: str, tool: str | None) -> bool:
         return (
@@ -68,13 +90,24 @@ class PiiRule(BaseModel):
 class PiiPolicy(BaseModel):
     """``policies/pii.yaml``: the first rule that covers a finding decides its handling."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    version: Annotated[int, Field(ge=1)]
+    model_config = FILE_MODEL_CONFIG
+    version: Version
     entities: list[str]
     default: Handling = "log"
     #: presidio scores a phone number without context words 0.4; below this a match is noise
     min_score: Annotated[float, Field(ge=0, le=1)] = 0.3
     rules: list[PiiRule] = []
+
+    @field_validator("entities")
+    @classmethod
+    def _known_entities(cls, entities: list[str]) -> list[str]:
+        known = entity_types()
+        unknown = [e for e in entities if e not in known]
+        if unknown:
+            raise ValueError(
+                f"unknown entity types {', '.join(unknown)} (known: {', '.join(known)})"
+            )
+        return entities
 
     def handling(self, entity_type: str, hop: str, tool: str | None) -> str:
         for rule in self.rules:

@@ -17,6 +17,28 @@ Action = Literal["warn", "throttle", "pause", "kill"]
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
+# Bounds of every number in the policy, price, PII and SLO files. Money is integer micro-USD and
+# time integer microseconds in signed 64-bit Avro longs (9.2e18): with these bounds no product
+# the worker forms (a limit in micro-USD, a window or TTL in microseconds added to a timestamp)
+# comes near that, and a value a file cannot mean (.inf, .nan, -1, 1e30) is refused at load
+# instead of overflowing on the first event.
+#: a money amount in USD (1e15 micro-USD)
+MAX_USD = 1_000_000_000
+#: a count of sessions, steps, repeats or failures
+MAX_COUNT = 1_000_000_000
+#: a window, duration or TTL (3.2e13 microseconds)
+MAX_DURATION_S = 366 * 86400
+#: a throttle delay: a day
+MAX_DELAY_MS = 86_400_000
+#: a file's ``version:`` (held exactly by every reader: Avro longs, the metrics' float gauge)
+MAX_VERSION = 2**31 - 1
+#: strict: a number is a YAML number ("10" and true are refused), finite and never NaN
+FILE_MODEL_CONFIG = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+Version = Annotated[int, Field(ge=1, le=MAX_VERSION)]
+Count = Annotated[int, Field(ge=1, le=MAX_COUNT)]
+DelayMs = Annotated[int, Field(ge=0, le=MAX_DELAY_MS)]
+
 
 @functools.lru_cache(maxsize=256)
 def duration_s(text: str) -> float:
@@ -28,14 +50,40 @@ def duration_s(text: str) -> float:
 
 
 def _check_duration(value: str) -> str:
-    duration_s(value)
+    seconds = duration_s(value)
+    if not 0 < seconds <= MAX_DURATION_S:
+        raise ValueError(f"{value!r} must be more than 0s and at most {MAX_DURATION_S // 86400}d")
     return value
+
+
+#: rate windows (step rates, tool failures) are counted per minute and kept this long
+MAX_RATE_WINDOW_S = 2 * 3600
+
+
+def _check_rate_window(value: str) -> str:
+    _check_duration(value)
+    if duration_s(value) > MAX_RATE_WINDOW_S:
+        raise ValueError(
+            f"{value!r}: rate windows are at most {MAX_RATE_WINDOW_S // 3600}h "
+            "(the worker keeps per-minute counts that long)"
+        )
+    return value
+
+
+def usd_micros(usd: float) -> int:
+    """``usd`` in integer micro-USD, clamped to [0, MAX_USD]: the files are validated to that
+    range, and a model built in code without validation must not overflow the hot path."""
+    if not usd < MAX_USD:  # NaN too
+        return MAX_USD * 1_000_000
+    if not usd > 0:  # -inf too
+        return 0
+    return round(usd * 1_000_000)
 
 
 class Match(BaseModel):
     """Which tenants and agents a policy applies to (shell globs)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = FILE_MODEL_CONFIG
     tenants: list[str] = ["*"]
     agents: list[str] = ["*"]
 
@@ -46,7 +94,7 @@ class Match(BaseModel):
 
 
 class PolicyBase(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = FILE_MODEL_CONFIG
     id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
     description: str = ""
     enabled: bool = True
@@ -58,11 +106,11 @@ class BudgetPolicy(PolicyBase):
 
     kind: Literal["budget"]
     scope: Literal["session", "agent", "tenant"]
-    limit_usd: Annotated[float, Field(gt=0)]
+    limit_usd: Annotated[float, Field(gt=0, le=MAX_USD)]
     window: str = "1d"  #: ignored for scope session (the session is the window)
     warn_at: Annotated[float, Field(gt=0, lt=1)] | None = 0.8
     action: Action = "kill"
-    throttle_delay_ms: Annotated[int, Field(ge=0)] = 1000
+    throttle_delay_ms: DelayMs = 1000
 
     _window = field_validator("window")(classmethod(lambda cls, v: _check_duration(v)))
 
@@ -72,9 +120,9 @@ class ConcurrencyPolicy(PolicyBase):
 
     kind: Literal["concurrency"]
     scope: Literal["agent", "tenant"] = "agent"
-    max_active: Annotated[int, Field(ge=1)]
+    max_active: Count
     action: Action = "throttle"
-    throttle_delay_ms: Annotated[int, Field(ge=0)] = 1000
+    throttle_delay_ms: DelayMs = 1000
 
 
 class StepRatePolicy(PolicyBase):
@@ -82,12 +130,12 @@ class StepRatePolicy(PolicyBase):
 
     kind: Literal["step_rate"]
     scope: Literal["session", "agent"] = "session"
-    max_steps: Annotated[int, Field(ge=1)]
+    max_steps: Count
     window: str = "1m"
     action: Action = "throttle"
-    throttle_delay_ms: Annotated[int, Field(ge=0)] = 1000
+    throttle_delay_ms: DelayMs = 1000
 
-    _window = field_validator("window")(classmethod(lambda cls, v: _check_duration(v)))
+    _window = field_validator("window")(classmethod(lambda cls, v: _check_rate_window(v)))
 
 
 class ToolPolicy(PolicyBase):
@@ -108,7 +156,7 @@ class LoopPolicy(PolicyBase):
     """``max_repeats`` identical tool calls (same tool, same arguments) in a row."""
 
     kind: Literal["loop"]
-    max_repeats: Annotated[int, Field(ge=2)]
+    max_repeats: Annotated[int, Field(ge=2, le=MAX_COUNT)]
     action: Action = "kill"
 
 
@@ -134,16 +182,15 @@ class DegradationPolicy(PolicyBase):
 
     kind: Literal["degradation"]
     tool: str
-    max_failures: Annotated[int, Field(ge=1)]
+    max_failures: Count
     window: str = "5m"
     action: Action = "pause"
     #: after this long without new failures the agents get a RESUME
     resume_after: str = "10m"
-    throttle_delay_ms: Annotated[int, Field(ge=0)] = 1000
+    throttle_delay_ms: DelayMs = 1000
 
-    _durations = field_validator("window", "resume_after")(
-        classmethod(lambda cls, v: _check_duration(v))
-    )
+    _window = field_validator("window")(classmethod(lambda cls, v: _check_rate_window(v)))
+    _resume = field_validator("resume_after")(classmethod(lambda cls, v: _check_duration(v)))
 
 
 Policy = Annotated[
@@ -160,8 +207,8 @@ Policy = Annotated[
 
 
 class PolicyFile(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    version: Annotated[int, Field(ge=1)]
+    model_config = FILE_MODEL_CONFIG
+    version: Version
     policies: list[Policy] = []
 
     @model_validator(mode="after")
@@ -328,7 +375,7 @@ STEP_KINDS_POLICY = ("LLM_CALL", "TOOL_CALL")
 def _budget(policy: Any, state: Any, delta: Any, facts: Facts, session: str) -> list[Outcome]:
     if not delta.cost_micros:
         return []
-    limit = round(policy.limit_usd * 1_000_000)
+    limit = usd_micros(policy.limit_usd)
     if policy.scope == "session":
         target = session
     else:

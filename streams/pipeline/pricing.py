@@ -5,10 +5,39 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field
+
+from streams.pipeline.policy import FILE_MODEL_CONFIG, Version
 
 MICROS_PER_USD = Decimal(1_000_000)
 PER = Decimal(1_000_000)  # prices are per million tokens
+#: USD per million tokens: $1 a token is far above any model's price, and a call's cost in
+#: micro-USD (tokens times this) stays inside an Avro long up to trillions of tokens
+MAX_PRICE_USD = 1_000_000
+
+Price = Annotated[float, Field(ge=0, le=MAX_PRICE_USD)]
+
+
+class ModelPriceEntry(BaseModel):
+    """One model's line of ``prices.yaml``."""
+
+    model_config = FILE_MODEL_CONFIG
+    input: Price
+    output: Price
+    #: for gen_ai.usage.cache_read_input_tokens; the input price when absent
+    cached_input: Price | None = None
+
+
+class PricesFile(BaseModel):
+    """``policies/prices.yaml``, validated like every policy file."""
+
+    model_config = FILE_MODEL_CONFIG
+    version: Version = 1
+    #: every amount Governor keeps is USD: another currency would be summed as dollars
+    currency: Literal["USD"] = "USD"
+    per_million_tokens: dict[str, ModelPriceEntry] = {}
 
 
 @dataclass(frozen=True)
@@ -25,14 +54,21 @@ class PriceTable:
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> PriceTable:
-        models = {}
-        for model, p in (raw.get("per_million_tokens") or {}).items():
-            models[str(model)] = ModelPrice(
-                input=Decimal(str(p["input"])),
-                output=Decimal(str(p["output"])),
-                cached_input=Decimal(str(p.get("cached_input", p["input"]))),
+        """The table of a parsed ``prices.yaml``; pydantic's ValidationError when it is not one."""
+        return cls.from_file(PricesFile.model_validate(raw))
+
+    @classmethod
+    def from_file(cls, prices: PricesFile) -> PriceTable:
+        # through str: Decimal(0.075) would carry the float's binary error into every cost
+        models = {
+            model: ModelPrice(
+                input=Decimal(str(p.input)),
+                output=Decimal(str(p.output)),
+                cached_input=Decimal(str(p.input if p.cached_input is None else p.cached_input)),
             )
-        return cls(models=models, version=int(raw.get("version", 1)))
+            for model, p in prices.per_million_tokens.items()
+        }
+        return cls(models=models, version=prices.version)
 
     def price_micros(
         self,

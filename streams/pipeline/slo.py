@@ -11,9 +11,11 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field, model_validator
+
+from streams.pipeline.policy import FILE_MODEL_CONFIG, MAX_DURATION_S, Version
 
 MINUTE_US = 60_000_000
 HOUR_US = 60 * MINUTE_US
@@ -26,13 +28,19 @@ TIERS = (
 )
 
 
+#: the SLIs the worker computes: an SLO with another name would never be measured
+SloName = Literal["availability", "latency", "quality", "compliance", "degradation"]
+
+
 class Slo(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    name: str
+    model_config = FILE_MODEL_CONFIG
+    name: SloName
     description: str = ""
     objective: Annotated[float, Field(gt=0, lt=1)]
-    threshold_s: float = 30.0
-    threshold: float = 0.7
+    #: latency: a session is good within this many seconds
+    threshold_s: Annotated[float, Field(gt=0, le=MAX_DURATION_S)] = 30.0
+    #: quality: every evaluation score (0..1) of a good session reaches this
+    threshold: Annotated[float, Field(ge=0, le=1)] = 0.7
     #: degradation: failed tool (glob) -> tools (globs) that count as its fallback; a tool with
     #: no entry falls back by retrying itself
     fallbacks: dict[str, list[str]] = {}
@@ -45,9 +53,17 @@ class Slo(BaseModel):
 
 
 class SloFile(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    version: Annotated[int, Field(ge=1)]
+    model_config = FILE_MODEL_CONFIG
+    version: Version
     slos: list[Slo]
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> SloFile:
+        names = [s.name for s in self.slos]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"SLO names must be unique, repeated: {', '.join(repeated)}")
+        return self
 
 
 def session_verdicts(summary: Mapping[str, Any], slos: Iterable[Slo]) -> dict[str, bool]:

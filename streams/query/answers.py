@@ -1,8 +1,11 @@
 """The operational answers from the sessions read-model (shared by the CLI and HTTP views).
 
-Times are event time: a session belongs to the hour (and day, UTC) in which it ended. Counts
-and costs are exact; percentiles come from fixed log-spaced histograms and are the upper bound
-of the bucket holding them (within 19 %).
+Times are event time: a session belongs to the moment (hour, day, UTC) it ended, and "the last
+N" means exactly the sessions that ended in (now - N, now]. Whole hours of a window are read
+from the hourly counters; the hours it cuts (its first and last) are summed from the summaries
+of the sessions that ended inside it, so no window is rounded to hours. Counts and costs are
+exact; percentiles come from fixed log-spaced histograms and are the upper bound of the bucket
+holding them (within 19 %).
 """
 
 from __future__ import annotations
@@ -11,15 +14,22 @@ import json
 import math
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from streams.pipeline.aggregates import DAY_US, HOUR_US, LATENCY_BOUNDS_MS, quantile_from_counts
 from streams.pipeline.policy import duration_s
-from streams.query.readmodel import COST_BOUNDS_MICROS, SessionReadModel
+from streams.query.readmodel import COST_BOUNDS_MICROS, SessionReadModel, hour_of, increments
+from streams.settings import Settings
 
 Stats = defaultdict[str, float]
+
+#: session ids per MGET: bounds one Redis command when a cut hour holds many sessions
+MGET_CHUNK = 5_000
+#: what an evaluation score counts as "below" in the hours summed from summaries, unless the
+#: question names a threshold (the worker's default, which the hourly counters used)
+DEFAULT_QUALITY_THRESHOLD = Settings.quality_threshold
 
 
 def now_us() -> int:
@@ -28,20 +38,56 @@ def now_us() -> int:
 
 @dataclass(frozen=True)
 class Period:
+    """Sessions that ended in [since_us, until_us], both ends included (microseconds)."""
+
     since_us: int
     until_us: int
 
     @classmethod
     def last(cls, span: str, until_us: int) -> Period:
-        return cls(until_us - int(duration_s(span) * 1_000_000), until_us)
+        """Exactly the last ``span``: (until - span, until]."""
+        return cls(until_us - int(duration_s(span) * 1_000_000) + 1, until_us)
 
     @classmethod
     def day(cls, day_start_us: int) -> Period:
         return cls(day_start_us, day_start_us + DAY_US - 1)
 
+    def contains(self, time_us: int) -> bool:
+        return self.since_us <= time_us <= self.until_us
+
     def hours(self) -> list[int]:
         first = self.since_us - self.since_us % HOUR_US
         return list(range(first, self.until_us + 1, HOUR_US))
+
+    def split_hours(self) -> tuple[list[int], list[int]]:
+        """(hours wholly inside the period, hours it cuts): at most two are cut."""
+        whole: list[int] = []
+        cut: list[int] = []
+        for hour in self.hours():
+            inside = self.since_us <= hour and hour + HOUR_US - 1 <= self.until_us
+            (whole if inside else cut).append(hour)
+        return whole, cut
+
+
+def failure_modes(stats: Mapping[str, float], top: int) -> list[dict[str, Any]]:
+    """The most frequent failure modes, each counted over every status it ended with.
+
+    The counters are ``failure|<status>|<error type>|<step kind>|<tool>``: one mode can end
+    sessions as ERROR, KILLED and TIMEOUT alike, and its count is the sum of the three.
+    """
+    modes: Counter[str] = Counter()
+    for field, n in stats.items():
+        if field.startswith("failure|"):
+            modes[field.split("|", 2)[2]] += int(n)
+    ranked = sorted(modes.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+    names = ("error_type", "step_kind", "tool")
+    return [dict(zip(names, mode.split("|", 2), strict=True), count=n) for mode, n in ranked]
+
+
+def _with_failure_fields(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored summary as :func:`increments` reads it (summaries stored before the read-model
+    kept the failing step's kind and tool count their mode as SESSION, -)."""
+    return {"failure_step_kind": None, "failure_tool": None, **summary}
 
 
 def _percentile(counts: Sequence[int], bounds: Sequence[float], q: float) -> float | None:
@@ -64,14 +110,21 @@ class Answers:
 
     # --- reading ---------------------------------------------------------------------------
 
-    def stats(self, period: Period) -> Stats:
+    def stats(self, period: Period, quality_threshold: float = DEFAULT_QUALITY_THRESHOLD) -> Stats:
+        """The counters of the sessions that ended in the period: the hourly hashes of its whole
+        hours, plus, for the hours it cuts, the same increments the read-model applied, summed
+        over the sessions that ended inside it (``quality_threshold`` decides their "below")."""
+        whole, cut = period.split_hours()
         pipe = self.model.redis.pipeline(transaction=False)
-        for hour in period.hours():
+        for hour in whole:
             pipe.hgetall(self.model.key("stats", hour))
         total: Stats = defaultdict(float)
         for raw in pipe.execute():
             for field, value in raw.items():
                 total[field.decode()] += float(value)
+        for summary, _score in self._ended(period, cut, "duration"):
+            for field, n in increments(_with_failure_fields(summary), quality_threshold).items():
+                total[field] += float(n)
         return total
 
     def _histogram(self, stats: Stats, scope: str, kind: str, size: int) -> list[int]:
@@ -84,20 +137,39 @@ class Answers:
 
     def _sessions(self, period: Period, kind: str) -> list[tuple[str, float]]:
         """(session id, score) of every session that ended in the period, from hourly sets."""
+        return [(s["session_id"], score) for s, score in self._ended(period, period.hours(), kind)]
+
+    def _ended(
+        self, period: Period, hours: Sequence[int], kind: str
+    ) -> list[tuple[dict[str, Any], float]]:
+        """(summary, score in the ``kind`` set) of the sessions of these hours that ended in the
+        period. A session counts in the hour its stored summary ends in: a summary sent again
+        with another end can sit in two hours' sets, and the hourly counters hold it once."""
         pipe = self.model.redis.pipeline(transaction=False)
-        for hour in period.hours():
+        for hour in hours:
             pipe.zrange(self.model.key(kind, hour), 0, -1, withscores=True)
-        found = [(m.decode(), s) for rows in pipe.execute() for m, s in rows]
-        if not found:
-            return []
-        summaries = self.summaries([sid for sid, _ in found])
-        return [(sid, score) for sid, score in found
-                if sid in summaries and period.since_us <= summaries[sid]["end_time_us"]
-                <= period.until_us]  # fmt: skip
+        found = [(hour, m.decode(), score)
+                 for hour, rows in zip(hours, pipe.execute(), strict=True)
+                 for m, score in rows]  # fmt: skip
+        summaries = self.summaries([sid for _, sid, _ in found])
+        ended = []
+        for hour, sid, score in found:
+            s = summaries.get(sid)
+            if (
+                s is not None
+                and hour_of(s["end_time_us"]) == hour
+                and period.contains(s["end_time_us"])
+            ):
+                ended.append((s, score))
+        return ended
 
     def summaries(self, session_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        values = self.model.redis.mget([self.model.summary_key(s) for s in session_ids])
-        return {sid: json.loads(v) for sid, v in zip(session_ids, values, strict=True) if v}
+        ids = list(dict.fromkeys(session_ids))
+        pipe = self.model.redis.pipeline(transaction=False)
+        for start in range(0, len(ids), MGET_CHUNK):
+            pipe.mget([self.model.summary_key(s) for s in ids[start : start + MGET_CHUNK]])
+        values = [v for chunk in pipe.execute() for v in chunk]
+        return {sid: json.loads(v) for sid, v in zip(ids, values, strict=True) if v}
 
     def scopes(self, stats: Stats) -> list[str]:
         return sorted({f.split("|", 1)[0] for f in stats if f.endswith("|sessions")})
@@ -150,25 +222,18 @@ class Answers:
         total = int(stats["all|sessions"])
         by_status = {s: int(stats[f"all|outcome|{s}"]) for s in ("OK", "ERROR", "TIMEOUT",
                                                                   "KILLED")}  # fmt: skip
-        modes = Counter({f.split("|", 2)[2]: int(n) for f, n in stats.items()
-                         if f.startswith("failure|")})  # fmt: skip
         return {
             "since": since,
             "sessions": total,
             "counts": by_status,
             "shares": {s: (n / total if total else 0.0) for s, n in by_status.items()},
-            "failure_modes": [
-                dict(
-                    zip(("error_type", "step_kind", "tool"), mode.split("|"), strict=True), count=n
-                )
-                for mode, n in modes.most_common(top)
-            ],
+            "failure_modes": failure_modes(stats, top),
         }
 
     def quality(self, threshold: float, since: str = "7d") -> dict[str, Any]:
         """Evaluation scores by query category against the threshold, with sample sessions."""
         period = Period.last(since, self.now_us)
-        stats = self.stats(period)
+        stats = self.stats(period, threshold)
         rows: dict[tuple[str, str], dict[str, float]] = {}
         for field, value in stats.items():
             if field.startswith("quality|"):

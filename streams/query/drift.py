@@ -5,7 +5,8 @@ hash of their compact samples and a running count. The count comes back from the
 that adds a sample, so every count is seen exactly once — by whichever worker added it — and the
 detector looks at a version exactly at its checkpoints, however the sessions are spread over
 workers. A redelivered summary adds nothing (the session id is already a member). Like the
-read-model, all of it can be rebuilt from gov.sessions.
+read-model, all of it can be rebuilt from gov.sessions, and the alert states from gov.alerts
+(:mod:`streams.query.rebuild`): a rebuild restores state and sends no alert.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 from streams.pipeline.drift import (
     Comparison,
@@ -148,8 +150,25 @@ class DriftStore:
     def set_alert_state(self, alert_id: str, state: str) -> None:
         self.redis.hset(self._key("alerts"), alert_id, state)
 
+    def set_alert_states(self, states: Mapping[str, str]) -> None:
+        """Several at once, atomically (one HSET)."""
+        if states:
+            fields: dict[FieldT, EncodableT] = {k: v for k, v in states.items()}
+            self.redis.hset(self._key("alerts"), mapping=fields)
+
     def alerts(self) -> dict[str, str]:
         return {_text(k): _text(v) for k, v in self.redis.hgetall(self._key("alerts")).items()}
+
+    def restore_alert_states(self, states: Mapping[str, str]) -> int:
+        """Put back alert states (a rebuild, from gov.alerts) that Redis lacks: a state Redis
+        holds is never older than the one on the topic (it is set before the alert is sent).
+        Returns how many were restored."""
+        if not states:
+            return 0
+        pipe = self.redis.pipeline(transaction=False)
+        for alert_id, state in sorted(states.items()):
+            pipe.hsetnx(self._key("alerts"), alert_id, state)
+        return sum(int(x) for x in pipe.execute())
 
 
 def _text(raw: bytes | str) -> str:
@@ -166,6 +185,21 @@ def previous_version(versions: Sequence[Version], current: Version) -> Version |
     return earlier[-1] if earlier else None
 
 
+@dataclass
+class DriftLooks:
+    """The checkpoints a batch of samples reached, not looked at yet, and the alerts found so
+    far: what a retry after a fault resumes from. Adding a sample returns its count only once,
+    so the counts must outlive a failed look."""
+
+    #: (scope, version key) -> the version's new session counts
+    due: dict[tuple[str, str], list[int]]
+    alerts: list[dict[str, Any]]
+
+    @property
+    def done(self) -> bool:
+        return not self.due
+
+
 class DriftDetector:
     """Looks at a scope's versions at their checkpoints and returns the Alert records due."""
 
@@ -174,48 +208,74 @@ class DriftDetector:
         self.config = config or DriftConfig()
 
     def observe(self, summaries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        looks = self.add(summaries)
+        self.look(looks)
+        return looks.alerts
+
+    def add(self, summaries: Sequence[Mapping[str, Any]]) -> DriftLooks:
+        """Add the sessions' samples; the checkpoints they reached, for :meth:`look`."""
         pairs = [(scope_of(s), sample(s)) for s in summaries]
         counts = self.store.add(pairs)
         due: dict[tuple[str, str], list[int]] = {}
         for (scope, s), n in zip(pairs, counts, strict=True):
             if n:
                 due.setdefault((scope, json.dumps(s["v"], separators=(",", ":"))), []).append(n)
-        alerts: list[dict[str, Any]] = []
-        for (scope, vkey), ns in sorted(due.items()):
+        return DriftLooks(due, [])
+
+    def look(self, looks: DriftLooks) -> None:
+        """Look at every checkpoint due, moving each done one's alerts into ``looks.alerts``:
+        after a failure, calling it again resumes with the first scope not done."""
+        for scope, vkey in sorted(looks.due):
             versions = self.store.versions(scope)
             current = next((v for v in versions if v.key == vkey), None)
-            if current is None:
-                continue
-            for n in sorted(ns):
-                alerts.extend(self._look(scope, versions, current, n))
-        return alerts
+            found: list[dict[str, Any]] = []
+            # every read first, the alert states last and at once: a look that fails half-way
+            # has changed nothing, so looking again finds the same alerts
+            states: dict[str, str] = {}
+            if current is not None:
+                for n in sorted(looks.due[(scope, vkey)]):
+                    found.extend(self._look(scope, versions, current, n, states))
+            self.store.set_alert_states(states)
+            looks.alerts.extend(found)
+            del looks.due[(scope, vkey)]
 
     def _look(
-        self, scope: str, versions: Sequence[Version], current: Version, n: int
+        self,
+        scope: str,
+        versions: Sequence[Version],
+        current: Version,
+        n: int,
+        states: dict[str, str],
     ) -> list[dict[str, Any]]:
+        """The alerts due at checkpoint ``n``; the new alert states go into ``states`` (read
+        before the store's), for the caller to write."""
+
+        def state_of(alert_id: str) -> str | None:
+            return states[alert_id] if alert_id in states else self.store.alert_state(alert_id)
+
         config = self.config
         out: list[dict[str, Any]] = []
         previous = previous_version(versions, current)
         if previous is not None and version_checkpoints(previous.sessions, n, config):
             alert_id = f"drift:{scope}:{previous.key}->{current.key}"
-            if self.store.alert_state(alert_id) is None:
+            if state_of(alert_id) is None:
                 before = self.store.samples(scope, previous, last=config.max_before)
                 after = self.store.samples(scope, current, first=n)
                 result = compare(before, after, config)
                 if result.shifted:
-                    self.store.set_alert_state(alert_id, "FIRING")
+                    states[alert_id] = "FIRING"
                     out.append(change_alert(alert_id, scope, previous, current, after, result))
         if window_checkpoint(n, config):
             alert_id = f"drift:{scope}:unversioned:{current.key}"
             baseline = self.store.samples(scope, current, first=config.baseline_sessions)
             recent = self.store.samples(scope, current, last=config.window_sessions)
             result = compare(baseline, recent, config, window=True)
-            state = self.store.alert_state(alert_id)
+            state = state_of(alert_id)
             if result.shifted and state != "FIRING":
-                self.store.set_alert_state(alert_id, "FIRING")
+                states[alert_id] = "FIRING"
                 out.append(window_alert(alert_id, scope, current, recent, result, "FIRING"))
             elif not result.shifted and state == "FIRING":
-                self.store.set_alert_state(alert_id, "RESOLVED")
+                states[alert_id] = "RESOLVED"
                 out.append(window_alert(alert_id, scope, current, recent, result, "RESOLVED"))
         return out
 

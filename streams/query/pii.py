@@ -6,17 +6,16 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import redis
-
 from streams.pii.ledger import PiiLedger
 from streams.pipeline.policy import duration_s
+from streams.redis_client import redis_client
 from streams.settings import Settings
 
 
 def pii_answer(
     settings: Settings, since: str = "7d", fingerprint: str | None = None
 ) -> dict[str, Any]:
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis_client(settings)
     try:
         ledger = PiiLedger(client, settings.redis_key_prefix, settings.pii_ledger_days)
         if fingerprint:

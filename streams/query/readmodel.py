@@ -4,13 +4,22 @@ Per hour of session end (event time): a hash of counters (sessions, cost, outcom
 modes, evaluation scores by category, histograms of session cost and duration per scope),
 sorted sets of sessions by cost and by duration (exact top-k), and a compact summary per session
 (what made it expensive, its bottleneck step). Each summary is applied once (SADD guard in the
-same Lua call), so a redelivered summary counts once. All of it can be rebuilt from gov.sessions.
+same Lua call), so a redelivered summary counts once. All of it can be rebuilt from gov.sessions
+(:mod:`streams.query.rebuild`), and a rebuild gives the same answers whatever order the
+partitions are read in: the sample sessions of a category are the latest ending, not the last
+applied.
+
+A non-finite evaluation score (NaN, ±inf) is dropped before anything of its session is written:
+Redis refuses to add one (``HINCRBYFLOAT``), and an error in the middle of the Lua call would
+leave the session marked seen with half of its counters.
 """
 
 from __future__ import annotations
 
 import bisect
 import json
+import math
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -21,15 +30,26 @@ from streams.pipeline.aggregates import HOUR_US, LATENCY_BOUNDS_MS
 #: session cost histogram bounds in micro-USD: 2^(i/4), 19 % apart, up to ~$4,300
 COST_BOUNDS_MICROS: tuple[float, ...] = tuple(2 ** (i / 4) for i in range(0, 128))
 
+#: sample sessions kept per category and hour (the quality answer shows them)
+QUALITY_SAMPLES = 5
+
 APPLY = """
--- KEYS: seen, stats, by_cost, by_duration, summary, quality samples (or '' when good)
--- ARGV: session id, cost, duration, summary json, ttl, then field/increment pairs
+-- KEYS: seen, stats, by_cost, by_duration, summary, quality samples list and its sessions by
+--       end time ('' and '' when good)
+-- ARGV: session id, cost, duration, summary json, ttl, end time, samples kept, then
+--       field/increment pairs
 if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end
-for i = 6, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[2], ARGV[i], ARGV[i + 1]) end
+for i = 8, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[2], ARGV[i], ARGV[i + 1]) end
 if KEYS[6] ~= '' then
-  redis.call('LPUSH', KEYS[6], ARGV[1])
-  redis.call('LTRIM', KEYS[6], 0, 4)
+  -- the latest ending sessions, not the last applied: the same after a rebuild in any order
+  local keep = tonumber(ARGV[7])
+  redis.call('ZADD', KEYS[7], ARGV[6], ARGV[1])
+  redis.call('ZREMRANGEBYRANK', KEYS[7], 0, -keep - 1)
+  local latest = redis.call('ZREVRANGE', KEYS[7], 0, keep - 1)
+  redis.call('DEL', KEYS[6])
+  redis.call('RPUSH', KEYS[6], unpack(latest))
   redis.call('EXPIRE', KEYS[6], ARGV[5])
+  redis.call('EXPIRE', KEYS[7], ARGV[5])
 end
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
@@ -37,6 +57,33 @@ redis.call('SET', KEYS[5], ARGV[4], 'EX', ARGV[5])
 for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
 return 1
 """
+
+
+#: why a value of a summary was left out of the read-model (counted per reason)
+NON_FINITE_SCORE = "non_finite_evaluation_score"
+
+
+def finite_scores(summary: Mapping[str, Any]) -> tuple[Mapping[str, Any], int]:
+    """The summary without its non-finite evaluation scores, and how many there were (the
+    summary itself when all are finite)."""
+    evaluations = summary["evaluations"]
+    kept = {name: v for name, v in evaluations.items() if math.isfinite(v)}
+    if len(kept) == len(evaluations):
+        return summary, 0
+    return {**summary, "evaluations": kept}, len(evaluations) - len(kept)
+
+
+def without_non_finite(
+    summaries: Iterable[Mapping[str, Any]],
+) -> tuple[list[Mapping[str, Any]], int]:
+    """Every summary with only finite evaluation scores, and how many scores were dropped."""
+    out: list[Mapping[str, Any]] = []
+    dropped = 0
+    for s in summaries:
+        clean, n = finite_scores(s)
+        out.append(clean)
+        dropped += n
+    return out, dropped
 
 
 def hour_of(time_us: int) -> int:
@@ -73,7 +120,7 @@ def increments(summary: Mapping[str, Any], quality_threshold: float) -> dict[str
         out[f"failure|{summary['status']}|{mode}"] = 1
     category = summary["category"] or "uncategorised"
     for name, score in summary["evaluations"].items():
-        if name == "output":
+        if name == "output" or not math.isfinite(score):
             continue
         out[f"quality|{category}|{name}|count"] = 1
         out[f"quality|{category}|{name}|sum"] = score
@@ -87,7 +134,9 @@ def compact(summary: Mapping[str, Any]) -> dict[str, Any]:
             "error_type", "start_time_us", "end_time_us", "cost_micros", "input_tokens",
             "output_tokens", "cache_read_input_tokens", "steps_by_kind", "tool_calls",
             "tokens_by_model", "cost_by_model", "retries", "max_context_tokens", "slowest_step",
-            "evaluations")  # fmt: skip
+            "evaluations",
+            # the failure mode, so answers can count a cut hour from its sessions exactly
+            "failure_step_kind", "failure_tool")  # fmt: skip
     return {k: summary[k] for k in keep}
 
 
@@ -97,6 +146,8 @@ class SessionReadModel:
         self.prefix = key_prefix
         self.ttl_s = retention_days * 86_400
         self._apply = client.register_script(APPLY)
+        #: values left out of the read-model, by reason (NON_FINITE_SCORE)
+        self.dropped: Counter[str] = Counter()
 
     def key(self, kind: str, hour: int) -> str:
         return f"{self.prefix}rm:{kind}:{hour}"
@@ -105,9 +156,14 @@ class SessionReadModel:
         return f"{self.prefix}rm:session:{session_id}"
 
     def apply(self, summaries: Iterable[Mapping[str, Any]], quality_threshold: float) -> int:
+        """Apply finished sessions (each once, however often it is applied); returns how many
+        were new. Safe to repeat after any failure: each session is one atomic Lua call."""
+        clean, dropped = without_non_finite(summaries)
+        if dropped:
+            self.dropped[NON_FINITE_SCORE] += dropped
         pipe = self.redis.pipeline(transaction=False)
         n = 0
-        for s in summaries:
+        for s in clean:
             hour = hour_of(s["end_time_us"])
             fields: list[Any] = []
             for field, value in increments(s, quality_threshold).items():
@@ -117,11 +173,14 @@ class SessionReadModel:
             below = bool(scores) and min(scores) < quality_threshold
             category = s["category"] or "uncategorised"
             samples = self.key(f"quality-samples:{category}", hour) if below else ""
+            latest = self.key(f"quality-latest:{category}", hour) if below else ""
             self._apply(
                 keys=[self.key("seen", hour), self.key("stats", hour), self.key("cost", hour),
-                      self.key("duration", hour), self.summary_key(s["session_id"]), samples],
+                      self.key("duration", hour), self.summary_key(s["session_id"]), samples,
+                      latest],
                 args=[s["session_id"], s["cost_micros"], duration,
-                      json.dumps(compact(s), separators=(",", ":")), self.ttl_s, *fields],
+                      json.dumps(compact(s), separators=(",", ":")), self.ttl_s,
+                      s["end_time_us"], QUALITY_SAMPLES, *fields],
                 client=pipe,
             )  # fmt: skip
             n += 1

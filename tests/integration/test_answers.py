@@ -119,3 +119,73 @@ def test_answers_equal_the_truth_of_a_simulated_week(topics: Settings, tmp_path:
         assert [s["session_id"] for s in latency["slowest_today"]] == [
             s["session_id"] for s in todays
         ]
+
+
+def _summary(
+    session_id: str,
+    end_us: int,
+    status: str = "OK",
+    error_type: str | None = None,
+    step_kind: str | None = None,
+    tool: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "session_id": session_id, "tenant_id": "acme", "agent_id": "bot",
+        "category": "billing", "prompt_version": None, "status": status,
+        "error_type": error_type, "start_time_us": end_us - 2_000_000, "end_time_us": end_us,
+        "cost_micros": 100, "input_tokens": 0, "output_tokens": 0,
+        "cache_read_input_tokens": 0, "steps_by_kind": {}, "tool_calls": {},
+        "tokens_by_model": {}, "cost_by_model": {}, "retries": 0, "max_context_tokens": 0,
+        "slowest_step": None, "evaluations": {}, "failure_step_kind": step_kind,
+        "failure_tool": tool,
+    }  # fmt: skip
+
+
+def test_the_last_hour_is_exactly_the_last_hour_and_failure_modes_add_up(
+    settings: Settings,
+) -> None:
+    """Sessions just outside "the last 1h" (at now - 1h, after now, earlier in the first hour)
+    share hours with sessions inside it; only the inside ones are counted, and one failure mode
+    that ended sessions as ERROR, TIMEOUT and KILLED counts all of them."""
+    import redis
+
+    from streams.pipeline.aggregates import HOUR_US
+    from streams.query.answers import Answers
+    from streams.query.readmodel import SessionReadModel
+
+    now = (time.time_ns() // 1000) // HOUR_US * HOUR_US - 5 * HOUR_US + HOUR_US // 2
+    model = SessionReadModel(redis.Redis.from_url(settings.redis_url), settings.redis_key_prefix)
+    mode = {"error_type": "ToolTimeout", "step_kind": "TOOL_CALL", "tool": "search"}
+    inside = [
+        _summary("in-first", now - HOUR_US + 1),
+        _summary("in-error", now - HOUR_US // 4, "ERROR", **mode),
+        _summary("in-timeout", now - HOUR_US // 4, "TIMEOUT", **mode),
+        _summary("in-killed", now - 1000, "KILLED", **mode),
+        _summary("in-last", now),
+    ]
+    outside = [
+        _summary("out-edge", now - HOUR_US, "ERROR", **mode),
+        _summary("out-early", now - HOUR_US - 60_000_000, "KILLED", **mode),
+        _summary("out-future", now + 1, "TIMEOUT", **mode),
+        _summary("out-later", now + HOUR_US // 4),
+    ]
+    try:
+        assert model.apply([*inside, *outside], 0.7) == len(inside) + len(outside)
+        answers = Answers(model, clock_us=now)
+        outcomes = answers.outcomes("1h")
+        assert outcomes["sessions"] == len(inside)
+        assert outcomes["counts"] == {"OK": 2, "ERROR": 1, "TIMEOUT": 1, "KILLED": 1}
+        assert outcomes["failure_modes"] == [{**mode, "count": 3}]
+        latency = answers.latency("1h")
+        assert latency["sessions"] == len(inside)
+        assert latency["session_ms"]["p50"] is not None
+        assert 2000 <= latency["session_ms"]["p50"] <= 2000 * BUCKET
+        # a window with whole hours: those come from the counters, the cut ones from sessions
+        assert answers.outcomes("3h")["sessions"] == len(inside) + 2
+        assert Answers(model, clock_us=now + HOUR_US).outcomes("30d")["sessions"] == 9
+        top = answers.top_cost(100.0, "1h")
+        assert {t["session_id"] for t in top["top"]} == {s["session_id"] for s in inside}
+    finally:
+        keys = list(model.redis.scan_iter(match=f"{settings.redis_key_prefix}rm:*"))
+        if keys:
+            model.redis.delete(*keys)

@@ -76,3 +76,27 @@ def test_an_intact_chain_passes_on_the_command_line(topics: Settings) -> None:
     result = runner.invoke(app, ["audit", "verify", "--json"], env=topics.to_env())
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["intact"] is True
+
+
+def test_a_record_that_is_not_avro_is_named_and_fails_the_verification(topics: Settings) -> None:
+    """A foreign record in gov.audit (here JSON a misconfigured producer wrote) is a failure
+    the command names by partition, offset and reason, exiting 1 without a traceback."""
+    write_chain(topics, lambda r: r)
+    produce(topics.bootstrap, topics.topic("audit"), [(b"acme", b'{"kind": "[DECISION]"}')])
+    result = verify_audit_topic(topics)
+    [problem] = result.breaks
+    assert (problem.tenant_id, problem.chain_seq, problem.offset) == ("acme", None, 6)
+    assert problem.partition is not None
+    assert "not an AuditRecord" in problem.problem
+    runner = CliRunner()
+    as_json = runner.invoke(app, ["audit", "verify", "--json"], env=topics.to_env())
+    assert as_json.exit_code == 1, as_json.output
+    assert as_json.exception is None or isinstance(as_json.exception, SystemExit)
+    [named] = json.loads(as_json.output)["breaks"]
+    assert (named["partition"], named["offset"]) == (problem.partition, 6)
+    text = runner.invoke(app, ["audit", "verify"], env=topics.to_env())
+    assert text.exit_code == 1, text.output
+    assert isinstance(text.exception, SystemExit)
+    assert f"partition {problem.partition}, offset 6" in text.output
+    assert "not an Avro single-object payload" in text.output
+    assert "BROKEN" in text.output

@@ -14,6 +14,7 @@ from typing import Any
 from rich.console import Console
 
 from streams.codec import Codecs
+from streams.control import EPOCH_SLOTS
 from streams.replay import ReplaySpec, replay
 from streams.settings import Settings
 from streams.simulator.params import FleetParams
@@ -67,7 +68,8 @@ def describe(decision: dict[str, Any]) -> str:
     epoch = decision["epoch"]
     return (
         f"{decision['policy_id']} {decision['action']} {decision['target']} at event time "
-        f"{epoch // 16} (outcome {epoch % 16}), trigger {decision['trigger_event_id']}"
+        f"{epoch // EPOCH_SLOTS} (outcome {epoch % EPOCH_SLOTS}), "
+        f"trigger {decision['trigger_event_id']}"
     )
 
 

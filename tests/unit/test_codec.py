@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,13 @@ from streams.codec import (
     DLQ_EXCEPTION_MESSAGE,
     DLQ_OFFSET,
     DLQ_PARTITION,
+    DLQ_REDACTED,
     DLQ_TOPIC,
     MAGIC,
     RECORDS,
     Codec,
     Codecs,
+    DecodeError,
     MalformedBodyError,
     NotSingleObjectError,
     SchemaSet,
@@ -29,7 +32,9 @@ from streams.codec import (
     WrongRecordError,
     crc64_avro,
     dead_letter,
+    redaction_marker,
 )
+from streams.settings import Settings
 from tests.fixtures.avro_fixtures import fixture_paths, from_json
 from tests.strategies import from_schema
 
@@ -175,16 +180,90 @@ def test_dead_letter_keeps_the_bytes_and_says_where_and_why() -> None:
     try:
         CODECS.step_event.decode(source.value or b"")
     except NotSingleObjectError as exc:
-        letter = dead_letter(source, exc)
+        letter = dead_letter(source, exc, keep_raw=True)
     headers = dict(letter.headers)
     assert letter.key == b"s-9"
     assert letter.value == b"garbage"
+    assert DLQ_REDACTED not in headers
     assert letter.headers[0] == ("traceparent", b"00-abc")
     assert headers[DLQ_TOPIC] == b"gov.events"
     assert headers[DLQ_PARTITION] == b"4"
     assert headers[DLQ_OFFSET] == b"1234"
     assert headers[DLQ_EXCEPTION_CLASS] == b"streams.codec.NotSingleObjectError"
     assert b"not an Avro single-object" in headers[DLQ_EXCEPTION_MESSAGE]
+
+
+SECRET_MAIL = "jane.doe@example.com"
+
+
+def _source(value: bytes) -> SourceRecord:
+    return SourceRecord(topic="gov.events", partition=1, offset=7, key=b"s-1", value=value)
+
+
+def test_a_dead_stepevent_keeps_everything_but_its_content_text() -> None:
+    event = step_event(
+        content=[
+            {"role": "USER", "text": f"mail me at {SECRET_MAIL}"},
+            {"role": "ASSISTANT", "text": "done"},
+        ],
+        duration_us=-5,  # decodes, but no step takes negative time: refused when validated
+    )
+    letter = dead_letter(
+        _source(CODECS.step_event.encode(event)),
+        ValueError("duration_us < 0"),
+        "VALIDATE",
+        codec=CODECS.step_event,
+    )
+    assert letter.value is not None
+    assert SECRET_MAIL.encode() not in letter.value
+    assert dict(letter.headers)[DLQ_REDACTED] == b"content"
+    kept = CODECS.step_event.decode(letter.value)
+    assert kept["content"] == [
+        {"role": "USER", "text": redaction_marker(f"mail me at {SECRET_MAIL}")},
+        {"role": "ASSISTANT", "text": redaction_marker("done")},
+    ]
+    assert kept["content"][1]["text"].startswith("[redacted: 4 chars, sha256:")
+    original = CODECS.step_event.decode(CODECS.step_event.encode(event))
+    assert {k: v for k, v in kept.items() if k != "content"} == {
+        k: v for k, v in original.items() if k != "content"
+    }
+
+
+def test_a_dead_payload_that_does_not_decode_becomes_a_diagnostic_by_default() -> None:
+    payload = CODECS.step_event.encode(step_event(content=[{"role": "USER", "text": SECRET_MAIL}]))
+    for value in (b"card 4111 1111 1111 1111 and " + SECRET_MAIL.encode(), payload[:-3]):
+        try:
+            CODECS.step_event.decode(value)
+        except DecodeError as exc:
+            error = exc
+        for codec in (None, CODECS.step_event):
+            letter = dead_letter(_source(value), error, codec=codec)
+            assert letter.value is not None
+            assert SECRET_MAIL.encode() not in letter.value
+            assert dict(letter.headers)[DLQ_REDACTED] == b"payload"
+            assert json.loads(letter.value) == {
+                "redacted": "payload",
+                "length": len(value),
+                "head_hex": value[:16].hex(),
+                "sha256": hashlib.sha256(value).hexdigest(),
+            }
+            assert letter.key == b"s-1"
+            assert dict(letter.headers)[DLQ_OFFSET] == b"7"
+    # without the codec even a decodable StepEvent is not kept in clear
+    whole = dead_letter(_source(payload), ValueError("late"))
+    assert dict(whole.headers)[DLQ_REDACTED] == b"payload"
+    raw = dead_letter(_source(payload), ValueError("late"), codec=CODECS.step_event, keep_raw=True)
+    assert raw.value == payload
+
+
+def test_keeping_raw_dead_letters_is_a_setting_off_by_default() -> None:
+    assert Settings.from_env({}).dlq_keep_raw is False
+    for word, on in (("1", True), ("yes", True), ("TRUE", True), ("0", False), ("no", False)):
+        assert Settings.from_env({"GOVERNOR_DLQ_KEEP_RAW": word}).dlq_keep_raw is on
+    on_ = Settings.from_env({}, dlq_keep_raw=True)
+    assert Settings.from_env(on_.to_env()).dlq_keep_raw is True
+    with pytest.raises(ValueError, match="GOVERNOR_DLQ_KEEP_RAW='maybe'"):
+        Settings.from_env({"GOVERNOR_DLQ_KEEP_RAW": "maybe"})
 
 
 def test_schema_files_must_be_named_after_their_record(tmp_path: Path) -> None:

@@ -120,3 +120,116 @@ def test_hour_buckets_follow_event_time() -> None:
     eng.process(0, [ev(1, "LLM_CALL", model="gpt-4o", cost_micros=7)])
     hour = bucket_start(T0 + 1_000_000, HOUR_US)
     assert eng.partitions[0].buckets[(agent_scope("acme", "bot"), HOUR_US, hour)].cost_micros == 7
+
+
+# --- refusals that need the session's state ---------------------------------------------
+
+
+def test_an_event_after_its_session_ended_is_refused_and_changes_nothing() -> None:
+    eng = engine()
+    ended = [ev(1, "SESSION_START"), ev(2, "SESSION_END")]
+    eng.process(0, ended)
+    part = eng.partitions[0]
+    before = checkpoint_records(PartitionState(0, sessions=dict(part.sessions)))
+    late = ev(3, "LLM_CALL", model="gpt-4o", cost_micros=1000)
+    result = eng.process(0, [late])
+    assert [(i, r.reason) for i, r in result.rejected] == [(0, "after_session_end")]
+    assert result.applied == 0
+    assert part.sessions["s1"].cost_micros == 0
+    assert checkpoint_records(PartitionState(0, sessions=dict(part.sessions))) == before
+    # a redelivered event of the session is a duplicate, not a bad record
+    assert eng.process(0, [ended[1]]).duplicates == 1
+
+
+def test_an_event_after_an_evicted_session_is_refused() -> None:
+    eng = engine(finished_retention_s=60)
+    eng.process(0, [ev(1, "SESSION_START"), ev(2, "SESSION_END")])
+    far = ev(1, "SESSION_START") | {"session_id": "other", "start_time_us": T0 + 3600_000_000}
+    eng.process(0, [far])
+    eng.tick(0)
+    assert "s1" not in eng.partitions[0].sessions
+    result = eng.process(0, [ev(3, "TOOL_CALL", tool_name="x")])
+    assert [r.reason for _, r in result.rejected] == ["after_session_end"]
+
+
+def test_a_session_closed_for_silence_may_speak_again() -> None:
+    eng = engine(idle_timeout_s=60)
+    eng.process(0, [ev(1, "SESSION_START")])
+    eng.process(0, [ev(1, "SESSION_START") | {"session_id": "x", "start_time_us": T0 + 10**9}])
+    eng.tick(0)
+    assert eng.partitions[0].sessions["s1"].status == "TIMEOUT"
+    result = eng.process(0, [ev(5, "TOOL_CALL", tool_name="x")])
+    assert not result.rejected
+    assert result.applied == 1
+
+
+def test_an_event_id_reused_with_another_seq_is_refused() -> None:
+    eng = engine()
+    eng.process(0, [ev(1, "SESSION_START"), ev(2, "TOOL_CALL", tool_name="x")])
+    reused = ev(3, "TOOL_CALL", tool_name="x") | {"event_id": "e1"}
+    result = eng.process(0, [reused])
+    assert [r.reason for _, r in result.rejected] == ["event_id_reused"]
+    assert eng.partitions[0].sessions["s1"].last_seq == 2
+    # the digests survive a checkpoint
+    restored = PartitionState(0)
+    for key, value in checkpoint_records(eng.partitions[0]):
+        restore_record(restored, key, value)
+    eng2 = engine()
+    eng2.assign(restored)
+    assert [r.reason for _, r in eng2.process(0, [reused]).rejected] == ["event_id_reused"]
+
+
+# --- bounded state and checkpointed rates -----------------------------------------------
+
+
+def test_enforced_decisions_are_pruned_by_the_watermark_so_the_next_window_decides_again() -> None:
+    policy = {
+        "id": "agent-budget",
+        "kind": "budget",
+        "scope": "agent",
+        "window": "1h",
+        "limit_usd": 0.001,
+    }
+    eng = engine(policy)
+
+    def spend(session: str, at_us: int) -> list[str]:
+        events = [
+            ev(1, "SESSION_START") | {"session_id": session, "start_time_us": at_us},
+            ev(2, "LLM_CALL", model="gpt-4o", cost_micros=5000)
+            | {"session_id": session, "start_time_us": at_us + 1},
+        ]
+        return [d.outcome.action for d in eng.process(0, events).decisions]
+
+    assert spend("a", T0) == ["KILL"]
+    assert eng.partitions[0].enforced
+    assert spend("b", T0 + 60_000_000) == []  # still in force: decided once
+    later = T0 + 3 * 3600 * 10**6
+    eng.process(0, [ev(1, "SESSION_START") | {"session_id": "c", "start_time_us": later}])
+    eng.tick(0)
+    assert not any(target.startswith("agent:") for _, target in eng.partitions[0].enforced)
+    assert spend("d", later + 10) == ["KILL"]  # a new window breached: decided again
+
+
+def test_step_rates_survive_a_checkpoint() -> None:
+    policy = {"id": "rate", "kind": "step_rate", "scope": "agent", "window": "1m", "max_steps": 3}
+    eng = engine(policy)
+    steps = [ev(1, "SESSION_START")] + [
+        ev(n, "TOOL_CALL", tool_name=f"t{n}") | {"start_time_us": T0 + n} for n in range(2, 5)
+    ]
+    assert not eng.process(0, steps).decisions
+    restored = PartitionState(0)
+    for key, value in checkpoint_records(eng.partitions[0]):
+        restore_record(restored, key, value)
+    again = engine(policy)
+    again.assign(restored)
+    more = [ev(5, "TOOL_CALL", tool_name="t5") | {"start_time_us": T0 + 5}]
+    assert [d.outcome.policy_id for d in again.process(0, more).decisions] == ["rate"]
+
+
+def test_the_kept_rate_minutes_cover_the_longest_rate_window_a_policy_may_use() -> None:
+    from streams.engine import RATE_HORIZON_US
+    from streams.pipeline.accounting import STEP_MINUTES_KEPT
+    from streams.pipeline.policy import MAX_RATE_WINDOW_S
+
+    assert STEP_MINUTES_KEPT * 60 >= MAX_RATE_WINDOW_S
+    assert RATE_HORIZON_US >= MAX_RATE_WINDOW_S * 1_000_000

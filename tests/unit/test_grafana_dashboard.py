@@ -1,4 +1,5 @@
-"""The Grafana dashboard: valid JSON, the panels the operators need, and PromQL that parses."""
+"""The Grafana dashboard: valid JSON, the panels the operators need, PromQL that parses, and
+only metrics the worker exports."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from streams.metrics import worker_metrics
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO_ROOT / "ops" / "grafana" / "dashboards" / "governor.json"
@@ -26,6 +29,13 @@ REQUIRED_TOPICS = {
     "PII": r"\bpii\b",
     "SLO budget": r"\bslo\b.*\bbudget\b",
     "consumer lag": r"consumer lag",
+    "worker health": r"worker health|healthy",
+}
+#: the series names Prometheus sees for each metric type of prometheus_client
+_SERIES_SUFFIXES = {
+    "counter": ("_total",),
+    "histogram": ("_bucket", "_count", "_sum"),
+    "gauge": ("",),
 }
 
 #: Grafana's built-in and dashboard variables, replaced by something PromQL accepts
@@ -110,3 +120,15 @@ def test_every_expr_parses(tmp_path: Path) -> None:
     assert result.returncode == 0, (
         f"promtool cannot parse a dashboard expr:\n{result.stdout}{result.stderr}"
     )
+
+
+def test_every_worker_metric_in_the_panels_is_exported_by_the_worker() -> None:
+    """A renamed metric would leave its panel silently empty."""
+    exported = {
+        family.name + suffix
+        for family in worker_metrics().registry.collect()
+        for suffix in _SERIES_SUFFIXES[family.type]
+    }
+    for expr in _exprs():
+        used = set(re.findall(r"\bgovernor_[a-z_]+", expr))
+        assert used <= exported, f"{expr}: {sorted(used - exported)} not exported by the worker"

@@ -2,11 +2,13 @@
 
 The rules are valid (`promtool check rules`), their unit tests pass (`promtool test rules` on
 every file of ops/prometheus/tests/), every alert has a severity and a runbook that exists and
-names the layer to suspect, and Alertmanager accepts its configuration and routes by severity.
+names the layer to suspect, every worker metric they use is one the worker exports, and
+Alertmanager accepts its configuration and routes by severity.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,6 +16,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from streams.metrics import worker_metrics
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RULES_DIR = REPO_ROOT / "ops" / "prometheus" / "rules"
@@ -24,6 +28,18 @@ RUNBOOK_URL_PREFIX = "https://github.com/governor/governor/blob/main/ops/runbook
 SEVERITIES = {"page", "ticket", "none"}
 SLOS = {"availability", "latency", "quality", "compliance", "degradation"}
 SLO_WINDOWS = ("5m", "30m", "1h", "6h", "3d")
+#: the worker's health alerts and their severities (page: a human now; ticket: next working day)
+HEALTH_ALERTS = {
+    "GovernorWorkerStalled": "page",
+    "GovernorWorkerUnhealthy": "page",
+    "GovernorWorkerNotReady": "ticket",
+}
+#: the series names Prometheus sees for each metric type of prometheus_client
+_SERIES_SUFFIXES = {
+    "counter": ("_total",),
+    "histogram": ("_bucket", "_count", "_sum"),
+    "gauge": ("",),
+}
 
 
 def _yaml_files(directory: Path) -> list[Path]:
@@ -91,6 +107,41 @@ def test_every_alert_has_severity_and_runbook() -> None:
         assert (RUNBOOKS_DIR / f"{name}.md").is_file(), f"{name}: runbook file missing"
 
 
+def test_every_worker_metric_in_the_rules_is_exported_by_the_worker() -> None:
+    """A renamed metric would leave its alert silently never firing."""
+    exported = {
+        family.name + suffix
+        for family in worker_metrics().registry.collect()
+        for suffix in _SERIES_SUFFIXES[family.type]
+    }
+    for rule in _rules():
+        used = set(re.findall(r"\bgovernor_[a-z_]+", rule["expr"]))
+        name = rule.get("alert") or rule.get("record")
+        assert used <= exported, f"{name}: {sorted(used - exported)} not exported by the worker"
+
+
+def test_the_health_alerts_exist_with_their_severities() -> None:
+    by_name = {rule["alert"]: rule for rule in _alerting_rules()}
+    for name, severity in HEALTH_ALERTS.items():
+        assert name in by_name, f"no alert {name}"
+        assert by_name[name]["labels"]["severity"] == severity, name
+    assert "governor_last_batch_timestamp_seconds" in by_name["GovernorWorkerStalled"]["expr"]
+    assert "time()" in by_name["GovernorWorkerStalled"]["expr"]
+
+
+def test_every_health_runbook_says_what_the_worker_does_and_what_to_check() -> None:
+    for name in HEALTH_ALERTS:
+        text = (RUNBOOKS_DIR / f"{name}.md").read_text(encoding="utf-8")
+        for needle in ("/healthz", "/readyz", "FATAL in", "governor status", "exit"):
+            assert needle in text, f"{name}.md does not mention {needle}"
+
+
+def test_the_lag_runbook_does_not_advise_scaling_out() -> None:
+    text = (RUNBOOKS_DIR / "GovernorConsumerLagHigh.md").read_text(encoding="utf-8")
+    assert "one worker per app id" in text
+    assert "more worker instances, up to the partition count" not in text
+
+
 def test_every_runbook_names_the_layer_to_suspect_and_its_rollback() -> None:
     for name in sorted({rule["alert"] for rule in _alerting_rules()}):
         text = (RUNBOOKS_DIR / f"{name}.md").read_text(encoding="utf-8").lower()
@@ -136,6 +187,9 @@ def test_amtool_check_config() -> None:
             "pager",
         ),
         (["alertname=GovernorDLQGrowing", "severity=ticket"], "ticket"),
+        (["alertname=GovernorWorkerStalled", "severity=page"], "pager"),
+        (["alertname=GovernorWorkerUnhealthy", "severity=page"], "pager"),
+        (["alertname=GovernorWorkerNotReady", "severity=ticket"], "ticket"),
         (["alertname=SomethingElse"], "governor-webhook"),
     ],
 )
