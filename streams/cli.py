@@ -754,13 +754,12 @@ def ask_pii(
 
 
 def _answers() -> Any:
-    import redis
-
     from streams.query.answers import Answers
     from streams.query.readmodel import SessionReadModel
+    from streams.redis_client import redis_client
 
     s = settings()
-    return Answers(SessionReadModel(redis.Redis.from_url(s.redis_url), s.redis_key_prefix))
+    return Answers(SessionReadModel(redis_client(s), s.redis_key_prefix))
 
 
 def _emit_json(answer: Any) -> None:
@@ -911,9 +910,8 @@ def ask_drift(
     size (Cliff's delta or Cramér's V), the p-value and the Holm-adjusted p-value; SHIFT marks
     an adjusted p below 0.001 with an effect of at least 0.1.
     """
-    import redis
-
     from streams.query.drift import DriftStore, drift_report
+    from streams.redis_client import redis_client
     from streams.times import parse_instant
 
     s = settings()
@@ -921,7 +919,7 @@ def ask_drift(
         since_us = parse_instant(since) if since else None
     except ValueError as exc:
         raise _fail(str(exc)) from exc
-    store = DriftStore(redis.Redis.from_url(s.redis_url), s.redis_key_prefix)
+    store = DriftStore(redis_client(s), s.redis_key_prefix)
     report = drift_report(store, agent, tenant=tenant, since_us=since_us)
     if as_json:
         _emit_json(report)

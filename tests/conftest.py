@@ -23,9 +23,11 @@ from streams.topics import ensure_topics
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEST_STATE = REPO_ROOT / ".governor" / "test"
-#: many fixtures replay events at fixed 2025 instants, produced now: the worker under test
-#: accepts any past start time (the reliability suite tests the bound with its own settings)
+#: many fixtures replay events at fixed 2025 instants, produced now, and move the watermark
+#: with "clock" events up to a day ahead: the workers under test accept any past start time and
+#: a day ahead (the fault suite and the unit tests check the real bounds with their own)
 FIXTURE_PAST_SKEW_S = 100 * 365 * 86400.0
+FIXTURE_FUTURE_SKEW_S = 86400.0
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -54,10 +56,12 @@ def stack_settings() -> Iterator[Settings]:
             redis_url=os.environ.get("GOVERNOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
             state_dir=TEST_STATE,
             max_event_past_skew_s=FIXTURE_PAST_SKEW_S,
+            max_event_future_skew_s=FIXTURE_FUTURE_SKEW_S,
         )
         return
     settings = Settings.from_env(
         max_event_past_skew_s=FIXTURE_PAST_SKEW_S,
+        max_event_future_skew_s=FIXTURE_FUTURE_SKEW_S,
         state_dir=TEST_STATE / "session",
         kafka_port=29092,
         bootstrap="127.0.0.1:29092",

@@ -91,8 +91,5 @@ def close_silent_sessions(settings: Settings, after_us: int) -> None:
             codecs.step_event.encode(event),
             event["session_id"].encode(),
             partition=partition,
-            # a clock event stamped when it claims to happen: the worker refuses start times
-            # far ahead of their record time (bounded skew)
-            timestamp=after_us // 1000,
         )
     producer.flush(10)

@@ -45,6 +45,7 @@ from streams.codec import Codec, Codecs, DecodeError
 from streams.pipeline.pricing import load_prices
 from streams.query.readmodel import SessionReadModel
 from streams.query.timeline import Timeline, build_timeline, session_targets
+from streams.redis_client import redis_client
 from streams.settings import Settings
 
 log = logging.getLogger("governor.timeline")
@@ -145,7 +146,7 @@ def read_session_events(
 def read_model_window(settings: Settings, session_id: str) -> Window | None:
     """Start and end of the session from ``rm:session:<id>``; None when Redis does not know
     it (not finished yet, expired) or cannot be reached."""
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    client = redis_client(settings)
     try:
         model = SessionReadModel(client, settings.redis_key_prefix)
         raw = client.get(model.summary_key(session_id))

@@ -8,12 +8,15 @@ session keeps its order and event time roughly increases across the run.
 
 A plan says what the agent would do; the client decides what happens: a KILL raises
 :class:`SessionKilled` before the next step and the session ends there as KILLED (PauseTimeout
-and BudgetExhausted end it as ERROR). Every event the client emits is recorded, and the ground
-truth is folded from those events when the session is done.
+and BudgetExhausted end it as ERROR). A tool call the client's PII guard refuses raises
+:class:`ToolBlocked` instead of running; the simulated agent catches it and carries on with its
+next step (the plan expects this: see :mod:`streams.simulator.plan`). Every event the client
+emits is recorded, and the ground truth is folded from those events when the session is done.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import time
 from collections import Counter
@@ -32,11 +35,12 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from streams.client import Governor, GovernorError
+from streams.client import Governor, GovernorError, ToolBlocked
 from streams.control import KeyRing
 from streams.settings import Settings
 from streams.simulator.plan import (
     ERROR,
+    OK,
     EvaluationStep,
     LlmStep,
     OutputStep,
@@ -339,17 +343,21 @@ def _play(session: SessionLike, step: PlannedStep) -> None:
             start_us=step.start_us,
         )
     elif isinstance(step, ToolStep):
-        session.tool_call(
-            name=step.name,
-            args=step.args.text,
-            result=None if step.result is None else step.result.text,
-            duration_ms=step.duration_us / 1000,
-            status=step.status,
-            error_type=step.error_type,
-            call_id=step.call_id,
-            cost_usd=step.cost_usd,
-            start_us=step.start_us,
-        )
+        # the agent takes a refusal (ToolBlocked) and goes on with its next step
+        with contextlib.suppress(ToolBlocked):
+            session.tool_call(
+                name=step.name,
+                args=step.args.text,
+                result=None if step.result is None else step.result.text,
+                duration_ms=step.duration_us / 1000,
+                # a call the plan expects refused is asked for like any other: BLOCKED is the
+                # client's to record (a client that ran it would show OK in the events)
+                status=OK if step.blocked else step.status,
+                error_type=None if step.blocked else step.error_type,
+                call_id=step.call_id,
+                cost_usd=step.cost_usd,
+                start_us=step.start_us,
+            )
     elif isinstance(step, EvaluationStep):
         session.evaluation(name=step.name, score=step.score, start_us=step.start_us)
     elif isinstance(step, OutputStep):

@@ -6,6 +6,9 @@ client's ``Session`` builds them (the integration test checks the two agree), wi
 derived from session id and seq so a run is reproducible. ``kills`` stands in for KILL
 decisions: session id -> how many steps pass before the next one raises ``SessionKilled``; the
 SESSION_END then reports acting on decision ``offline-<session id>`` as the client reports a KILL.
+The client's PII guard is stood in for by :class:`PlannedGuard`, which refuses the tool calls
+the plans mark as blocked (looked up by their arguments: no scanner runs): such a call is
+recorded as BLOCKED with its arguments only and raises ``ToolBlocked``, as in the client.
 """
 
 from __future__ import annotations
@@ -15,13 +18,13 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from streams.client import SessionKilled
+from streams.client import SessionKilled, ToolBlocked
 from streams.control import ActedOn, acted_attributes
 from streams.pipeline.accounting import close_timed_out, fold, new_state, summary
 from streams.pipeline.pricing import PriceTable
 from streams.simulator.driver import AgentKey, Connect, EventSink, GovernorLike, SimClock, drive
 from streams.simulator.params import FleetParams
-from streams.simulator.plan import SessionPlan
+from streams.simulator.plan import BLOCKED, PII_BLOCKED, SessionPlan, ToolStep
 from streams.simulator.truth import TruthWriter
 
 #: uuid5 namespace of offline event ids
@@ -159,6 +162,19 @@ class OfflineSession:
         content = []
         if args is not None:
             content.append({"role": "TOOL_ARGUMENTS", "text": _as_text(args)})
+            refused = self.gov.pii.refused(name, content)
+            if refused:
+                self._emit(
+                    "TOOL_CALL",
+                    start_us=start_us,
+                    status=BLOCKED,
+                    error_type=PII_BLOCKED,
+                    tool_name=name,
+                    tool_call_id=call_id,
+                    operation="execute_tool",
+                    content=content,
+                )
+                raise ToolBlocked(name, refused)
         if result is not None:
             content.append({"role": "TOOL_RESULT", "text": _as_text(result)})
         return self._emit(
@@ -189,15 +205,45 @@ def _as_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, default=str, sort_keys=True)
 
 
+class PlannedGuard:
+    """The client's PII guard as the plans foresee it: ``refused`` answers like
+    :meth:`streams.client.pii.PiiGuard.refused`, from the verdicts the planner wrote on its
+    tool calls (:attr:`ToolStep.blocked`), looked up by tool and arguments."""
+
+    def __init__(self, plans: Iterable[SessionPlan]) -> None:
+        self._refused: dict[tuple[str, str], tuple[str, ...]] = {
+            (step.name, step.args.text): step.blocked
+            for plan in plans
+            for step in plan.steps
+            if isinstance(step, ToolStep) and step.blocked
+        }
+
+    def refused(self, tool: str, content: Sequence[Mapping[str, str]]) -> list[str]:
+        """Entity types for which the client refuses this call of ``tool``; none: it runs."""
+        entities = {
+            entity
+            for segment in content
+            if segment["role"] == "TOOL_ARGUMENTS"
+            for entity in self._refused.get((tool, segment["text"]), ())
+        }
+        return sorted(entities)
+
+
 class OfflineGovernor:
     """Sends nothing: every event goes to ``sink``, and counts as delivered."""
 
     def __init__(
-        self, key: AgentKey, clock: SimClock, sink: EventSink, kills: Mapping[str, int]
+        self,
+        key: AgentKey,
+        clock: SimClock,
+        sink: EventSink,
+        kills: Mapping[str, int],
+        pii: PlannedGuard,
     ) -> None:
         self.key = key
         self.clock = clock
         self.kills = kills
+        self.pii = pii
         self._sink = sink
         self.emitted = 0
 
@@ -237,9 +283,14 @@ class OfflineGovernor:
         pass
 
 
-def offline_governors(kills: Mapping[str, int] | None = None) -> Connect:
+def offline_governors(
+    plans: Iterable[SessionPlan], kills: Mapping[str, int] | None = None
+) -> Connect:
+    """Offline governors for playing ``plans`` (their PII guard refuses what the plans say)."""
+    guard = PlannedGuard(plans)
+
     def connect(key: AgentKey, clock: SimClock, sink: EventSink) -> GovernorLike:
-        return OfflineGovernor(key, clock, sink, kills or {})
+        return OfflineGovernor(key, clock, sink, kills or {}, guard)
 
     return connect
 
@@ -261,7 +312,7 @@ def simulate_offline(
         events.extend(emitted)
         truths.append(writer.add(emitted, planted=plan.pii, budget_breaker=plan.budget_breaker))
 
-    drive(plans, offline_governors(kills), concurrency=concurrency, on_session=done)
+    drive(plans, offline_governors(plans, kills), concurrency=concurrency, on_session=done)
     return events, truths
 
 

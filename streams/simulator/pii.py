@@ -3,14 +3,23 @@
 Every value a :class:`PiiFactory` makes is new within that factory (emails carry a random token,
 numbers random digits, names are re-drawn on a clash), so a test can grep for one value and know
 exactly where the simulator put it. Values are built to pass the usual validators: phone numbers
-are valid US numbers, card numbers pass the Luhn check, SSNs avoid the ranges never issued.
+are valid US numbers, card numbers pass the Luhn check, SSNs avoid the ranges never issued (and
+the few numbers voided after they were published).
+
+:func:`client_refuses` says, without a scanner, which planted values make the client's PII guard
+refuse a tool call, so a plan knows which of its tool calls never run.
 """
 
 from __future__ import annotations
 
 import random
 import string
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from streams.pipeline.pii import PiiPolicy
 
 EMAIL_ADDRESS = "EMAIL_ADDRESS"
 PHONE_NUMBER = "PHONE_NUMBER"
@@ -18,6 +27,11 @@ CREDIT_CARD = "CREDIT_CARD"
 US_SSN = "US_SSN"
 PERSON = "PERSON"
 ENTITY_TYPES = (EMAIL_ADDRESS, PHONE_NUMBER, CREDIT_CARD, US_SSN, PERSON)
+#: the score the client's scanner gives a value of each type as PiiFactory makes them, standing
+#: in a tool call's JSON arguments (presidio's patterns, measured against the real guard by
+#: tests/unit/simulator/test_client_guard.py); no PERSON: the client scans without a spaCy
+#: model, so it never finds a name
+CLIENT_SCORES = {EMAIL_ADDRESS: 1.0, PHONE_NUMBER: 0.4, CREDIT_CARD: 1.0, US_SSN: 0.5}
 
 FIRST_NAMES = (
     "Maria",
@@ -183,6 +197,9 @@ AREA_CODES = (
 #: reserved for documentation (RFC 2606), but with real TLDs so address validators accept them
 EMAIL_DOMAINS = ("example.com", "example.org", "example.net")
 CARD_PREFIXES = ("4", "51", "52", "53", "54", "55")
+#: well-formed SSNs voided after they were published (in advertisements, on a wallet insert):
+#: scanners reject them as fakes (presidio's UsSsnRecognizer does)
+VOIDED_SSNS = ("123456789", "078051120")
 _TOKEN_ALPHABET = string.ascii_lowercase + string.digits
 _NAME_TRIES = 50
 
@@ -217,12 +234,40 @@ def luhn_check_digit(partial: str) -> str:
 
 
 def ssn_valid(ssn: str) -> bool:
-    """Looks issued: area not 000, 666 or 9xx; group not 00; serial not 0000; not one digit."""
+    """Looks issued: area not 000, 666 or 9xx; group not 00; serial not 0000; not one digit;
+    not one of :data:`VOIDED_SSNS`."""
     digits = "".join(c for c in ssn if c.isdigit())
-    if len(digits) != 9 or len(set(digits)) == 1:
+    if len(digits) != 9 or len(set(digits)) == 1 or digits in VOIDED_SSNS:
         return False
     area, group, serial = digits[:3], digits[3:5], digits[5:]
     return area not in ("000", "666") and area[0] != "9" and group != "00" and serial != "0000"
+
+
+def client_refuses(
+    policy: PiiPolicy | None, tool: str, planted: Iterable[PiiValue]
+) -> tuple[str, ...]:
+    """The entity types for which the client's PII guard refuses a call of ``tool`` whose
+    arguments hold ``planted`` (sorted, as :class:`~streams.client.ToolBlocked` names them);
+    empty when the call may run.
+
+    The guard (:class:`streams.client.pii.PiiGuard`) is on when ``policy`` has a block rule for
+    tool arguments; it scans the arguments for ``policy.entities`` and refuses the call for every
+    match that scores at least ``policy.min_score`` and has handling BLOCK at (entity,
+    TOOL_ARGUMENTS, ``tool``). This decides the same without the scanner, taking the scanner to
+    find each planted value as its own type with its :data:`CLIENT_SCORES` score: true of what
+    :class:`PiiFactory` makes. (The scanner also reads a few five-digit ids as phone numbers,
+    so a policy that blocks PHONE_NUMBER in tool arguments would refuse calls this lets run.)
+    """
+    if policy is None or not policy.blocks_tool_arguments():
+        return ()
+    refused = {
+        value.entity_type
+        for value in planted
+        if value.entity_type in policy.entities
+        and CLIENT_SCORES.get(value.entity_type, 0.0) >= policy.min_score
+        and policy.handling(value.entity_type, "TOOL_ARGUMENTS", tool) == "BLOCK"
+    }
+    return tuple(sorted(refused))
 
 
 class PiiFactory:

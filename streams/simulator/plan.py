@@ -1,9 +1,19 @@
-"""Planning a fleet: every session, step and timestamp, decided up front (pure, no I/O).
+"""Planning a fleet: every session, step and timestamp, decided up front (pure, no I/O but
+reading the shipped PII policy once when the caller gives none).
 
 ``plan_fleet(params)`` draws everything from ``random.Random(params.seed)`` and returns the
-sessions sorted by start time. A plan says what an agent *would* do if nothing intervened; the
-driver then plays it through the real client, where a KILL can cut it short. Event time is
+sessions sorted by start time. A plan says what an agent *would* do if no decision intervened;
+the driver then plays it through the real client, where a KILL can cut it short. Event time is
 planned too: each step starts at the previous step's end plus a think time.
+
+The one intervention planned up front is the client's PII guard, because the PII policy decides
+it from the arguments alone: a tool call whose arguments hold a value the policy blocks there
+(a card number or an SSN, with the shipped ``policies/pii.yaml``) never runs. The client records
+it as BLOCKED, with its arguments and nothing else, and raises ``ToolBlocked``; the simulated
+agent catches that and carries on with its next step. So the plan marks the step
+(:attr:`ToolStep.blocked`) and gives it what the client records: no result, no duration, no
+cost, status BLOCKED; it is never retried. If it was the call an ERROR session fails on, the
+session ends with its error type, ``PiiBlocked``, as with any other failing call.
 
 Retries are visible in the events alone: a retry is a call of the same kind and the same tool
 (or model) right after a failed one, with the same ``tool_call_id`` for tools. The planner never
@@ -13,6 +23,7 @@ derives from the events.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -20,10 +31,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from streams.pipeline.pii import PiiPolicy
 from streams.simulator import catalog
 from streams.simulator.catalog import MODELS, TOOLS, AgentProfile
 from streams.simulator.params import AGENT_NAMES, FleetParams
-from streams.simulator.pii import ENTITY_TYPES, PiiFactory, PiiValue
+from streams.simulator.pii import ENTITY_TYPES, PiiFactory, PiiValue, client_refuses
 
 #: uuid5 namespace of planned session ids
 SESSION_NAMESPACE = uuid.UUID("5b0d6a3e-2f4c-4e7e-9a51-6c1f0e2d7b44")
@@ -31,6 +43,9 @@ SESSION_NAMESPACE = uuid.UUID("5b0d6a3e-2f4c-4e7e-9a51-6c1f0e2d7b44")
 OK = "OK"
 ERROR = "ERROR"
 ABANDONED = "ABANDONED"
+#: the status and error type the client records a tool call with when its PII guard refuses it
+BLOCKED = "BLOCKED"
+PII_BLOCKED = "PiiBlocked"
 
 MS = 1_000
 S = 1_000_000
@@ -102,6 +117,9 @@ class ToolStep:
     error_type: str | None
     retry: bool
     denied: bool = False
+    #: the entity types in ``args`` for which the client's PII guard refuses the call (see the
+    #: module doc); empty for a call that runs
+    blocked: tuple[str, ...] = ()
 
     @property
     def end_us(self) -> int:
@@ -212,8 +230,15 @@ def fleet_agents(params: FleetParams, rng: random.Random) -> tuple[FleetAgent, .
     return tuple(agents)
 
 
-def plan_fleet(params: FleetParams) -> list[SessionPlan]:
-    """Every session of the fleet, sorted by start time (deterministic for ``params``)."""
+def plan_fleet(params: FleetParams, pii_policy: PiiPolicy | None = None) -> list[SessionPlan]:
+    """Every session of the fleet, sorted by start time (deterministic for ``params`` and the
+    policy).
+
+    ``pii_policy`` is the PII policy the clients that play the plans read (it decides which tool
+    calls they refuse); without one, the shipped ``policies/pii.yaml``, which is what a client
+    with the default ``policies_dir`` reads.
+    """
+    policy = shipped_pii_policy() if pii_policy is None else pii_policy
     rng = random.Random(params.seed)
     pii = PiiFactory(rng)
     agents = fleet_agents(params, rng)
@@ -223,8 +248,18 @@ def plan_fleet(params: FleetParams) -> list[SessionPlan]:
     for index, start_us in enumerate(starts):
         agent = rng.choices(agents, weights)[0]
         session_id = str(uuid.uuid5(SESSION_NAMESPACE, f"{params.seed}/{params.end_us}/{index}"))
-        plans.append(_SessionPlanner(params, rng, pii, agent, start_us).plan(index, session_id))
+        planner = _SessionPlanner(params, rng, pii, policy, agent, start_us)
+        plans.append(planner.plan(index, session_id))
     return plans
+
+
+@functools.cache
+def shipped_pii_policy() -> PiiPolicy:
+    """``policies/pii.yaml`` of the checkout (read once)."""
+    from streams.policy_files import load_pii_policy
+    from streams.settings import project_root
+
+    return load_pii_policy(project_root() / "policies")
 
 
 def _diurnal_start(params: FleetParams, rng: random.Random) -> int:
@@ -258,12 +293,14 @@ class _SessionPlanner:
         params: FleetParams,
         rng: random.Random,
         pii: PiiFactory,
+        pii_policy: PiiPolicy,
         agent: FleetAgent,
         start_us: int,
     ) -> None:
         self.p = params
         self.rng = rng
         self.pii = pii
+        self.pii_policy = pii_policy
         self.agent = agent
         self.profile = agent.profile
         self.start_us = start_us
@@ -481,6 +518,8 @@ class _SessionPlanner:
         """A tool call and its retries; the error type if it finally failed.
 
         With ``fail`` every attempt fails with the same error (the one that ends the session).
+        A call the client refuses fails at once with PiiBlocked, which is never retried: the same
+        arguments would be refused again.
         """
         rng = self.rng
         name = self.profile.tools[0] if breaker else rng.choice(self.profile.tools)
@@ -526,22 +565,33 @@ class _SessionPlanner:
             duration = round(min(max(seconds, 0.005), 30.0) * S)
         think = rng.randint(300 * MS, 4 * S) if retry else self._think(5, 150)
         start = state.t + think
+        # the result (or the refusal) enters the next prompt
+        state.context += 150 + rng.randint(0, 600)
+        call_id = call_id or f"call_{rng.getrandbits(48):012x}"
+        args = args or self._tool_args(name)
+        result = None if error else self._tool_result(name)
+        cost: float | None = spec.cost_usd
+        status = OK if error is None else ERROR
+        blocked = client_refuses(self.pii_policy, name, args.pii)
+        if blocked:
+            # refused before it runs: recorded at once, with its arguments only
+            duration, result, cost, status, error = 0, None, None, BLOCKED, PII_BLOCKED
         state.t = start + duration
-        state.context += 150 + rng.randint(0, 600)  # the result enters the next prompt
         state.steps.append(
             ToolStep(
                 start_us=start,
                 think_us=think,
                 duration_us=duration,
                 name=name,
-                call_id=call_id or f"call_{rng.getrandbits(48):012x}",
-                args=args or self._tool_args(name),
-                result=None if error else self._tool_result(name),
-                cost_usd=spec.cost_usd,
-                status=OK if error is None else ERROR,
+                call_id=call_id,
+                args=args,
+                result=result,
+                cost_usd=cost,
+                status=status,
                 error_type=error,
                 retry=retry,
                 denied=denied,
+                blocked=blocked,
             )
         )
         return error

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from streams.pipeline.pricing import load_prices
+from streams.policy_files import load_pii_policy
 from streams.settings import Settings
 from streams.simulator.driver import DriveReport, drive, real_governors
 from streams.simulator.params import FleetParams
@@ -27,7 +28,8 @@ def run_simulation(
 ) -> tuple[DriveReport, TruthSummary]:
     prices = load_prices(settings.policies_dir / "prices.yaml")
     with console.status("planning the fleet"):
-        plans = plan_fleet(params)
+        # the PII policy the clients read: it decides which planned tool calls they refuse
+        plans = plan_fleet(params, load_pii_policy(settings.policies_dir))
     console.print(
         f"{len(plans):,} sessions over {params.days:g} day{'' if params.days == 1 else 's'} ending "
         f"{_utc(params.end_us)} (seed {params.seed}, end_us {params.end_us}); "
@@ -78,7 +80,10 @@ def print_summary(
             f"{report.dropped:,} / {report.failed:,} / {report.pending:,}",
         ),
         ("LLM calls (unpriced)", f"{summary.llm_calls:,} ({summary.unpriced_calls:,})"),
-        ("tool calls", f"{summary.tool_calls:,}"),
+        (
+            "tool calls (blocked for PII)",
+            f"{summary.tool_calls:,} ({summary.blocked_tool_calls:,})",
+        ),
         ("retries", f"{summary.retries:,}"),
         ("total cost", f"${summary.cost_micros / 1e6:,.2f}"),
         ("budget breakers", f"{summary.budget_breakers:,}"),

@@ -14,7 +14,12 @@ activity end live in :mod:`streams.pipeline.session_facts`, shared with the inci
 - outcome: the SESSION_END status (OK, ERROR, KILLED); TIMEOUT when there is no SESSION_END.
 - retry: a call right after a failed call (no call in between) of the same kind and the same
   model (LLM) or the same ``tool_call_id`` (tool).
-- failure step: the last LLM or tool call whose status is not OK.
+- failed call: an LLM or tool call whose status is neither OK nor UNKNOWN, as the worker's fold
+  has it; a tool call the client's PII guard refused (BLOCKED, error type ``PiiBlocked``) is one,
+  and counts in ``tool_calls`` like any tool call (and in ``blocked_tool_calls``).
+- failure step: the last failed call.
+- ``errors_by_type``: failed calls by error type (their status when they have none) and ERROR
+  events by error type (UNKNOWN without one).
 - ``last_event_time_us``: the latest ``start_time_us + duration_us`` of the session's events
   (SESSION_END counts at its ``start_time_us``: the client stamps it with the session's end and
   gives it the whole session as duration).
@@ -54,6 +59,10 @@ from streams.pipeline.session_facts import (
 from streams.simulator.catalog import DENIED_TOOLS
 from streams.simulator.params import FleetParams
 from streams.simulator.pii import PiiValue
+from streams.simulator.plan import BLOCKED
+
+#: call statuses that are not a failure (the worker's fold: streams.pipeline.accounting)
+NOT_FAILED = ("OK", "UNKNOWN")
 
 HOP_OF_ROLE = {
     "USER": "CONTEXT",
@@ -101,7 +110,7 @@ def session_truth(
             for name in ("input_tokens", "output_tokens", "cache_read_input_tokens"):
                 tokens[name] += int(call.get(name) or 0)
 
-    failures = [c for c in calls if c.get("status") != "OK"]
+    failures = [c for c in calls if _failed(c)]
     failure = failures[-1] if failures else None
     slowest = slowest_call(calls)
     tools = [str(c.get("tool_name")) for c in calls if c["kind"] == "TOOL_CALL"]
@@ -129,13 +138,10 @@ def session_truth(
         "cache_read_input_tokens": sum(int(c.get("cache_read_input_tokens") or 0) for c in llm),
         "steps_by_kind": dict(Counter(str(e["kind"]) for e in ordered)),
         "tool_calls": dict(Counter(tools)),
-        "errors_by_type": dict(
-            Counter(
-                str(e["error_type"])
-                for e in ordered
-                if e["kind"] != "SESSION_END" and e.get("error_type")
-            )
+        "blocked_tool_calls": sum(
+            c["kind"] == "TOOL_CALL" and c.get("status") == BLOCKED for c in calls
         ),
+        "errors_by_type": _errors_by_type(ordered),
         "retries": sum(is_retry(previous, call) for previous, call in pairwise(calls)),
         "llm_calls": len(llm),
         "max_context_tokens": max((int(c.get("input_tokens") or 0) for c in llm), default=0),
@@ -159,6 +165,20 @@ def session_truth(
         "events": len(ordered),
         "pii": _pii_occurrences(ordered, planted),
     }
+
+
+def _failed(call: Event) -> bool:
+    return str(call.get("status") or "OK") not in NOT_FAILED
+
+
+def _errors_by_type(events: Sequence[Event]) -> dict[str, int]:
+    errors: Counter[str] = Counter()
+    for event in events:
+        if event["kind"] in CALL_KINDS and _failed(event):
+            errors[str(event.get("error_type") or event["status"])] += 1
+        elif event["kind"] == "ERROR":
+            errors[str(event.get("error_type") or "UNKNOWN")] += 1
+    return dict(errors)
 
 
 def _pii_occurrences(events: Sequence[Event], planted: Iterable[PiiValue]) -> list[dict[str, Any]]:
@@ -196,6 +216,8 @@ class TruthSummary:
     unpriced_calls: int = 0
     llm_calls: int = 0
     tool_calls: int = 0
+    #: tool calls the client's PII guard refused (among ``tool_calls``)
+    blocked_tool_calls: int = 0
     retries: int = 0
     #: distinct PII values present in the events, and their occurrences
     pii_values: int = 0
@@ -226,6 +248,7 @@ class _Tally:
             unpriced_calls=int(s["unpriced_calls"]),
             llm_calls=int(s["llm_calls"]),
             tool_calls=sum(s["tool_calls"].values()),
+            blocked_tool_calls=int(s.get("blocked_tool_calls", 0)),
             retries=int(s["retries"]),
             pii_occurrences=len(s["pii"]),
             budget_breakers=int(bool(s["budget_breaker"])),
@@ -248,6 +271,7 @@ _TOTALS = (
     "unpriced_calls",
     "llm_calls",
     "tool_calls",
+    "blocked_tool_calls",
     "retries",
     "pii_occurrences",
     "budget_breakers",

@@ -27,8 +27,10 @@ from streams.simulator.pii import (
 )
 from streams.simulator.plan import (
     ABANDONED,
+    BLOCKED,
     ERROR,
     OK,
+    PII_BLOCKED,
     EvaluationStep,
     LlmStep,
     OutputStep,
@@ -36,6 +38,7 @@ from streams.simulator.plan import (
     SessionPlan,
     ToolStep,
     plan_fleet,
+    shipped_pii_policy,
 )
 from tests.unit.simulator.conftest import END_US
 
@@ -316,6 +319,63 @@ def test_a_value_appears_in_one_session_only(fleet: list[SessionPlan]) -> None:
             assert owners.setdefault(value.value, plan.session_id) == plan.session_id
 
 
+def test_tool_calls_the_client_refuses_are_planned_as_it_records_them(
+    fleet: list[SessionPlan], fleet_truth: dict[str, dict[str, Any]]
+) -> None:
+    blocked = 0
+    for plan in fleet:
+        for n, step in enumerate(plan.steps):
+            if not isinstance(step, ToolStep):
+                continue
+            planted = {v.entity_type for v in step.args.pii}
+            assert step.blocked == tuple(sorted(planted & {CREDIT_CARD, US_SSN}))
+            if not step.blocked:
+                assert step.status in (OK, ERROR)
+                continue
+            blocked += 1
+            # what the client records for it: the arguments, nothing it would have returned
+            assert (step.status, step.error_type) == (BLOCKED, PII_BLOCKED)
+            assert (step.result, step.duration_us, step.cost_usd) == (None, 0, None)
+            # never retried (the same arguments would be refused again), nor a retry itself
+            assert not step.retry
+            later = [s for s in plan.steps[n + 1 :] if isinstance(s, ToolStep)]
+            assert all(s.call_id != step.call_id for s in later)
+        truth = fleet_truth[plan.session_id]
+        assert truth["blocked_tool_calls"] == sum(
+            isinstance(s, ToolStep) and bool(s.blocked) for s in plan.steps
+        )
+    assert blocked > 100
+
+
+def test_a_session_that_fails_on_a_refused_call_ends_with_its_error_type(
+    prices: PriceTable,
+) -> None:
+    plans = plan_fleet(FleetParams(sessions=600, seed=21, end_us=END_US, error_fraction=0.2))
+    failing = [p for p in plans if p.ending == ERROR and p.error_type == PII_BLOCKED]
+    assert failing
+    truths = {t["session_id"]: t for t in simulate_offline(failing, prices)[1]}
+    for plan in failing:
+        last = plan.steps[-1]
+        assert isinstance(last, ToolStep)
+        assert last.blocked
+        truth = truths[plan.session_id]
+        assert (truth["outcome"], truth["error_type"]) == ("ERROR", PII_BLOCKED)
+        assert (truth["failure_step_kind"], truth["failure_tool"]) == ("TOOL_CALL", last.name)
+
+
+def test_without_a_block_rule_every_tool_call_runs() -> None:
+    shipped = shipped_pii_policy()
+    assert shipped.blocks_tool_arguments()
+    open_policy = shipped.model_copy(
+        update={"rules": [r for r in shipped.rules if r.handling != "block"]}
+    )
+    params = FleetParams(sessions=300, seed=4, end_us=END_US, pii_fraction=0.3)
+    guarded, unguarded = plan_fleet(params), plan_fleet(params, open_policy)
+    assert any(isinstance(s, ToolStep) and s.blocked for p in guarded for s in p.steps)
+    assert not any(isinstance(s, ToolStep) and s.blocked for p in unguarded for s in p.steps)
+    assert plan_fleet(params, shipped) == guarded
+
+
 # --- governance ----------------------------------------------------------------------------
 
 
@@ -377,11 +437,12 @@ def test_failures_have_named_types_and_retries_match_the_truth(
     fleet: list[SessionPlan], fleet_truth: dict[str, dict[str, Any]]
 ) -> None:
     steps = [s for p in fleet for s in p.steps if isinstance(s, LlmStep | ToolStep)]
-    tool_errors = {s.error_type for s in steps if isinstance(s, ToolStep) and s.error_type}
-    llm_errors = {s.error_type for s in steps if isinstance(s, LlmStep) and s.error_type}
+    ran = [s for s in steps if not (isinstance(s, ToolStep) and s.blocked)]
+    tool_errors = {s.error_type for s in ran if isinstance(s, ToolStep) and s.error_type}
+    llm_errors = {s.error_type for s in ran if isinstance(s, LlmStep) and s.error_type}
     assert tool_errors == set(catalog.TOOL_ERRORS)
     assert llm_errors == {catalog.LLM_OVERLOADED, catalog.LLM_CONTEXT_EXCEEDED}
-    assert all(s.status == ERROR for s in steps if s.error_type)
+    assert all(s.status == ERROR for s in ran if s.error_type)
     retried = 0
     for plan in fleet:
         planned = sum(isinstance(s, LlmStep | ToolStep) and s.retry for s in plan.steps)

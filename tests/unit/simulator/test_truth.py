@@ -8,10 +8,14 @@ from typing import Any
 
 import pytest
 
+from streams.pipeline.accounting import fold, new_state, summary
 from streams.pipeline.pricing import ModelPrice, PriceTable
+from streams.simulator.offline import offline_summaries, simulate_offline
 from streams.simulator.params import FleetParams
 from streams.simulator.pii import EMAIL_ADDRESS, PERSON, PiiValue
+from streams.simulator.plan import plan_fleet
 from streams.simulator.truth import TruthSummary, TruthWriter, load_truth, session_truth
+from tests.unit.simulator.conftest import END_US
 
 PRICES = PriceTable(
     {
@@ -133,6 +137,75 @@ def test_retries_are_repeats_right_after_a_failure() -> None:
     assert truth["failure_tool"] == "lookup_order"
     assert truth["outcome"] == "OK"
     assert truth["error_type"] is None
+
+
+#: what the worker's fold and the truth both say of a session
+FOLDED_ALIKE = (
+    "cost_micros",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "steps_by_kind",
+    "tool_calls",
+    "errors_by_type",
+    "retries",
+    "unpriced_calls",
+    "max_context_tokens",
+    "failure_step_kind",
+    "failure_tool",
+)
+
+
+def _worker_fold(events: list[dict[str, Any]], prices: PriceTable) -> dict[str, Any]:
+    state = new_state(events[0])
+    for event in events:
+        fold(state, event, prices)
+    return summary(state)
+
+
+def test_a_blocked_tool_call_is_a_failed_call_as_the_worker_counts_it() -> None:
+    card = '{"card_number": "4111 1111 1111 1111", "invoice_id": "INV-12345"}'
+    s = Session()
+    s.add("SESSION_START")
+    s.llm(input_tokens=100, output_tokens=10)
+    s.tool(
+        "refund_payment",
+        "c1",
+        duration_us=0,
+        status="BLOCKED",
+        error_type="PiiBlocked",
+        content=[{"role": "TOOL_ARGUMENTS", "text": card}],
+    )
+    s.tool("lookup_order", "c2")  # the agent goes on: another call, not a retry
+    s.tool("lookup_order", "c3", status="ERROR")  # a failure without an error type
+    s.llm(input_tokens=200, output_tokens=10)
+    s.end()
+    truth = session_truth(s.events, PRICES)
+    assert truth["blocked_tool_calls"] == 1
+    assert truth["tool_calls"] == {"refund_payment": 1, "lookup_order": 2}
+    assert truth["errors_by_type"] == {"PiiBlocked": 1, "ERROR": 1}
+    assert (truth["failure_step_kind"], truth["failure_tool"]) == ("TOOL_CALL", "lookup_order")
+    assert truth["retries"] == 0
+    assert (truth["outcome"], truth["error_type"]) == ("OK", None)
+    worker = _worker_fold(s.events, PRICES)
+    assert {k: worker[k] for k in FOLDED_ALIKE} == {k: truth[k] for k in FOLDED_ALIKE}
+
+
+def test_the_truth_of_a_simulated_fleet_is_what_the_worker_folds_from_its_events(
+    prices: PriceTable,
+) -> None:
+    plans = plan_fleet(FleetParams(sessions=300, seed=9, end_us=END_US, pii_fraction=0.3))
+    events, truths = simulate_offline(plans, prices)
+    assert sum(t["blocked_tool_calls"] for t in truths) > 20
+    folded = {s["session_id"]: s for s in offline_summaries(events, prices)}
+    for truth in truths:
+        worker = folded[truth["session_id"]]
+        # the worker names the model of a failed LLM call as its "tool"; the truth only tools
+        alike = [k for k in FOLDED_ALIKE if k != "failure_tool"]
+        assert {k: worker[k] for k in alike} == {k: truth[k] for k in alike}
+        if truth["failure_step_kind"] == "TOOL_CALL":
+            assert worker["failure_tool"] == truth["failure_tool"]
+        assert worker["status"] == truth["outcome"]
 
 
 def test_slowest_step_durations_and_evaluations() -> None:
