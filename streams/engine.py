@@ -77,6 +77,9 @@ class PartitionState:
     rates: Counter[tuple[str, str, int]] = field(default_factory=Counter)
     watermark_us: int = 0
     dirty: set[tuple[str, Any]] = field(default_factory=set)
+    #: the watermark's hour when buckets and histograms were last expired (not checkpointed:
+    #: the first tick after a restore expires them)
+    expired_at_hour: int = -1
 
     def mark(self, kind: str, key: Any) -> None:
         self.dirty.add((kind, key))
@@ -472,14 +475,22 @@ class Engine:
                 evicted.add(f"session:{session_id}")
         self._expire_enforced(part, now, evicted)
         self._expire_rates(part, now)
-        for key in [k for k in part.buckets if self._bucket_expired(k[1], k[2], now)]:
-            del part.buckets[key]
-            part.mark("b", key)
-        for hkey in [
-            k for k in part.histograms if expired(k[3], HOUR_US, now, self.hourly_retention_us)
-        ]:
-            del part.histograms[hkey]
-            part.mark("h", hkey)
+        # buckets and histograms are hourly and kept whole hours or days: one expires when the
+        # watermark passes an hour boundary, so scanning them (more each day) once an hour is
+        # enough; ``now - 1``: a watermark exactly on the boundary expires nothing yet
+        hour = bucket_start(now - 1, HOUR_US)
+        if hour != part.expired_at_hour:
+            part.expired_at_hour = hour
+            for key in [k for k in part.buckets if self._bucket_expired(k[1], k[2], now)]:
+                del part.buckets[key]
+                part.mark("b", key)
+            for hkey in [
+                k
+                for k in part.histograms
+                if expired(k[3], HOUR_US, now, self.hourly_retention_us)
+            ]:
+                del part.histograms[hkey]
+                part.mark("h", hkey)
         # guards are kept in eviction order: the oldest are first, so pruning stops early
         horizon = now - self.finished_retention_us - CLOSED_GUARD_RETENTION_US
         expired_guards = []

@@ -125,6 +125,9 @@ def ensure_changelog(settings: Settings) -> None:
         "cleanup.policy": "compact",
         "min.insync.replicas": str(min_isr),
         "segment.ms": str(3600 * 1000),
+        # pruned state leaves a tombstone per key: an hour is ample for any restore to see it
+        # (the default keeps them a day, and a restore reads every one of them)
+        "delete.retention.ms": str(3600 * 1000),
     }
     create_topics(
         admin,
