@@ -485,9 +485,7 @@ class Engine:
                 del part.buckets[key]
                 part.mark("b", key)
             for hkey in [
-                k
-                for k in part.histograms
-                if expired(k[3], HOUR_US, now, self.hourly_retention_us)
+                k for k in part.histograms if expired(k[3], HOUR_US, now, self.hourly_retention_us)
             ]:
                 del part.histograms[hkey]
                 part.mark("h", hkey)
