@@ -12,12 +12,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import orjson
 import redis
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
 
-from streams.codec import Codecs
+from streams.codec import Codec, Codecs
 from streams.control import EPOCH_SLOTS, SigningKey, decision_id, decision_redis_key
 from streams.processor.faults import Backoff, describe, fatal
+from streams.query.rebuild import DECISIONS, latest_decisions, marker_key
 from streams.redis_client import redis_client
 from streams.settings import Settings
 
@@ -43,6 +45,8 @@ return 1
 #: how far ahead of the wall clock a decision's epoch may legitimately be (event time skew)
 EPOCH_HORIZON_S = 86400.0
 MIRROR_IDLE_S = 1.0
+#: how often the mirror checks that Redis still holds it (one EXISTS)
+MARKER_CHECK_S = 2.0
 
 
 def make_decision(
@@ -86,8 +90,17 @@ class DecisionMirror:
     by the number of targets) and is written when Redis answers again.
     """
 
-    def __init__(self, settings: Settings, on_state: Callable[[bool], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        codec: Codec,
+        on_state: Callable[[bool], None] | None = None,
+    ) -> None:
         self.settings = settings
+        self.codec = codec
+        self._marker = marker_key(settings.redis_key_prefix, DECISIONS)
+        self._checked_marker_at = 0.0
+        self.rebuilds = 0
         self._redis = redis_client(settings)
         self._script = self._redis.register_script(MIRROR_IF_NEWER)
         self._pending: dict[str, tuple[int, bytes]] = {}
@@ -144,7 +157,9 @@ class DecisionMirror:
                     if self._stopping:
                         return
                 self.last_loop_monotonic = time.monotonic()
-                ok = self._write_pending() if self._pending else self._probe()
+                ok = self._write_pending() if self._pending else True
+                if ok and time.monotonic() - self._checked_marker_at >= MARKER_CHECK_S:
+                    ok = self._ensure_built()
                 if not ok:
                     self._sleep(self._backoff.next_delay())
                 else:
@@ -158,10 +173,50 @@ class DecisionMirror:
                 self._cond.wait(seconds)
         self.last_loop_monotonic = time.monotonic()
 
-    def _probe(self) -> bool:
-        ok = self.ping()
-        self._set_state(ok, "" if ok else "ping failed")
-        return ok
+    def _ensure_built(self) -> bool:
+        """Redis answers and holds the mirror; when it came back empty (restarted without its
+        data, flushed) the newest decision per target is rebuilt from the control topic, so a
+        restarted agent still finds its kill."""
+        try:
+            built = bool(self._redis.exists(self._marker))
+        except redis.RedisError as exc:
+            self._set_state(False, describe(exc))
+            return False
+        self._set_state(True, "")
+        self._checked_marker_at = time.monotonic()
+        if built:
+            return True
+        log.warning(
+            "the decision mirror's marker is not in Redis (a first start, or Redis came back "
+            "empty): rebuilding it from %s",
+            self.settings.topic("control"),
+        )
+        try:
+            latest = latest_decisions(self.settings, self.codec, on_chunk=self._beat)
+        except (KafkaException, TimeoutError) as exc:
+            log.warning("decision mirror rebuild: Kafka failed (%s); retrying", describe(exc))
+            self._checked_marker_at = 0.0
+            return False
+        with self._cond:
+            for target, (epoch, payload) in latest.items():
+                current = self._pending.get(target)
+                if current is None or epoch > current[0]:
+                    self._pending[target] = (epoch, payload)
+        if not self._write_pending():
+            self._checked_marker_at = 0.0
+            return False
+        try:
+            self._redis.set(self._marker, orjson.dumps({"at": time.time(), "targets": len(latest)}))
+        except redis.RedisError as exc:
+            self._set_state(False, describe(exc))
+            self._checked_marker_at = 0.0
+            return False
+        self.rebuilds += 1
+        log.warning("decision mirror rebuilt: %d targets", len(latest))
+        return True
+
+    def _beat(self) -> None:
+        self.last_loop_monotonic = time.monotonic()
 
     def _write_pending(self) -> bool:
         with self._cond:
@@ -226,7 +281,7 @@ class DecisionPublisher:
                 "log_level": 3,
             }
         )
-        self.mirror = DecisionMirror(settings, on_redis_state)
+        self.mirror = DecisionMirror(settings, self.codecs.decision, on_redis_state)
 
     def publish(self, decision: Mapping[str, Any], wait: bool = False) -> dict[str, Any]:
         """Sign and send ``decision``; the latest per target also goes to Redis."""

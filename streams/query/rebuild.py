@@ -41,7 +41,8 @@ log = logging.getLogger("governor.rebuild")
 READ_MODEL = "read-model"
 PII_LEDGER = "pii-ledger"
 #: the Redis key name of each read-model's marker and lock (after the key prefix)
-_KEY_NAMES = {READ_MODEL: "readmodel", PII_LEDGER: "pii"}
+DECISIONS = "decisions"
+_KEY_NAMES = {READ_MODEL: "readmodel", PII_LEDGER: "pii", DECISIONS: "decisions"}
 
 #: records per Redis pipeline: one round trip applies this many
 CHUNK = 2000
@@ -232,6 +233,27 @@ class BoundedReader:
 
     def close(self) -> None:
         self._consumer.close()
+
+
+def latest_decisions(
+    settings: Settings, codec: Codec, on_chunk: Callable[[], None] | None = None
+) -> dict[str, tuple[int, bytes]]:
+    """The newest decision per target on the control topic: (epoch, the record's bytes), what
+    the decision mirror keeps in Redis."""
+    latest: dict[str, tuple[int, bytes]] = {}
+    with BoundedReader(settings, settings.topic("control")) as reader:
+        for chunk in reader.chunks():
+            for value in chunk:
+                try:
+                    decision = codec.decode(value)
+                except DecodeError:
+                    continue  # not a decision: clients drop it too
+                current = latest.get(decision["target"])
+                if current is None or decision["epoch"] > current[0]:
+                    latest[decision["target"]] = (decision["epoch"], value)
+            if on_chunk is not None:
+                on_chunk()
+    return latest
 
 
 def _decoded(values: list[bytes], codec: Codec) -> tuple[list[dict[str, Any]], int]:
