@@ -526,7 +526,10 @@ def worker_snapshot(parts: WorkerParts) -> WorkerSnapshot:
         lag_error = lag.error or ""
         lag_events = lag.total if lag.measured else None
         # its failures are the lag check's (readiness); liveness only asks that it runs
-        loops.append(LoopSnapshot("lag-monitor", monitor.alive, 0.0))
+        starting = runner.loop_state == "starting"  # it starts with the accounting loop
+        loops.append(
+            LoopSnapshot("lag-monitor", monitor.alive, 0.0, "starting" if starting else "running")
+        )
     error = parts.policies.last_error
     return WorkerSnapshot(
         loops=tuple(loops),

@@ -71,13 +71,13 @@ class HealthBounds:
 
 
 #: loop states in which a loop may sit still for a while without being stuck
-_BUSY_STATES = ("restoring",)
+_BUSY_STATES = ("restoring", "starting")
 
 
 def liveness(snapshot: WorkerSnapshot, bounds: HealthBounds) -> HealthReport:
     checks = []
     for loop in snapshot.loops:
-        if not loop.alive:
+        if not loop.alive and loop.state != "starting":
             checks.append(Check(f"loop:{loop.name}", False, "not running"))
         elif loop.idle_s > bounds.stall_s and loop.state not in _BUSY_STATES:
             checks.append(

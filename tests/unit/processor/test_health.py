@@ -60,3 +60,11 @@ def test_degraded_governance_is_not_ready() -> None:
     assert failing(readiness(unmeasured, BOUNDS)) == ["lag"]
     broken = dataclasses.replace(GOOD, lag_error="broker down")
     assert failing(readiness(broken, BOUNDS)) == ["lag"]
+
+
+def test_a_worker_still_starting_is_live_but_not_ready() -> None:
+    starting = dataclasses.replace(
+        GOOD, loops=(LoopSnapshot("accounting", False, 5.0, "starting"),), assigned_partitions=0
+    )
+    assert liveness(starting, BOUNDS).ok
+    assert failing(readiness(starting, BOUNDS)) == ["state:accounting", "partitions"]
