@@ -1,4 +1,4 @@
-"""A private redis-server for the read-model tests (never the shared one: they flush it)."""
+"""Unit-test fixtures: a private redis-server (never the shared one: the tests flush it)."""
 
 from __future__ import annotations
 
