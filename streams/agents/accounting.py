@@ -96,6 +96,16 @@ STARTING, RESTORING, RUNNING, RECOVERING, STOPPED = (
 )
 
 
+def decision_expiry(issued_at_us: int, ttl_s: float | None, wall_us: int) -> int:
+    """When a decision stops being in force: its time (or a day) from the wall clock at issue.
+
+    Not from the event time that caused it: a backfilled or late session's events may be days
+    old, and a kill that arrives already expired is dropped by the client.
+    """
+    ttl = ttl_s if ttl_s is not None else DEFAULT_DECISION_TTL_S
+    return max(wall_us, issued_at_us) + int(ttl * 1_000_000)
+
+
 class RejectedRecord(ValueError):
     """A StepEvent that decodes but carries impossible values (the dead letter's exception)."""
 
@@ -519,9 +529,7 @@ class AccountingRunner:
         wall_us = time.time_ns() // 1000
         for decided in batch:
             outcome = decided.outcome
-            ttl = outcome.ttl_s if outcome.ttl_s is not None else DEFAULT_DECISION_TTL_S
-            # in force for its time from now: the event that caused it may be hours old
-            expires_at_us = max(wall_us, decided.issued_at_us) + int(ttl * 1_000_000)
+            expires_at_us = decision_expiry(decided.issued_at_us, outcome.ttl_s, wall_us)
             decisions.append(
                 make_decision(
                     target=outcome.target,
