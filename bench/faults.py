@@ -39,13 +39,13 @@ from streams.codec import Codecs
 from streams.pipeline.pricing import load_prices
 from streams.settings import Settings
 from streams.topics import ensure_topics
+from tests.private_redis import free_low_port
 from tests.reliability.faults import (
     REPO,
     Fault,
     FaultRun,
     PolicyChange,
     Scenario,
-    free_low_port,
     poison,
     poison_corpus,
     policy_files,

@@ -45,6 +45,7 @@ from streams.pipeline.pricing import PriceTable
 from streams.pipeline.validate import Rejection
 
 SESSION_KIND = "SESSION"  #: histogram kind of whole-session latency
+#: a decision for a target without a window of its own stays in force this long
 DEFAULT_DECISION_TTL_US = 24 * 3600 * 1_000_000
 NO_END = 2**62
 #: rate counters are kept this long behind the watermark: the longest rate window
@@ -143,8 +144,7 @@ class Engine:
         self._scopes: dict[tuple[str, str], tuple[str, str]] = {}
         #: (policy id, target) -> level, over all owned partitions (for Facts.level)
         self._levels: dict[tuple[str, str], int] = {}
-        #: a decision for a target without a window of its own stays in force this long
-        self.default_decision_ttl_us = DEFAULT_DECISION_TTL_US
+
         #: open sessions per scope over all owned partitions (for Facts.active)
         self._active: Counter[str] = Counter()
         self.facts = Facts(
@@ -421,7 +421,7 @@ class Engine:
             ttl_us = (
                 int(outcome.ttl_s * 1_000_000)
                 if outcome.ttl_s is not None
-                else self.default_decision_ttl_us
+                else DEFAULT_DECISION_TTL_US
             )
             until = delta.event_time_us + ttl_us
         part.enforced[key] = (outcome.level, epoch, until)

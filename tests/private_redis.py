@@ -1,9 +1,8 @@
-"""A redis-server of the test's own, on a free port below the ephemeral range, to stop, pause
-(SIGSTOP), flush or restart empty without touching the shared one."""
+"""A redis-server of the test's own, on a free port below the ephemeral range, to pause
+(SIGSTOP), kill and restart (empty without AOF) without touching the shared one."""
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import signal
@@ -11,95 +10,132 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
 
-import pytest
 import redis
 
-#: Linux's ephemeral ports start at 32768: a fixed port below can not be some client's source
-_PORTS = range(21000, 32000)
 
-
-def _free_port() -> int:
+def free_low_port(low: int = 20_000, high: int = 32_000) -> int:
+    """A free TCP port below the ephemeral range (32768-60999 here), so no client's source
+    port can take it between a kill and a restart."""
+    rng = random.Random()
     for _ in range(200):
-        port = random.choice(_PORTS)
+        port = rng.randrange(low, high)
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
             return port
-    raise RuntimeError("no free port below 32768")
+    raise RuntimeError(f"no free port in {low}..{high}")
 
 
 class PrivateRedis:
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
-        self.data_dir = data_dir
-        self.port = port or _free_port()
+    """A ``redis-server`` of one test on a port of its own, under ``folder``.
+
+    Without ``aof`` nothing is persisted (``--save "" --appendonly no``): a kill and restart
+    brings it back empty. With ``aof`` it keeps an append-only file (fsync every second).
+    """
+
+    def __init__(self, folder: Path, *, aof: bool = False, port: int | None = None) -> None:
+        self.folder = folder
+        self.aof = aof
+        self.port = port or free_low_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.stopped = False
+        self.starts = 0
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def client(self, timeout_s: float = 2.0) -> redis.Redis:
-        return redis.Redis.from_url(
-            self.url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-        )
-
-    def start(self) -> PrivateRedis:
+    def start(self, timeout_s: float = 15.0) -> PrivateRedis:
         server = shutil.which("redis-server")
         if server is None:
-            pytest.skip("redis-server is not installed")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [server, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.data_dir),
-             "--save", "", "--appendonly", "no", "--daemonize", "no"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
+            raise RuntimeError("redis-server is not installed (make setup installs it)")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        argv = [
+            server,
+            "--bind", "127.0.0.1",
+            "--port", str(self.port),
+            "--dir", str(self.folder),
+            "--daemonize", "no",
+            "--save", "",
+            "--appendonly", "yes" if self.aof else "no",
+            "--appendfsync", "everysec",
+            "--protected-mode", "yes",
+            "--logfile", str(self.folder / "redis.log"),
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, cwd=self.folder)
+        self.stopped = False
+        self.starts += 1
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+            if self.ping():
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server on {self.port} did not answer in {timeout_s:.0f}s")
+
+    def client(self, timeout_s: float = 5.0) -> redis.Redis:
+        return redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+        )
+
+    def ping(self) -> bool:
         client = self.client(0.5)
         try:
-            while True:
-                try:
-                    client.ping()
-                    return self
-                except redis.RedisError:
-                    if time.monotonic() > deadline or self.proc.poll() is not None:
-                        raise
-                    time.sleep(0.05)
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
         finally:
             client.close()
 
-    def pause(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGCONT)
+    def _signal(self, sig: signal.Signals) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            raise RuntimeError("redis-server is not running")
+        self.proc.send_signal(sig)
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.resume()  # a stopped process would not handle SIGKILL's cleanup either way
-        self.proc.kill()
-        self.proc.wait(10)
-        self.proc = None
+        """SIGSTOP: the server keeps its connections and answers nothing."""
+        self._signal(signal.SIGSTOP)
+        self.stopped = True
 
-    def restart_empty(self) -> None:
-        """Killed and started again on the same port without any data."""
-        self.stop()
-        self.start()
+    def cont(self) -> None:
+        self._signal(signal.SIGCONT)
+        self.stopped = False
+
+    def kill(self) -> None:
+        """SIGKILL, no goodbye: without AOF everything in it is gone."""
+        self._signal(signal.SIGKILL)
+        assert self.proc is not None
+        self.proc.wait(10)
+        self.stopped = False
+
+    def restart(self) -> PrivateRedis:
+        if self.proc is not None and self.proc.poll() is None:
+            if self.stopped:
+                self.cont()
+            self.kill()
+        return self.start()
+
+    def close(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        if self.stopped:
+            self.cont()
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
     def __enter__(self) -> PrivateRedis:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def __exit__(self, *exc: object) -> None:
+        self.close()

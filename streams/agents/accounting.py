@@ -41,6 +41,7 @@ from confluent_kafka import (
 from streams.audit import AuditChains, ChainHead
 from streams.codec import Codecs, DecodeError, SourceRecord, dead_letter, header_pairs
 from streams.engine import (
+    DEFAULT_DECISION_TTL_US,
     BatchResult,
     Decided,
     Engine,
@@ -85,7 +86,7 @@ TICK_INTERVAL_S = 1.0
 PRODUCE_STALL_S = 30.0
 #: a decision for a target without a window lasts this long unless resumed, counted from the
 #: wall clock when it is issued (a backfilled session's kill must not arrive expired)
-DEFAULT_DECISION_TTL_S = 24 * 3600
+DEFAULT_DECISION_TTL_S = DEFAULT_DECISION_TTL_US / 1_000_000
 #: the loop's states, as /healthz and /readyz report them
 STARTING, RESTORING, RUNNING, RECOVERING, STOPPED = (
     "starting",
@@ -189,9 +190,7 @@ class AccountingRunner:
         self.recoveries = 0
         #: assigned partitions whose state is restored (readiness)
         self.assigned: set[int] = set()
-        self.bounds = IngestBounds.from_seconds(
-            settings.max_event_future_skew_s, settings.max_event_past_skew_s
-        )
+        self.bounds = IngestBounds.of(settings)
         #: the open transaction's side effects: metrics to count and calls to forget when it
         #: commits; on abort the metrics are dropped and the calls run again
         self._on_commit: list[Callable[[], None]] = []

@@ -119,9 +119,7 @@ class PiiHandler:
         self.audit = audit
         self.metrics = metrics
         self.health = AgentHealth(AGENT_NAME)
-        self.bounds = IngestBounds.from_seconds(
-            settings.max_event_future_skew_s, settings.max_event_past_skew_s
-        )
+        self.bounds = IngestBounds.of(settings)
         #: set by attach_pii
         self.writer: LedgerWriter | None = None
         self._killed: set[str] = set()

@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from streams.settings import Settings
+
 #: per step; a session of a billion steps is not an agent, it is a bug
 MAX_SEQ = 1_000_000_000
 MAX_TOKENS = 1_000_000_000
@@ -53,6 +55,11 @@ class IngestBounds:
     @classmethod
     def from_seconds(cls, future_s: float, past_s: float) -> IngestBounds:
         return cls(int(future_s * 1_000_000), int(past_s * 1_000_000))
+
+    @classmethod
+    def of(cls, settings: Settings) -> IngestBounds:
+        """The bounds a worker is configured with (every reader of gov.events uses them)."""
+        return cls.from_seconds(settings.max_event_future_skew_s, settings.max_event_past_skew_s)
 
 
 def validate_event(

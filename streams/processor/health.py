@@ -12,7 +12,6 @@ return 200 or 503.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,7 +132,3 @@ def _lag(snapshot: WorkerSnapshot, bounds: HealthBounds) -> Check:
         return Check("lag", False, "not measured yet")
     ok = snapshot.lag_events <= bounds.max_lag_events
     return Check("lag", ok, f"{snapshot.lag_events} events behind (bound {bounds.max_lag_events})")
-
-
-def first_failure(checks: Sequence[Check]) -> str:
-    return next((f"{c.name}: {c.detail}" for c in checks if not c.ok), "")

@@ -107,7 +107,7 @@ async def test_a_batch_waits_out_a_stopped_redis_and_is_applied_once(
     retrier = Retrier(health, metrics, settings)
     batch = handler.decode(payloads(handler.codecs, [summary(n) for n in range(20)]))
     topic.summaries.extend(batch.summaries)
-    private_redis.pause()
+    private_redis.stop()
     try:
         task = asyncio.create_task(retrier.run(lambda: asyncio.to_thread(handler.apply, batch)))
         deadline = time.monotonic() + 15
@@ -117,7 +117,7 @@ async def test_a_batch_waits_out_a_stopped_redis_and_is_applied_once(
         assert health.state == "retrying"
         assert not task.done()
     finally:
-        private_redis.resume()
+        private_redis.cont()
     await asyncio.wait_for(task, 30)
     assert not health.retrying  # running again
     stats = Answers(model, clock_us=T0 + HOUR_US - 1).stats(PERIOD)
@@ -138,7 +138,7 @@ async def test_a_redis_restarted_empty_is_rebuilt_before_the_next_batch(
     topic.summaries.extend(first.summaries)
     await retrier.run(lambda: asyncio.to_thread(handler.apply, first))
     assert health.rebuilds == 1  # the first batch ever finds no marker
-    private_redis.restart_empty()  # killed without saving: everything is gone
+    private_redis.restart()  # killed without saving: everything is gone
     second = handler.decode(payloads(handler.codecs, [summary(n) for n in range(10, 15)]))
     topic.summaries.extend(second.summaries)
     await retrier.run(lambda: asyncio.to_thread(handler.apply, second))
@@ -228,7 +228,7 @@ async def test_the_pii_ledger_waits_out_a_stopped_redis_behind_the_agent(
                           max_pending=5, rebuild=rebuild)  # fmt: skip
     retrier = Retrier(health, metrics, settings, part="ledger")
     writer.add([finding(n) for n in range(4)])
-    private_redis.pause()
+    private_redis.stop()
     try:
         flush = asyncio.create_task(writer.flush(retrier))
         deadline = time.monotonic() + 15
@@ -238,7 +238,7 @@ async def test_the_pii_ledger_waits_out_a_stopped_redis_behind_the_agent(
         assert health.retrying == {"ledger"}
         writer.add([finding(4)])  # the agent goes on meanwhile
     finally:
-        private_redis.resume()
+        private_redis.cont()
     await asyncio.wait_for(flush, 30)
     await writer.flush(retrier)  # what came in during the first write
     assert writer.pending == []
