@@ -813,12 +813,15 @@ class HealthPoller:
             at = time.monotonic()
             healthz, _ = http_get(self.url + "/healthz")
             readyz, body = http_get(self.url + "/readyz")
+            # the answer describes the worker when it was given, not when it was asked: a
+            # request made while the worker is stopped is answered after SIGCONT
+            answered = time.monotonic()
             failing = tuple(
                 f"{c['name']}: {c['detail']}"
                 for c in (body or {}).get("checks", [])
                 if not c.get("ok")
             )
-            self.samples.append(HealthSample(at, healthz, readyz, failing))
+            self.samples.append(HealthSample(answered, healthz, readyz, failing))
             self._stopping.wait(max(0.0, self.interval_s - (time.monotonic() - at)))
 
     def _poll_lag(self) -> None:
