@@ -249,6 +249,9 @@ def test_an_otel_instrumented_agent_produces_the_same_events_as_the_native_clien
     assert processor.force_flush()
 
     count = len(TOY) + 4  # SESSION_START, one EVALUATION on a chat span, one on the agent, END
+    # both runs acknowledged by the broker, so a shortfall below is the read, not the write
+    assert (native.emitter.stats.delivered, native.emitter.stats.failed) == (count, 0)
+    assert (processor.gov.emitter.stats.delivered, processor.problems) == (count, {})
     events = _events(topics, 2 * count)
     # one session id → one partition, and the native run was flushed before the OTel run began
     from_native, from_otel = events[:count], events[count:]
