@@ -77,6 +77,7 @@ from streams.topics import (
     replication_for,
     scan_partitions,
 )
+from streams.workers import INSTANCE_ID, worker_client_id
 
 log = logging.getLogger("governor.accounting")
 
@@ -84,6 +85,9 @@ BATCH_MAX = 5000
 POLL_TIMEOUT_S = 0.02
 TICK_INTERVAL_S = 1.0
 PRODUCE_STALL_S = 30.0
+#: a crashed worker's open transaction holds back read_committed readers of its outputs (the
+#: scope stage, the read-model) until the coordinator aborts it: this long at most
+TRANSACTION_TIMEOUT_MS = 20_000
 #: a decision for a target without a window lasts this long unless resumed, counted from the
 #: wall clock when it is issued (a backfilled session's kill must not arrive expired)
 DEFAULT_DECISION_TTL_S = DEFAULT_DECISION_TTL_US / 1_000_000
@@ -213,6 +217,7 @@ class AccountingRunner:
             {
                 "bootstrap.servers": bootstrap,
                 "group.id": f"{settings.app_id}-accounting",
+                "client.id": worker_client_id(settings),
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "isolation.level": "read_committed",
@@ -231,7 +236,12 @@ class AccountingRunner:
         return Producer(
             {
                 "bootstrap.servers": settings.bootstrap,
-                "transactional.id": f"{settings.app_id}-accounting-{settings.web_port}",
+                # one id per process (KIP-447): fencing of a zombie is the group generation's
+                # job (send_offsets_to_transaction), so any number of workers can run side by
+                # side; a dead instance's open transaction is aborted by the coordinator after
+                # transaction.timeout.ms, which is kept short for that reason
+                "transactional.id": f"{settings.app_id}-accounting-{INSTANCE_ID}",
+                "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
                 "linger.ms": 20,
                 "batch.size": 1_000_000,
                 "compression.type": "lz4",
