@@ -50,6 +50,7 @@ from streams.processor.health import (
     readiness,
 )
 from streams.processor.lag import LagMonitor
+from streams.processor.scope_stage import ScopeRunner
 from streams.publisher import DecisionPublisher
 from streams.query.answers import Answers, Period
 from streams.query.drift import DriftDetector, DriftStore
@@ -57,7 +58,7 @@ from streams.query.pii import pii_answer
 from streams.query.readmodel import SessionReadModel
 from streams.redis_client import redis_client
 from streams.settings import Settings
-from streams.topics import replication_for
+from streams.topics import admin_client, replication_for
 
 log = logging.getLogger("governor.worker")
 
@@ -106,6 +107,8 @@ class WorkerParts:
     #: liveness of the Faust agents (state, last progress), for the health views
     pii_health: AgentHealth | None = None
     read_model_health: AgentHealth | None = None
+    #: stage 2: agent- and tenant-scoped policies and the audit chains
+    scope: ScopeRunner | None = None
 
 
 def build_app(settings: Settings, brokers: int = 1) -> faust.App:
@@ -135,6 +138,8 @@ def build_app(settings: Settings, brokers: int = 1) -> faust.App:
         finished_retention_s=settings.finished_retention_s,
         hourly_retention_s=settings.hourly_retention_s,
         daily_retention_s=settings.daily_retention_s,
+        # agent and tenant scope is the scope stage's, over every worker's partitions
+        local_scope=False,
     )
     signing_key = ensure_signing_key(settings.control_keys_dir)
     publisher = DecisionPublisher(
@@ -142,6 +147,10 @@ def build_app(settings: Settings, brokers: int = 1) -> faust.App:
     )
     runner = AccountingRunner(settings, engine, codecs, publisher, metrics)
     runner.use_slos(bundle.slos)
+    scope = ScopeRunner(
+        settings, bundle.policies, codecs, publisher, metrics, source_partitions(settings)
+    )
+    runner.scope = scope
     pii = PiiHandler(
         settings,
         codecs,
@@ -172,6 +181,7 @@ def build_app(settings: Settings, brokers: int = 1) -> faust.App:
         history=history,
         lag=lag,
         pii=pii,
+        scope=scope,
     )
     app.governor = parts  # type: ignore[attr-defined]
 
@@ -179,11 +189,14 @@ def build_app(settings: Settings, brokers: int = 1) -> faust.App:
     class Accounting(Service):
         async def on_start(self) -> None:
             await asyncio.to_thread(runner.start)
+            await asyncio.to_thread(scope.start)
             lag.start()
 
         async def on_stop(self) -> None:
             lag.stop()
+            # the session stage first: its last commit carries items for the scope stage
             await asyncio.to_thread(runner.stop)
+            await asyncio.to_thread(scope.stop)
 
     @app.service
     class PolicyHistoryService(Service):
@@ -220,6 +233,15 @@ def build_app(settings: Settings, brokers: int = 1) -> faust.App:
     return app
 
 
+def source_partitions(settings: Settings) -> int:
+    """Partitions of the topic stage 1 reads (a replay topic may have more than configured):
+    the scope stage waits to hear from each of them."""
+    metadata = admin_client(settings).list_topics(timeout=10)
+    topic = metadata.topics.get(settings.events_source_topic)
+    found = len(topic.partitions) if topic is not None and topic.partitions else 0
+    return max(found, settings.event_partitions)
+
+
 def fingerprint_key(settings: Settings, signing_key: SigningKey) -> bytes:
     """The PII fingerprint key: the configured secret, or one derived from the signing key."""
     if settings.pii_fingerprint_key:
@@ -245,6 +267,9 @@ def apply_policies(
             # only on a change: use_slos starts a new fallback tracker, which forgets the
             # failures waiting for their fallback
             parts.runner.use_slos(bundle.slos)
+    if parts.scope is not None:
+        with parts.scope.lock:
+            parts.scope.use_policies(policy_set)
     pii = parts.pii
     if pii is not None and bundle.pii != pii.policy:
         if bundle.pii.entities != pii.policy.entities:
@@ -506,6 +531,17 @@ def worker_snapshot(parts: WorkerParts) -> WorkerSnapshot:
             f"{mirror.pending} decisions waiting for Redis" if not mirror.redis_ok else "",
         ),
     ]
+    scope = parts.scope
+    if scope is not None:
+        loops.append(
+            LoopSnapshot(
+                "scope",
+                scope.alive,
+                now - scope.loop_heartbeat,
+                scope.loop_state,
+                scope.last_fault if scope.loop_state == "recovering" else "",
+            )
+        )
     for agent in (parts.pii_health, parts.read_model_health):
         if agent is not None:
             # an agent's death ends the process (faults.fatal): here it is alive or stuck

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple, TypedDict
@@ -14,7 +15,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from streams import stack
+from streams import stack, workers
 from streams.settings import Settings
 
 # tables stay readable when the output is a file or a CI log, not only in a terminal
@@ -83,7 +84,8 @@ def down() -> None:
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable report.")] = False,
 ) -> None:
-    """Show what of the local stack runs where, and the worker's health (/healthz, /readyz)."""
+    """Show what of the local stack runs where, every worker of the group (address,
+    partitions, /healthz, /readyz), and the checks of the worker at GOVERNOR_WEB_PORT."""
     _print_status(settings(), as_json=as_json)
 
 
@@ -158,23 +160,191 @@ def health_summary(views: Mapping[str, HealthView | None]) -> str:
     )
 
 
-def _worker_health(s: Settings) -> dict[str, HealthView | None]:
+class MemberHealth(NamedTuple):
+    """A member of the accounting group and its two views (None: no answer, or no address)."""
+
+    member: workers.WorkerMember
+    healthz: HealthView | None
+    readyz: HealthView | None
+
+
+class WorkerRow(NamedTuple):
+    address: str
+    partitions: str
+    healthz: str
+    readyz: str
+    #: both views answered ok
+    ok: bool
+
+
+def view_state(view: HealthView | None) -> str:
+    """``ok``, ``degraded: lag, redis`` (the failing checks, by name) or ``no answer``."""
+    if view is None:
+        return "no answer"
+    if view["ok"]:
+        return "ok"
+    failing = [c["name"] for c in view["checks"] if not c["ok"]]
+    if not failing:
+        return f"degraded (HTTP {view['http_status']})"
+    return f"degraded: {', '.join(failing)}"
+
+
+def partition_ranges(partitions: Sequence[int]) -> str:
+    """``0-2, 5``: runs of consecutive partitions (a worker of a 64-partition topic holds
+    long ones); ``-`` for none."""
+    runs: list[list[int]] = []
+    for p in sorted(partitions):
+        if runs and p == runs[-1][1] + 1:
+            runs[-1][1] = p
+        else:
+            runs.append([p, p])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs) or "-"
+
+
+def worker_rows(members: Sequence[MemberHealth]) -> list[WorkerRow]:
+    """The workers' table: one row per group member, in the order given."""
+    rows: list[WorkerRow] = []
+    for m in members:
+        url = m.member.url
+        if url is None:
+            # not a Governor worker's client id: it holds partitions, but has no web port
+            address = f"{m.member.client_id} (no web address, from {m.member.client_host})"
+            rows.append(WorkerRow(address, partition_ranges(m.member.partitions), "-", "-", False))
+            continue
+        ok = m.healthz is not None and m.healthz["ok"] and m.readyz is not None and m.readyz["ok"]
+        rows.append(
+            WorkerRow(
+                url.removeprefix("http://"),
+                partition_ranges(m.member.partitions),
+                view_state(m.healthz),
+                view_state(m.readyz),
+                ok,
+            )
+        )
+    return rows
+
+
+def group_summary(group: workers.WorkerGroup) -> str:
+    """The line above the workers' table, or the whole report when no worker runs."""
+    if not group.members:
+        return f"no workers in the group {group.group_id}"
+    count = len(group.members)
+    line = f"group {group.group_id}: {count} worker{'s' if count != 1 else ''}, {group.state}"
+    if group.topic_partitions is None:
+        return f"{line}; {group.topic} does not exist"
+    line += f"; {group.topic} has {group.topic_partitions} partitions"
+    idle = sum(1 for m in group.members if not m.partitions)
+    if group.unassigned:
+        # normal for a moment during a rebalance; for long, partitions nobody governs
+        line += f", unassigned: {partition_ranges(group.unassigned)}"
+    if idle and group.state == "stable":
+        line += f", {idle} worker{'s' if idle != 1 else ''} without partitions"
+    return line
+
+
+def group_report(
+    group_id: str,
+    group: workers.WorkerGroup | None,
+    members: Sequence[MemberHealth],
+    error: str | None = None,
+) -> dict[str, Any]:
+    """``status --json``'s ``workers``: the group, and each member with both whole answers."""
+    return {
+        "group": group_id,
+        "error": error,
+        "state": group.state if group is not None else None,
+        "topic": group.topic if group is not None else None,
+        "topic_partitions": group.topic_partitions if group is not None else None,
+        "unassigned": list(group.unassigned) if group is not None else [],
+        "members": [
+            {
+                **dataclasses.asdict(m.member),
+                "partitions": list(m.member.partitions),
+                "url": m.member.url,
+                "healthz": m.healthz,
+                "readyz": m.readyz,
+            }
+            for m in members
+        ],
+    }
+
+
+def _views(url: str) -> dict[str, HealthView | None]:
     from streams.worker import get_json_status
 
-    url = _worker_url(s)
     healthz = health_view(get_json_status(f"{url}/healthz", timeout_s=3))
     # nothing answered /healthz: /readyz would not answer either, so do not wait twice
     readyz = None if healthz is None else health_view(get_json_status(f"{url}/readyz", timeout_s=3))
     return {"healthz": healthz, "readyz": readyz}
 
 
+def _worker_health(s: Settings) -> dict[str, HealthView | None]:
+    return _views(_worker_url(s))
+
+
+def _group_health(
+    s: Settings,
+) -> tuple[workers.WorkerGroup | None, list[MemberHealth], str | None]:
+    """The accounting group and every member's views, asked side by side (a group of many
+    workers, some not answering, must not take a timeout per worker); the error instead when
+    Kafka cannot say who is in the group."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    try:
+        group = workers.describe_worker_group(s)
+    except workers.GroupLookupError as exc:
+        return None, [], str(exc)
+
+    def probe(member: workers.WorkerMember) -> MemberHealth:
+        if member.url is None:
+            return MemberHealth(member, None, None)
+        views = _views(member.url)
+        return MemberHealth(member, views["healthz"], views["readyz"])
+
+    if not group.members:
+        return group, [], None
+    with ThreadPoolExecutor(max_workers=min(16, len(group.members))) as pool:
+        return group, list(pool.map(probe, group.members)), None
+
+
+def _print_workers(
+    group_id: str, group: workers.WorkerGroup | None, members: list[MemberHealth], error: str | None
+) -> None:
+    from rich.markup import escape
+
+    if group is None:
+        console.print(f"workers of group {group_id}: unknown ({escape(error or '')})")
+        return
+    console.print(escape(group_summary(group)), highlight=False)
+    if not members:
+        return
+    table = Table()
+    for column in ("worker", "partitions", "/healthz", "/readyz"):
+        table.add_column(column)
+
+    def shown(state: str) -> str:
+        if state == "ok":
+            return "[green]ok[/]"
+        if state in ("no answer", "-"):
+            return f"[dim]{state}[/]"
+        return f"[bold red]{escape(state)}[/]"
+
+    for row in worker_rows(members):
+        table.add_row(escape(row.address), row.partitions, shown(row.healthz), shown(row.readyz))
+    console.print(table)
+
+
 def _print_status(s: Settings, as_json: bool = False) -> None:
     from rich.markup import escape
+
+    from streams.processor.lag import accounting_group
 
     services = stack.status(s)
     url = _worker_url(s)
     views = _worker_health(s)
     running = any(view is not None for view in views.values())
+    group_id = accounting_group(s)
+    group, members, group_error = _group_health(s)
     if as_json:
         _emit_json(
             {
@@ -188,6 +358,7 @@ def _print_status(s: Settings, as_json: bool = False) -> None:
                     }
                     for st in services
                 ],
+                "workers": group_report(group_id, group, members, group_error),
                 "worker": {"url": url, "running": running, **views},
             }
         )
@@ -204,8 +375,13 @@ def _print_status(s: Settings, as_json: bool = False) -> None:
             str(st.service.log_file),
         )
     console.print(table)
+    _print_workers(group_id, group, members, group_error)
     if not running:
-        console.print(f"worker: not running (nothing answers on {url})")
+        if members:
+            # the group has workers, only none on this shell's GOVERNOR_WEB_HOST/PORT
+            console.print(f"worker {url} (GOVERNOR_WEB_PORT): nothing answers")
+        else:
+            console.print(f"worker: not running (nothing answers on {url})")
         return
     console.print(f"worker {url}: {health_summary(views)}", highlight=False)
     health = Table()
@@ -280,13 +456,21 @@ def _retention(ms: str) -> str:
 
 
 @app.command()
-def worker() -> None:
-    """Run the stream worker (Faust) until interrupted; its web port serves /metrics."""
+def worker(
+    port_file: Annotated[
+        Path | None,
+        typer.Option(help="Write the web port here once chosen (GOVERNOR_WEB_PORT=0: a free one)."),
+    ] = None,
+) -> None:
+    """Run the stream worker (Faust) until interrupted; its web port serves /metrics.
+
+    GOVERNOR_WEB_PORT=0 picks a free port; the worker prints the address it serves on.
+    """
     from streams.worker import run_worker
 
     s = settings()
     _ensure_topics(s)
-    run_worker(s)
+    run_worker(s, port_file=port_file)
 
 
 # --- the demo ------------------------------------------------------------------------------
@@ -680,7 +864,7 @@ def policy_rollback(
 
 
 def _worker_url(s: Settings) -> str:
-    return f"http://{s.web_host}:{s.web_port}"
+    return workers.web_url(s.web_host, s.web_port)
 
 
 def _who(by: str | None) -> str:

@@ -40,8 +40,17 @@ from streams.pipeline.aggregates import (
     expired,
     tenant_scope,
 )
-from streams.pipeline.policy import MAX_RATE_WINDOW_S, Facts, Outcome, PolicySet, decide
+from streams.pipeline.policy import (
+    MAX_RATE_WINDOW_S,
+    Facts,
+    Outcome,
+    PolicySet,
+    decide,
+    decide_session,
+)
 from streams.pipeline.pricing import PriceTable
+from streams.pipeline.scope import Decided as Decided
+from streams.pipeline.scope import ScopeItem, decision_audit
 from streams.pipeline.validate import Rejection
 
 SESSION_KIND = "SESSION"  #: histogram kind of whole-session latency
@@ -86,18 +95,6 @@ class PartitionState:
         self.dirty.add((kind, key))
 
 
-@dataclass(frozen=True)
-class Decided:
-    """An outcome that escalated, with the deterministic epoch and trigger of its decision."""
-
-    outcome: Outcome
-    tenant_id: str
-    epoch: int
-    issued_at_us: int
-    trigger_event_id: str | None
-    policy_version: int
-
-
 @dataclass
 class BatchResult:
     applied: int = 0
@@ -108,6 +105,9 @@ class BatchResult:
     deltas: list[tuple[SessionState, StepDelta]] = field(default_factory=list)
     #: (index of the event in the batch, why): refused before anything was applied
     rejected: list[tuple[int, Rejection]] = field(default_factory=list)
+    #: for the scope stage (``local_scope=False``): every applied event, every session closed
+    #: for silence, and the audit record of every decision, in order
+    scope_items: list[ScopeItem] = field(default_factory=list)
 
 
 class Engine:
@@ -121,7 +121,12 @@ class Engine:
         finished_retention_s: float = 3600.0,
         hourly_retention_s: float = 8 * 86400.0,
         daily_retention_s: float = 35 * 86400.0,
+        local_scope: bool = True,
     ) -> None:
+        """``local_scope``: decide agent- and tenant-scoped policies here, over the partitions
+        this engine holds (one process, backtests); False: leave them to the scope stage and
+        hand it ``BatchResult.scope_items`` instead (the worker, any number of them)."""
+        self.local_scope = local_scope
         self.prices = prices
         self.policies = policies
         self.idle_timeout_us = int(idle_timeout_s * 1_000_000)
@@ -147,6 +152,8 @@ class Engine:
 
         #: open sessions per scope over all owned partitions (for Facts.active)
         self._active: Counter[str] = Counter()
+        #: source offset of the event being applied (orders its scope items)
+        self._offset = 0
         self.facts = Facts(
             spend=self.spend,
             active=self.active,
@@ -271,12 +278,19 @@ class Engine:
 
     # --- processing ----------------------------------------------------------------------
 
-    def process(self, partition: int, events: Iterable[dict[str, Any]]) -> BatchResult:
+    def process(
+        self,
+        partition: int,
+        events: Iterable[dict[str, Any]],
+        offsets: list[int] | None = None,
+    ) -> BatchResult:
         """Fold validated events (see :mod:`streams.pipeline.validate`); the two checks that
-        need a session's state refuse an event here, before it changes anything."""
+        need a session's state refuse an event here, before it changes anything. ``offsets``
+        are the events' source offsets (the scope stage orders by them)."""
         part = self.state(partition)
         result = BatchResult()
         for index, event in enumerate(events):
+            self._offset = offsets[index] if offsets is not None else index
             rejection = self._apply(part, event, result)
             if rejection is not None:
                 result.rejected.append((index, rejection))
@@ -329,17 +343,48 @@ class Engine:
         tenant, agent = scopes
         self._aggregate(part, state, delta, tenant, agent)
         result.deltas.append((state, delta))
+        decided_here: list[Decided] = []
         if self.policies.policies and not (state.ended and not delta.ended):
             self._deciding_us = delta.event_time_us
             self._deciding_state = state
-            for index, outcome in enumerate(decide(self.policies, state, delta, self.facts)):
+            choose = decide if self.local_scope else decide_session
+            for index, outcome in enumerate(choose(self.policies, state, delta, self.facts)):
                 decided = self._escalate(part, outcome, state, delta, event, index)
                 if decided is not None:
-                    result.decisions.append(decided)
+                    decided_here.append(decided)
                     state.violations += outcome.level >= 2
-        if delta.ended:
-            self._finish(part, state, result)
+            result.decisions.extend(decided_here)
+        opened_and_closed = self._finish(part, state, result) if delta.ended else False
+        if not self.local_scope:
+            self._scope_items(part, state, delta, event, opened_and_closed, decided_here, result)
         return None
+
+    def _scope_items(
+        self,
+        part: PartitionState,
+        state: SessionState,
+        delta: StepDelta,
+        event: dict[str, Any],
+        closed: bool,
+        decided: list[Decided],
+        result: BatchResult,
+    ) -> None:
+        items = result.scope_items
+        common = (part.watermark_us, part.partition, self._offset)
+        items.append(
+            ScopeItem(
+                *common, 0, delta.event_time_us, state.tenant_id, state.agent_id,
+                state.session_id, event.get("event_id"), delta.kind, delta.name, delta.status,
+                delta.cost_micros, delta.started, closed,
+            )
+        )  # fmt: skip
+        for index, d in enumerate(decided, start=1):
+            items.append(
+                ScopeItem(
+                    *common, index, delta.event_time_us, state.tenant_id, state.agent_id,
+                    state.session_id, audit=decision_audit(d),
+                )
+            )  # fmt: skip
 
     def _aggregate(
         self, part: PartitionState, state: SessionState, delta: StepDelta, tenant: str, agent: str
@@ -436,10 +481,12 @@ class Engine:
             policy_version=self.policies.version,
         )
 
-    def _finish(self, part: PartitionState, state: SessionState, result: BatchResult) -> None:
+    def _finish(self, part: PartitionState, state: SessionState, result: BatchResult) -> bool:
+        """Close a session; True if it counted as open (it had started)."""
         tenant = tenant_scope(state.tenant_id)
         agent = agent_scope(state.tenant_id, state.agent_id)
-        if state.start_time_us is not None:
+        opened = state.start_time_us is not None
+        if opened:
             part.active[tenant] -= 1
             part.active[agent] -= 1
             self._active[tenant] -= 1
@@ -453,6 +500,7 @@ class Engine:
         histogram.observe(state.duration_us / 1000)
         part.mark("h", hkey)
         result.summaries.append(summary(state))
+        return opened
 
     # --- time ----------------------------------------------------------------------------
 
@@ -466,7 +514,13 @@ class Engine:
             if not state.ended and state.last_event_us < now - self.idle_timeout_us:
                 close_timed_out(state)
                 part.mark("s", session_id)
-                self._finish(part, state, result)
+                if self._finish(part, state, result) and not self.local_scope:
+                    result.scope_items.append(
+                        ScopeItem(
+                            now, partition, -1, len(result.scope_items), now, state.tenant_id,
+                            state.agent_id, session_id, kind="TIMEOUT", ended=True,
+                        )
+                    )  # fmt: skip
             elif state.ended and (state.end_time_us or 0) < now - self.finished_retention_us:
                 part.closed[session_id] = (state.last_seq, state.end_time_us or 0)
                 del part.sessions[session_id]

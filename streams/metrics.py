@@ -43,6 +43,9 @@ class WorkerMetrics:
     healthy: Gauge
     ready: Gauge
     mirror_pending: Gauge
+    scope_pending: Gauge
+    scope_forced: Counter
+    scope_items: Counter
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -181,6 +184,21 @@ def worker_metrics() -> WorkerMetrics:
         mirror_pending=Gauge(
             "governor_redis_mirror_pending",
             "Decisions on Kafka not yet mirrored to Redis (it catches up when Redis is back)",
+            registry=r,
+        ),
+        scope_pending=Gauge(
+            "governor_scope_pending_items",
+            "Items the scope stage holds until every source partition has caught up",
+            registry=r,
+        ),
+        scope_forced=Counter(
+            "governor_scope_forced_releases",
+            "Items the scope stage released without waiting for a silent source partition",
+            registry=r,
+        ),
+        scope_items=Counter(
+            "governor_scope_items",
+            "Items the scope stage applied (steps, session ends, audit records)",
             registry=r,
         ),
         pii_skip_rate=Gauge(

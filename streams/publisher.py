@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import redis
@@ -22,6 +22,14 @@ from streams.processor.faults import Backoff, describe, fatal
 from streams.query.rebuild import DECISIONS, latest_decisions, marker_key
 from streams.redis_client import redis_client
 from streams.settings import Settings
+
+if TYPE_CHECKING:
+    from streams.pipeline.scope import Decided
+
+
+#: a decision for a target without a window lasts this long unless resumed, counted from the
+#: wall clock when it is issued (a backfilled session's kill must not arrive expired)
+DEFAULT_DECISION_TTL_S = 24 * 3600.0
 
 log = logging.getLogger("governor.publisher")
 
@@ -328,3 +336,37 @@ class DecisionPublisher:
 
 def now_us() -> int:
     return time.time_ns() // 1000
+
+
+def decision_expiry(issued_at_us: int, ttl_s: float | None, wall_us: int) -> int:
+    """When a decision stops being in force: its time (or a day) from the wall clock at issue.
+
+    Not from the event time that caused it: a backfilled or late session's events may be days
+    old, and a kill that arrives already expired is dropped by the client.
+    """
+    ttl = ttl_s if ttl_s is not None else DEFAULT_DECISION_TTL_S
+    return max(wall_us, issued_at_us) + int(ttl * 1_000_000)
+
+
+def publish_decided(publisher: DecisionPublisher, batch: list[Decided]) -> list[dict[str, Any]]:
+    """Sign and publish decisions at once (both stages): expiry from the wall clock now."""
+    wall_us = time.time_ns() // 1000
+    decisions = []
+    for decided in batch:
+        outcome = decided.outcome
+        decisions.append(
+            make_decision(
+                target=outcome.target,
+                tenant_id=decided.tenant_id,
+                action=outcome.action,
+                policy_id=outcome.policy_id,
+                policy_version=decided.policy_version,
+                epoch=decided.epoch,
+                issued_at_us=decided.issued_at_us,
+                expires_at_us=decision_expiry(decided.issued_at_us, outcome.ttl_s, wall_us),
+                reason=outcome.reason,
+                parameters=outcome.parameters,
+                trigger_event_id=decided.trigger_event_id,
+            )
+        )
+    return publisher.publish_many(decisions)

@@ -388,7 +388,8 @@ def replay_worker_env(settings: Settings, to_topic: str) -> dict[str, str]:
         "GOVERNOR_EVENTS_TOPIC": to_topic,
         "GOVERNOR_TOPIC_PREFIX": f"{to_topic}.",
         "GOVERNOR_APP_ID": name,
-        "GOVERNOR_WEB_PORT": str(settings.web_port + 1),
+        # the port after the live worker's; with port 0 (any free port) the replay's too
+        "GOVERNOR_WEB_PORT": str(settings.web_port + 1 if settings.web_port else 0),
     }
 
 

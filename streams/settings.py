@@ -81,6 +81,12 @@ class Settings:
     daily_retention_s: float = 35 * 86400.0
     #: how often the worker checkpoints its state and commits offsets (one transaction)
     checkpoint_interval_s: float = 1.0
+    #: the session stage commits this soon when the scope stage waits for its items (tenant
+    #: and agent decisions are only as quick as this commit: the scope stage reads committed)
+    scope_commit_interval_s: float = 0.1
+    #: the scope stage waits at most this long (wall time) for a source partition that has
+    #: gone silent without having caught up (its worker died), then releases what it holds
+    scope_max_hold_s: float = 10.0
     #: an evaluated session is good when every evaluation score reaches this
     quality_threshold: float = 0.7
     #: an event's start time may lie this far after its broker record time (clock skew) ...

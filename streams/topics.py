@@ -378,3 +378,9 @@ def scan_partitions(
         return count
     finally:
         reader.close()
+
+
+def scope_deltas_topic(settings: Settings) -> str:
+    """The repartition topic from the session stage to the scope stage (per app, like the
+    changelogs: a replay's worker has its own)."""
+    return settings.topic(f"{settings.app_id}-scope-deltas")

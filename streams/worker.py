@@ -6,6 +6,7 @@ import gc
 import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -15,18 +16,64 @@ from pathlib import Path
 from typing import Any
 
 from streams.settings import Settings
+from streams.workers import web_url
 
 SWITCH_INTERVAL_S = 0.02
 GC_GEN0_THRESHOLD = 100_000
 
 
-def run_worker(settings: Settings) -> None:
-    """Run the Faust worker in this process until SIGINT/SIGTERM."""
+def resolve_web_port(settings: Settings) -> Settings:
+    """The settings with a concrete web port: ``web_port`` 0 means any free port on
+    ``web_host``, chosen here once, before the app is built, so the web server, the client id
+    the group sees and the printed address are the same. The port is free again between this
+    and the web server's bind: a process taking it in that moment makes the start fail with
+    the bind error, it cannot make two workers share a port."""
+    if settings.web_port != 0:
+        return settings
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            settings.web_host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.bind(address)
+            port: int = sock.getsockname()[1]
+    except OSError as exc:
+        raise RuntimeError(
+            f"GOVERNOR_WEB_PORT=0: no free port on GOVERNOR_WEB_HOST={settings.web_host}: {exc}"
+        ) from exc
+    return settings.replace(web_port=port)
+
+
+def write_port_file(path: Path, port: int) -> None:
+    """The port, whole or not at all (a reader polling the file never sees half a number)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text(f"{port}\n")
+    partial.replace(path)
+
+
+def read_port_file(path: Path) -> int | None:
+    """The port a worker wrote; None until it has."""
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def run_worker(settings: Settings, port_file: Path | None = None) -> None:
+    """Run the Faust worker in this process until SIGINT/SIGTERM. With ``web_port`` 0 it picks
+    a free port; either way it prints where its web server listens and, given ``port_file``,
+    writes the port there (how a parent process learns a port the worker chose)."""
     import faust
 
     from streams.app import build_app
     from streams.topics import admin_client, cluster_size
 
+    settings = resolve_web_port(settings)
+    print(f"worker web on {web_url(settings.web_host, settings.web_port)}", flush=True)
+    if port_file is not None:
+        write_port_file(port_file, settings.web_port)
     # the accounting thread is CPU-bound; longer GIL slices spare it switches to the event loop
     # (web views and timers), which only needs the GIL briefly
     sys.setswitchinterval(SWITCH_INTERVAL_S)
@@ -106,39 +153,52 @@ def get_json_status(url: str, timeout_s: float = 5.0) -> tuple[int, Any] | None:
 
 
 class WorkerProcess:
-    """``governor worker`` as a child process, for the demo and the integration tests."""
+    """``governor worker`` as a child process, for the demo and the integration tests.
+
+    With ``web_port`` 0 the child picks a free port: ``settings`` (and ``url``) hold the port
+    it chose once ``start`` returns; each start asks for a new one.
+    """
 
     def __init__(self, settings: Settings, log_file: Path) -> None:
+        #: the settings as given: a restart asks for the same (web_port 0: any free port)
+        self.requested = settings
         self.settings = settings
         self.log_file = log_file
+        #: where the child writes its port, next to its log
+        self.port_file = log_file.with_name(log_file.name + ".port")
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{self.settings.web_host}:{self.settings.web_port}"
+        if self.settings.web_port == 0:
+            raise RuntimeError("the worker has not chosen its web port yet (web_port 0): start it")
+        return web_url(self.settings.web_host, self.settings.web_port)
 
     def start(self, timeout_s: float = 60.0) -> WorkerProcess:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        # a port file left by an earlier start would name that start's port
+        self.port_file.unlink(missing_ok=True)
+        self.settings = self.requested
         env = {**os.environ, **self.settings.to_env()}
+        argv = [sys.executable, "-m", "streams.cli", "worker", "--port-file", str(self.port_file)]
         with self.log_file.open("ab") as fh:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker"],
-                env=env,
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
+                argv, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if self.get_json("/ingest") is not None:
+            if self.settings.web_port == 0:
+                port = read_port_file(self.port_file)
+                if port is not None:
+                    self.settings = self.requested.replace(web_port=port)
+            if self.settings.web_port != 0 and self.get_json("/ingest") is not None:
                 return self
             time.sleep(0.25)
+        where = "its web port" if self.settings.web_port == 0 else self.url
         self.stop()
-        raise RuntimeError(
-            f"worker did not serve {self.url} in {timeout_s:.0f}s:\n{self.log_tail()}"
-        )
+        raise RuntimeError(f"worker did not serve {where} in {timeout_s:.0f}s:\n{self.log_tail()}")
 
     def get_json(self, path: str) -> Any:
         """GET a JSON view of the worker; None while it does not answer."""

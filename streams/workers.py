@@ -11,11 +11,22 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from dataclasses import dataclass
 
 from streams.settings import Settings
 
 #: this process's identity: host, pid and a random part (a restarted process is a new instance)
 INSTANCE_ID = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+#: hosts a worker may bind to that no other machine can reach it on: the group's view of the
+#: member's address stands in for them
+_WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
+
+
+def web_url(host: str, port: int) -> str:
+    """``http://host:port``, an IPv6 host in brackets."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def worker_client_id(settings: Settings) -> str:
@@ -30,3 +41,132 @@ def parse_client_id(client_id: str) -> tuple[str, int] | None:
     if not at or not colon or not port.isdigit():
         return None
     return host, int(port)
+
+
+@dataclass(frozen=True)
+class WorkerMember:
+    """One member of the accounting group, as the group coordinator describes it."""
+
+    member_id: str
+    client_id: str
+    #: the address the broker sees the member connect from
+    client_host: str
+    #: where its web port is reached (from the client id); None for a member that is not a
+    #: Governor worker (another tool using the group id, a worker from before client ids)
+    host: str | None
+    port: int | None
+    #: the partitions of the events topic assigned to it, ascending
+    partitions: tuple[int, ...]
+
+    @property
+    def url(self) -> str | None:
+        if self.host is None or self.port is None:
+            return None
+        return web_url(self.host, self.port)
+
+
+@dataclass(frozen=True)
+class WorkerGroup:
+    """The accounting group: its state and members, and how many partitions there are."""
+
+    group_id: str
+    #: the coordinator's state: stable, preparing rebalancing, completing rebalancing, empty
+    #: (no member, offsets kept), dead (no member and nothing kept: never used), unknown
+    state: str
+    topic: str
+    #: partitions of the events topic; None when the topic does not exist
+    topic_partitions: int | None
+    members: tuple[WorkerMember, ...]
+
+    @property
+    def unassigned(self) -> tuple[int, ...]:
+        """Partitions of the events topic no member holds (none in a stable group with a
+        member; all of them while no worker runs)."""
+        if self.topic_partitions is None:
+            return ()
+        held = {p for m in self.members for p in m.partitions}
+        return tuple(p for p in range(self.topic_partitions) if p not in held)
+
+
+class GroupLookupError(RuntimeError):
+    """The broker could not be asked who is in the group."""
+
+
+def member_of(
+    member_id: str,
+    client_id: str,
+    client_host: str,
+    assignment: list[tuple[str, int]],
+    topic: str,
+) -> WorkerMember:
+    """A group member as Governor sees it: the web address from its client id, and its share
+    of the events topic (partitions of other topics the group reads are not listed)."""
+    seen_from = client_host.lstrip("/")
+    address = parse_client_id(client_id)
+    host, port = address if address is not None else (None, None)
+    if host is not None and host in _WILDCARD_HOSTS:
+        # bound to every interface: reachable where the broker sees it connect from
+        host = seen_from
+    partitions = tuple(sorted(p for t, p in assignment if t == topic))
+    return WorkerMember(member_id, client_id, seen_from, host, port, partitions)
+
+
+def describe_worker_group(settings: Settings, timeout_s: float = 5.0) -> WorkerGroup:
+    """Ask the group coordinator who is in the accounting group and what each member holds.
+
+    Raises GroupLookupError when Kafka does not answer: at once when nothing listens on any
+    bootstrap address (``governor status`` with the stack down must not wait for a timeout),
+    after ``timeout_s`` when a broker listens but does not answer.
+    """
+    from confluent_kafka import KafkaException
+
+    from streams.processor.lag import accounting_group
+    from streams.topics import admin_client
+
+    if not any(_listens(address) for address in settings.bootstrap.split(",")):
+        raise GroupLookupError(f"nothing listens on the Kafka bootstrap {settings.bootstrap}")
+    group_id = accounting_group(settings)
+    topic = settings.events_source_topic
+    admin = admin_client(settings)
+    try:
+        described = admin.describe_consumer_groups([group_id], request_timeout=timeout_s)
+        group = described[group_id].result()
+        # every topic's metadata, not the one topic's: asking for a topic by name creates it
+        # on a broker with auto.create.topics.enable
+        metadata = admin.list_topics(timeout=timeout_s).topics.get(topic)
+    except KafkaException as exc:
+        raise GroupLookupError(
+            f"Kafka at {settings.bootstrap} did not describe group {group_id}: {exc}"
+        ) from exc
+    partitions = None
+    if metadata is not None and metadata.error is None:
+        partitions = len(metadata.partitions)
+    members = sorted(
+        (
+            member_of(
+                m.member_id,
+                m.client_id,
+                m.host,
+                [(tp.topic, tp.partition) for tp in m.assignment.topic_partitions],
+                topic,
+            )
+            for m in group.members
+        ),
+        key=lambda m: (m.host or "", m.port or 0, m.member_id),
+    )
+    state = group.state.name.lower().replace("_", " ")
+    return WorkerGroup(group_id, state, topic, partitions, tuple(members))
+
+
+def group_workers(settings: Settings, timeout_s: float = 5.0) -> list[WorkerMember]:
+    """Every member of the accounting group (see describe_worker_group)."""
+    return list(describe_worker_group(settings, timeout_s).members)
+
+
+def _listens(address: str, timeout_s: float = 1.0) -> bool:
+    host, _, port = address.strip().rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False

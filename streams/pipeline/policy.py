@@ -321,8 +321,32 @@ def _usd(micros: int) -> str:
     return f"${micros / 1_000_000:,.4f}"
 
 
+@dataclass(frozen=True, slots=True)
+class ScopedStep:
+    """A step with its session's ids: what ``decide_scope`` reads (a ScopeItem has the same)."""
+
+    tenant_id: str
+    agent_id: str
+    session_id: str
+    kind: str
+    name: str | None
+    status: str
+    cost_micros: int
+    started: bool
+
+
 def decide(policies: PolicySet, state: Any, delta: Any, facts: Facts) -> list[Outcome]:
-    """The outcomes the policies call for after ``delta`` was applied to ``state``.
+    """Every outcome the policies call for after ``delta`` was applied to ``state``: the
+    session-scoped ones, then the agent- and tenant-scoped ones (one process holding both)."""
+    step = ScopedStep(
+        state.tenant_id, state.agent_id, state.session_id, delta.kind, delta.name,
+        delta.status, delta.cost_micros, delta.started,
+    )  # fmt: skip
+    return decide_session(policies, state, delta, facts) + decide_scope(policies, step, facts)
+
+
+def decide_session(policies: PolicySet, state: Any, delta: Any, facts: Facts) -> list[Outcome]:
+    """The session-scoped outcomes after ``delta`` was applied to ``state`` (stage 1).
 
     ``state`` is the session's SessionState and ``delta`` the event's StepDelta. Outcomes are
     wanted states, not messages: enforcement publishes one only when it escalates. Only the
@@ -336,7 +360,8 @@ def decide(policies: PolicySet, state: Any, delta: Any, facts: Facts) -> list[Ou
     session = f"session:{state.session_id}"
     if delta.cost_micros:
         for policy in applicable.get("budget", ()):
-            outcomes.extend(_budget(policy, state, delta, facts, session))
+            if policy.scope == "session":
+                outcomes.extend(_budget(policy, state, delta, facts, session))
     if delta.kind == "TOOL_CALL" and delta.name is not None:
         for policy in applicable.get("tools", ()):
             if not policy.permits(delta.name):
@@ -345,8 +370,6 @@ def decide(policies: PolicySet, state: Any, delta: Any, facts: Facts) -> list[Ou
             if state.repeat_count >= policy.max_repeats:
                 reason = f"{state.repeat_count} identical calls of {delta.name!r} in a row"
                 outcomes.append(_act(policy, session, reason))
-        for policy in applicable.get("degradation", ()):
-            outcomes.extend(_degradation(policy, state, delta, facts))
     if not delta.ended:
         for policy in applicable.get("max_duration", ()):
             if state.duration_us > duration_s(policy.max_duration) * 1_000_000:
@@ -354,7 +377,34 @@ def decide(policies: PolicySet, state: Any, delta: Any, facts: Facts) -> list[Ou
     if delta.unpriced:
         for policy in applicable.get("unpriced_model", ()):
             outcomes.append(_act(policy, session, f"model {delta.name!r} has no price"))
-    if delta.started:
+    if delta.kind in STEP_KINDS_POLICY:
+        for policy in applicable.get("step_rate", ()):
+            if policy.scope == "session":
+                outcomes.extend(_step_rate(policy, state, facts, session))
+    return outcomes
+
+
+def decide_scope(policies: PolicySet, item: Any, facts: Facts) -> list[Outcome]:
+    """The agent- and tenant-scoped outcomes after one step of a session (stage 2).
+
+    ``item`` carries the step (kind, name, status, cost, started) and its session's ids
+    (tenant_id, agent_id, session_id): a StepDelta with its state's ids, or a ScopeItem. The
+    facts cover every session of the tenant, whichever partition it is on.
+    """
+    outcomes: list[Outcome] = []
+    tenant, agent = item.tenant_id, item.agent_id
+    applicable = policies.applicable(tenant, agent)
+    if not applicable:
+        return outcomes
+    session = f"session:{item.session_id}"
+    if item.cost_micros:
+        for policy in applicable.get("budget", ()):
+            if policy.scope != "session":
+                outcomes.extend(_budget(policy, item, item, facts, session))
+    if item.kind == "TOOL_CALL" and item.name is not None:
+        for policy in applicable.get("degradation", ()):
+            outcomes.extend(_degradation(policy, item, item, facts))
+    if item.started:
         for policy in applicable.get("concurrency", ()):
             scope_id = agent if policy.scope == "agent" else tenant
             active = facts.active(scope_of(policy.scope, tenant, agent))
@@ -363,9 +413,10 @@ def decide(policies: PolicySet, state: Any, delta: Any, facts: Facts) -> list[Ou
                     f"{active} open sessions of {policy.scope} {scope_id} > {policy.max_active}"
                 )
                 outcomes.append(_act(policy, session, reason))
-    if delta.kind in STEP_KINDS_POLICY:
+    if item.kind in STEP_KINDS_POLICY:
         for policy in applicable.get("step_rate", ()):
-            outcomes.extend(_step_rate(policy, state, facts, session))
+            if policy.scope != "session":
+                outcomes.extend(_step_rate(policy, item, facts, session))
     return outcomes
 
 

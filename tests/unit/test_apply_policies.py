@@ -40,6 +40,7 @@ def worker(bundle: PolicyBundle) -> Any:
     return SimpleNamespace(
         engine=SimpleNamespace(policies=bundle.policies, prices=bundle.prices),
         runner=Runner(bundle),
+        scope=None,
         pii=SimpleNamespace(policy=bundle.pii, scanner="the first scanner"),
         settings=SimpleNamespace(pii_spacy_model=""),
         metrics=SimpleNamespace(

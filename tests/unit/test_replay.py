@@ -119,6 +119,11 @@ def test_the_worker_environment_of_a_replay_keeps_it_apart_from_the_live_worker(
     assert worker.redis_key_prefix != settings.redis_key_prefix
 
 
+def test_a_replay_worker_of_a_deployment_on_free_ports_takes_a_free_port_too() -> None:
+    env = replay_worker_env(Settings(web_port=0), "gov.replay.20261125-113000-ab12")
+    assert env["GOVERNOR_WEB_PORT"] == "0"
+
+
 def test_the_events_topic_setting() -> None:
     assert Settings().events_source_topic == "gov.events"
     assert Settings(topic_prefix="x.").events_source_topic == "x.events"

@@ -135,7 +135,9 @@ def worker_port() -> Iterator[int]:
 
 
 def _env(tmp_path: Path, port: int) -> dict[str, str]:
-    return Settings(state_dir=tmp_path / "state", web_port=port).to_env()
+    # a bootstrap nothing listens on: the group of a local stack left running stays out of it
+    bootstrap = f"127.0.0.1:{free_port()}"
+    return Settings(state_dir=tmp_path / "state", web_port=port, bootstrap=bootstrap).to_env()
 
 
 def test_get_json_status_returns_error_statuses_with_their_answer(worker_port: int) -> None:

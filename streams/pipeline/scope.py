@@ -1,0 +1,573 @@
+"""Stage 2, pure: tenant- and agent-scoped state and decisions (no I/O).
+
+The session stage (stage 1, keyed by session) turns each applied event into a :class:`ScopeItem`
+and sends the items, inside its transaction, to the repartition topic ``gov.scope-deltas``,
+partitioned by tenant (Kafka Streams' ``groupBy``). This module is what the tenant-keyed stage
+does with them: spend per scope and hour, open sessions per scope, agent step and tool failure
+rates per minute, how far each policy has escalated on each target, and each tenant's audit
+chain, for the scope partitions one worker owns.
+
+Why a merge: with several workers the items of one tenant arrive from several source
+partitions, interleaved by chance. The items of one source come in offset order, each with an
+``order_us`` that never decreases within its source (the source partition's event-time
+watermark after the event). :class:`ScopeCore` applies them in a k-way merge on ``(order_us,
+source, offset, index)``: an item is released once every other source has reported a watermark
+at or past it, or is idle (caught up, nothing pending). The result is a function of the events
+alone, not of how many workers read them or when: the same event crosses a tenant limit and the
+decision gets the same id. A source that stays silent without being idle (its worker died and
+the group has not yet handed its partitions on) holds the merge for at most ``max_hold_s`` of
+wall time; past that, items are released in the order they are held (counted as ``forced``).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import Counter, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+from streams.audit import AuditChains, ChainHead
+from streams.control import ENGINE_EPOCH_SLOTS, EPOCH_SLOTS, decision_id
+from streams.pipeline.aggregates import HOUR_US, MINUTE_US, agent_scope, bucket_start, tenant_scope
+from streams.pipeline.policy import MAX_RATE_WINDOW_S, Facts, Outcome, PolicySet, decide_scope
+
+#: a decision for a target without a window of its own stays in force this long
+DEFAULT_DECISION_TTL_US = 24 * 3600 * 1_000_000
+#: rate counters are kept this long behind the merge position: the longest rate window
+RATE_HORIZON_US = MAX_RATE_WINDOW_S * 1_000_000
+#: an item waits at most this long (wall time) for a silent source
+DEFAULT_MAX_HOLD_S = 10.0
+
+
+def scope_partition(tenant_id: str, partitions: int) -> int:
+    """The scope-deltas partition of a tenant (CRC-32: stable across processes and runs)."""
+    return zlib.crc32(tenant_id.encode()) % partitions
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRequest:
+    """An audit record to link into its tenant's chain (the chain's owner is stage 2)."""
+
+    kind: str
+    time_us: int
+    subject: str
+    summary: str
+    details: dict[str, str]
+    record_id: str | None = None
+    actor: str = "governor-worker"
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeItem:
+    """One applied event as the scope stage needs it, or an audit record to chain."""
+
+    order_us: int  #: merge key: the source partition's watermark after the event
+    source: int  #: source (events) partition
+    offset: int  #: source offset (-1: not from a record, e.g. a session closed for silence)
+    index: int  #: orders items of one record (an event's audits after the event)
+    time_us: int  #: the event's own time: which hour its spend and minute its step count in
+    tenant_id: str
+    agent_id: str
+    session_id: str
+    event_id: str | None = None
+    kind: str = ""  #: StepEvent kind; "" for an audit request
+    name: str | None = None  #: model or tool
+    status: str = "OK"
+    cost_micros: int = 0
+    started: bool = False
+    ended: bool = False  #: the session ended or was closed for silence: one fewer open
+    audit: AuditRequest | None = None
+
+    @property
+    def key(self) -> tuple[int, int, int, int]:
+        return (self.order_us, self.source, self.offset, self.index)
+
+    def to_wire(self) -> list[Any]:
+        audit = self.audit
+        return [
+            self.order_us, self.source, self.offset, self.index, self.time_us, self.tenant_id,
+            self.agent_id, self.session_id, self.event_id, self.kind, self.name, self.status,
+            self.cost_micros, self.started, self.ended,
+            None if audit is None else [audit.kind, audit.time_us, audit.subject, audit.summary,
+                                        audit.details, audit.record_id, audit.actor],
+        ]  # fmt: skip
+
+    @classmethod
+    def from_wire(cls, row: list[Any]) -> ScopeItem:
+        audit = None if row[15] is None else AuditRequest(*row[15])
+        (order, source, offset, index, time_us, tenant, agent, session, event_id, kind, name,
+         status, cost, started, ended) = row[:15]  # fmt: skip
+        return cls(
+            order, source, offset, index, time_us, tenant, agent, session, event_id, kind, name,
+            status, cost, started, ended, audit,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class SourceMark:
+    """What a source partition's owner last said: its watermark, and whether it had read
+    everything there was (idle sources do not hold the merge)."""
+
+    watermark_us: int
+    idle: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeDelta:
+    """One record of ``gov.scope-deltas``: items of one source for one scope partition."""
+
+    source: int
+    mark: SourceMark
+    items: tuple[ScopeItem, ...]
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {
+                "v": 1,
+                "src": self.source,
+                "wm": self.mark.watermark_us,
+                "idle": self.mark.idle,
+                "items": [i.to_wire() for i in self.items],
+            }
+        )
+
+    @classmethod
+    def decode(cls, value: bytes) -> ScopeDelta:
+        data = orjson.loads(value)
+        if not isinstance(data, dict) or data.get("v") != 1:
+            raise ValueError("not a scope delta of version 1")
+        items = tuple(ScopeItem.from_wire(row) for row in data["items"])
+        return cls(int(data["src"]), SourceMark(int(data["wm"]), bool(data["idle"])), items)
+
+
+class StateKind(StrEnum):
+    """Changelog record kinds of a scope partition (the key is ``<kind>|<json key>``)."""
+
+    SPEND = "spend"
+    ACTIVE = "active"
+    RATE = "rate"
+    ENFORCED = "enforced"
+    SOURCE = "source"
+    PENDING = "pending"
+    HEAD = "head"
+    POSITION = "position"
+
+
+@dataclass
+class ScopeState:
+    """Everything stage 2 keeps for one scope partition; all of it is checkpointed."""
+
+    partition: int
+    #: (scope, hour start) -> spend in micro-USD
+    spend: Counter[tuple[str, int]] = field(default_factory=Counter)
+    #: scope -> open sessions
+    active: Counter[str] = field(default_factory=Counter)
+    #: (rate kind, id, minute start) -> count: agent steps, tool failures per tenant
+    rates: Counter[tuple[str, str, int]] = field(default_factory=Counter)
+    #: (policy id, target) -> (level, epoch, in force until, merge time)
+    enforced: dict[tuple[str, str], tuple[int, int, int]] = field(default_factory=dict)
+    sources: dict[int, SourceMark] = field(default_factory=dict)
+    #: per source, items received and not yet released, in order
+    pending: dict[int, deque[ScopeItem]] = field(default_factory=dict)
+    heads: dict[str, ChainHead] = field(default_factory=dict)
+    #: the merge position: order key of the last released item
+    position_us: int = 0
+    dirty: set[tuple[StateKind, Any]] = field(default_factory=set)
+    #: wall time (s) each source's oldest pending item arrived (not checkpointed)
+    held_since: dict[int, float] = field(default_factory=dict)
+
+    def mark(self, kind: StateKind, key: Any = None) -> None:
+        self.dirty.add((kind, key))
+
+
+@dataclass(frozen=True)
+class Decided:
+    """An outcome that escalated (in either stage), with its deterministic epoch and trigger."""
+
+    outcome: Outcome
+    tenant_id: str
+    epoch: int
+    issued_at_us: int
+    trigger_event_id: str | None
+    policy_version: int
+
+
+@dataclass
+class ScopeResult:
+    decisions: list[Decided] = field(default_factory=list)
+    #: audit records linked into their chains, to be written in order
+    audits: list[dict[str, Any]] = field(default_factory=list)
+    released: int = 0
+    #: released before every source had caught up (a silent source past max_hold_s)
+    forced: int = 0
+
+
+class ScopeCore:
+    """Stage 2's state and decisions for the scope partitions one worker owns."""
+
+    def __init__(
+        self,
+        policies: PolicySet,
+        sources: int,
+        hourly_retention_s: float = 8 * 86400.0,
+        max_hold_s: float = DEFAULT_MAX_HOLD_S,
+    ) -> None:
+        self.policies = policies
+        #: how many source partitions exist: a source never heard from holds the merge
+        self.source_count = sources
+        self.hourly_retention_us = int(hourly_retention_s * 1_000_000)
+        self.max_hold_s = max_hold_s
+        self.partitions: dict[int, ScopeState] = {}
+        self._state: ScopeState | None = None
+        self._item: ScopeItem | None = None
+        self.facts = Facts(
+            spend=self._spend,
+            active=self._active,
+            steps=self._steps,
+            tool_failures=self._failures,
+            level=self._level,
+        )
+
+    # --- partitions ------------------------------------------------------------------------
+
+    def assign(self, state: ScopeState) -> None:
+        self.partitions[state.partition] = state
+
+    def revoke(self, partition: int) -> None:
+        self.partitions.pop(partition, None)
+
+    def state(self, partition: int) -> ScopeState:
+        if partition not in self.partitions:
+            self.partitions[partition] = ScopeState(partition)
+        return self.partitions[partition]
+
+    # --- input -------------------------------------------------------------------------------
+
+    def offer(self, partition: int, delta: ScopeDelta, wall_s: float) -> None:
+        """Take one record: hold its items and note what its source says about itself."""
+        state = self.state(partition)
+        previous = state.sources.get(delta.source)
+        watermark = max(delta.mark.watermark_us, previous.watermark_us if previous else 0)
+        state.sources[delta.source] = SourceMark(watermark, delta.mark.idle)
+        state.mark(StateKind.SOURCE, delta.source)
+        if delta.items:
+            queue = state.pending.setdefault(delta.source, deque())
+            if not queue:
+                state.held_since[delta.source] = wall_s
+            queue.extend(delta.items)
+            state.mark(StateKind.PENDING, delta.source)
+
+    def release(self, partition: int, wall_s: float) -> ScopeResult:
+        """Apply every item the merge allows, in merge order; decide after each."""
+        state = self.state(partition)
+        result = ScopeResult()
+        chains = AuditChains(state.heads)
+        while True:
+            head = self._next(state)
+            if head is None:
+                break
+            source, item = head
+            releasable = self._releasable(state, item)
+            if not releasable:
+                since = state.held_since.get(source, wall_s)
+                if wall_s - since < self.max_hold_s:
+                    break
+                result.forced += 1
+            queue = state.pending[source]
+            queue.popleft()
+            state.mark(StateKind.PENDING, source)
+            if queue:
+                state.held_since[source] = wall_s if releasable else state.held_since[source]
+            else:
+                del state.pending[source]
+                state.held_since.pop(source, None)
+            self._apply(state, item, chains, result)
+            result.released += 1
+        state.heads = chains.heads
+        return result
+
+    def _next(self, state: ScopeState) -> tuple[int, ScopeItem] | None:
+        best: tuple[int, ScopeItem] | None = None
+        for source, queue in state.pending.items():
+            if queue and (best is None or queue[0].key < best[1].key):
+                best = (source, queue[0])
+        return best
+
+    def _releasable(self, state: ScopeState, item: ScopeItem) -> bool:
+        """No other source can still send an item that sorts before this one."""
+        for source in range(max(self.source_count, item.source + 1)):
+            if source == item.source or state.pending.get(source):
+                continue  # a source with pending items has its head compared already
+            mark = state.sources.get(source)
+            if mark is None:
+                return False
+            if mark.idle:
+                continue
+            # a future item of ``source`` has order >= its watermark: ties go by source
+            if mark.watermark_us < item.order_us or (
+                mark.watermark_us == item.order_us and source < item.source
+            ):
+                return False
+        return True
+
+    # --- applying ----------------------------------------------------------------------------
+
+    def _apply(
+        self, state: ScopeState, item: ScopeItem, chains: AuditChains, result: ScopeResult
+    ) -> None:
+        if item.order_us > state.position_us:
+            state.position_us = item.order_us
+            state.mark(StateKind.POSITION)
+        if item.audit is not None:
+            self._chain(state, chains, item.tenant_id, item.audit, result)
+            return
+        tenant = tenant_scope(item.tenant_id)
+        agent = agent_scope(item.tenant_id, item.agent_id)
+        if item.cost_micros:
+            hour = bucket_start(item.time_us, HOUR_US)
+            for scope in (tenant, agent):
+                state.spend[(scope, hour)] += item.cost_micros
+                state.mark(StateKind.SPEND, (scope, hour))
+        if item.started:
+            for scope in (tenant, agent):
+                state.active[scope] += 1
+            state.mark(StateKind.ACTIVE)
+        if item.kind in ("LLM_CALL", "TOOL_CALL"):
+            minute = bucket_start(item.time_us, MINUTE_US)
+            keys = [("agent", f"{item.tenant_id}/{item.agent_id}", minute)]
+            if item.kind == "TOOL_CALL" and item.status not in ("OK", "UNKNOWN"):
+                keys.append(("tool", f"{item.tenant_id}/{item.name or 'unknown'}", minute))
+            for rkey in keys:
+                state.rates[rkey] += 1
+                state.mark(StateKind.RATE, rkey)
+        if self.policies.policies:
+            self._state, self._item = state, item
+            for index, outcome in enumerate(decide_scope(self.policies, item, self.facts)):
+                decided = self._escalate(state, outcome, item, index)
+                if decided is not None:
+                    result.decisions.append(decided)
+                    self._chain(state, chains, item.tenant_id, decision_audit(decided), result)
+            self._state = self._item = None
+        if item.ended:
+            for scope in (tenant, agent):
+                state.active[scope] -= 1
+                if state.active[scope] <= 0:
+                    del state.active[scope]
+            state.mark(StateKind.ACTIVE)
+
+    def _chain(
+        self,
+        state: ScopeState,
+        chains: AuditChains,
+        tenant_id: str,
+        request: AuditRequest,
+        result: ScopeResult,
+    ) -> None:
+        record = chains.append(
+            tenant_id,
+            request.kind,
+            request.time_us,
+            request.subject,
+            request.summary,
+            request.details,
+            actor=request.actor,
+            record_id=request.record_id,
+        )
+        state.mark(StateKind.HEAD, tenant_id)
+        result.audits.append(record)
+
+    def audit(self, partition: int, tenant_id: str, request: AuditRequest) -> dict[str, Any]:
+        """Link a record into a chain this worker owns (a policy change, say) at once."""
+        state = self.state(partition)
+        chains = AuditChains(state.heads)
+        result = ScopeResult()
+        self._chain(state, chains, tenant_id, request, result)
+        state.heads = chains.heads
+        return result.audits[0]
+
+    def _escalate(
+        self, state: ScopeState, outcome: Outcome, item: ScopeItem, index: int
+    ) -> Decided | None:
+        key = (outcome.policy_id, outcome.target)
+        entry = state.enforced.get(key)
+        if entry is not None and outcome.level <= entry[0]:
+            return None
+        # the merge key never decreases: epochs per target only grow, under replay too
+        epoch = item.order_us * EPOCH_SLOTS + min(index, ENGINE_EPOCH_SLOTS - 1)
+        ttl_us = (
+            int(outcome.ttl_s * 1_000_000) if outcome.ttl_s is not None else DEFAULT_DECISION_TTL_US
+        )
+        state.enforced[key] = (outcome.level, epoch, item.order_us + ttl_us)
+        state.mark(StateKind.ENFORCED, key)
+        return Decided(
+            outcome=outcome,
+            tenant_id=item.tenant_id,
+            epoch=epoch,
+            issued_at_us=item.order_us,
+            trigger_event_id=item.event_id,
+            policy_version=self.policies.version,
+        )
+
+    # --- facts ---------------------------------------------------------------------------------
+
+    def _spend(self, scope: str, window_s: float) -> int:
+        """Spend of a scope over the window, hour-aligned (the current hour counts whole)."""
+        state = self._state
+        if state is None:
+            return 0
+        now_hour = bucket_start(state.position_us, HOUR_US)
+        first = bucket_start(state.position_us - int(window_s * 1_000_000), HOUR_US) + HOUR_US
+        spend = state.spend
+        return sum(spend.get((scope, hour), 0) for hour in range(first, now_hour + 1, HOUR_US))
+
+    def _active(self, scope: str) -> int:
+        return self._state.active.get(scope, 0) if self._state is not None else 0
+
+    def _steps(self, scope: str, scope_id: str, window_s: float) -> int:
+        return self._rate("agent", scope_id, window_s) if scope == "agent" else 0
+
+    def _failures(self, tool: str, window_s: float) -> int:
+        item = self._item
+        return self._rate("tool", f"{item.tenant_id}/{tool}", window_s) if item else 0
+
+    def _rate(self, kind: str, key: str, window_s: float) -> int:
+        state, item = self._state, self._item
+        if state is None or item is None:
+            return 0
+        now_min = bucket_start(item.time_us, MINUTE_US)
+        rates = state.rates
+        minutes = max(1, int(window_s // 60))
+        return sum(rates.get((kind, key, now_min - i * MINUTE_US), 0) for i in range(minutes))
+
+    def _level(self, policy_id: str, target: str) -> int:
+        state = self._state
+        entry = state.enforced.get((policy_id, target)) if state is not None else None
+        return entry[0] if entry is not None else 0
+
+    # --- time ----------------------------------------------------------------------------------
+
+    def expire(self, partition: int) -> None:
+        """Forget what the merge position has left behind: lapsed decisions, old rates and
+        spend hours past the retention (the longest budget window counts whole hours)."""
+        state = self.state(partition)
+        now = state.position_us
+        for key in [k for k, (_, _, until) in state.enforced.items() if until < now]:
+            del state.enforced[key]
+            state.mark(StateKind.ENFORCED, key)
+        horizon = bucket_start(now, MINUTE_US) - RATE_HORIZON_US
+        for rkey in [k for k in state.rates if k[2] < horizon]:
+            del state.rates[rkey]
+            state.mark(StateKind.RATE, rkey)
+        spend_horizon = bucket_start(now, HOUR_US) - self.hourly_retention_us
+        for skey in [k for k in state.spend if k[1] < spend_horizon]:
+            del state.spend[skey]
+            state.mark(StateKind.SPEND, skey)
+
+
+def decision_audit(decided: Decided) -> AuditRequest:
+    """The audit record of a decision (stage 1's and stage 2's alike), under the decision's
+    own deterministic id: a replay links the same record."""
+    outcome = decided.outcome
+    signed_id = decision_id(outcome.policy_id, outcome.target, decided.epoch)
+    return AuditRequest(
+        kind="DECISION",
+        time_us=decided.issued_at_us,
+        subject=outcome.target,
+        summary=f"{outcome.action} by {outcome.policy_id}: {outcome.reason}",
+        details={
+            "decision_id": signed_id,
+            "action": outcome.action,
+            "policy_id": outcome.policy_id,
+            "policy_version": str(decided.policy_version),
+            "epoch": str(decided.epoch),
+            "trigger_event_id": decided.trigger_event_id or "",
+        },
+        record_id=signed_id,
+    )
+
+
+# --- checkpoint records ------------------------------------------------------------------------
+
+
+def _key(kind: StateKind, key: Any) -> bytes:
+    return f"{kind.value}|".encode() + orjson.dumps(key)
+
+
+def checkpoint_records(state: ScopeState) -> list[tuple[bytes, bytes | None]]:
+    """The dirty state of a scope partition as changelog records (None deletes)."""
+    records: list[tuple[bytes, bytes | None]] = []
+    for kind, key in sorted(state.dirty, key=lambda d: (d[0].value, orjson.dumps(d[1]))):
+        value: bytes | None
+        if kind is StateKind.SPEND:
+            n = state.spend.get(key)
+            value = None if n is None else b"%d" % n
+        elif kind is StateKind.RATE:
+            n = state.rates.get(key)
+            value = None if n is None else b"%d" % n
+        elif kind is StateKind.ACTIVE:
+            value = orjson.dumps(dict(state.active))
+        elif kind is StateKind.ENFORCED:
+            entry = state.enforced.get(key)
+            value = None if entry is None else orjson.dumps(list(entry))
+        elif kind is StateKind.SOURCE:
+            mark = state.sources.get(key)
+            value = None if mark is None else orjson.dumps([mark.watermark_us, mark.idle])
+        elif kind is StateKind.PENDING:
+            queue = state.pending.get(key)
+            value = None if not queue else orjson.dumps([i.to_wire() for i in queue])
+        elif kind is StateKind.HEAD:
+            head = state.heads.get(key)
+            value = None if head is None else orjson.dumps([head.chain_seq, head.hash])
+        else:
+            value = orjson.dumps(state.position_us)
+        records.append((_key(kind, key), value))
+    state.dirty.clear()
+    return records
+
+
+def restore_record(state: ScopeState, key: bytes, value: bytes | None, wall_s: float) -> None:
+    """Apply one changelog record while rebuilding a scope partition (later records win)."""
+    name, _, rest = key.decode().partition("|")
+    kind = StateKind(name)
+    raw = orjson.loads(rest)
+    data = None if value is None else orjson.loads(value)
+    if kind is StateKind.SPEND:
+        _put(state.spend, (raw[0], raw[1]), data)
+    elif kind is StateKind.RATE:
+        _put(state.rates, (raw[0], raw[1], raw[2]), data)
+    elif kind is StateKind.ACTIVE:
+        state.active = Counter(data or {})
+    elif kind is StateKind.ENFORCED:
+        _put(state.enforced, (raw[0], raw[1]), None if data is None else tuple(data))
+    elif kind is StateKind.SOURCE:
+        _put(state.sources, int(raw), None if data is None else SourceMark(data[0], data[1]))
+    elif kind is StateKind.PENDING:
+        items = None if not data else deque(ScopeItem.from_wire(row) for row in data)
+        _put(state.pending, int(raw), items)
+        if items:
+            state.held_since[int(raw)] = wall_s
+        else:
+            state.held_since.pop(int(raw), None)
+    elif kind is StateKind.HEAD:
+        _put(state.heads, raw, None if data is None else ChainHead(data[0], data[1]))
+    elif data is not None:
+        state.position_us = int(data)
+
+
+def _put(table: Any, key: Any, value: Any) -> None:
+    if value is None:
+        table.pop(key, None)
+    else:
+        table[key] = value
+
+
+def items_by_partition(items: Iterable[ScopeItem], partitions: int) -> dict[int, list[ScopeItem]]:
+    """Items grouped by the scope partition of their tenant, order kept."""
+    grouped: dict[int, list[ScopeItem]] = {}
+    for item in items:
+        grouped.setdefault(scope_partition(item.tenant_id, partitions), []).append(item)
+    return grouped
