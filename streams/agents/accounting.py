@@ -217,8 +217,10 @@ class AccountingRunner(TransactionalLoop):
     def _checkpoint_due(self) -> bool:
         """Commit early while the scope stage waits for items: tenant decisions are only as
         quick as this commit (its readers see committed records only)."""
-        return bool(self._scope_items) and (
-            time.monotonic() - self._scope_since >= self.settings.scope_commit_interval_s
+        return (
+            bool(self._scope_items)
+            and self.engine.policies.spans_sessions
+            and time.monotonic() - self._scope_since >= self.settings.scope_commit_interval_s
         )
 
     def _committed(self) -> None:

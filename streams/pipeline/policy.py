@@ -274,6 +274,15 @@ class PolicySet:
     def of_kind(self, kind: str) -> tuple[Any, ...]:
         return self.by_kind.get(kind, ())
 
+    @functools.cached_property
+    def spans_sessions(self) -> bool:
+        """Whether any policy looks beyond one session (the scope stage decides those)."""
+        return any(
+            p.kind in ("concurrency", "degradation")
+            or (p.kind in ("budget", "step_rate") and p.scope != "session")
+            for p in self.policies
+        )
+
 
 # --- deciding ------------------------------------------------------------------------------
 

@@ -1,0 +1,223 @@
+"""The scope stage's pure core: a deterministic merge, decisions, audit chains, checkpoints."""
+
+from __future__ import annotations
+
+import random
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streams.audit import verify_chain
+from streams.demo import demo_sessions
+from streams.engine import Engine
+from streams.pipeline.policy import PolicyFile, PolicySet
+from streams.pipeline.pricing import load_prices
+from streams.pipeline.scope import (
+    AuditRequest,
+    ScopeCore,
+    ScopeDelta,
+    ScopeItem,
+    ScopeResult,
+    ScopeState,
+    SourceMark,
+    checkpoint_records,
+    restore_record,
+    scope_partition,
+)
+
+PRICES = load_prices(Path(__file__).resolve().parents[3] / "policies" / "prices.yaml")
+SOURCES = 3
+T0_US = 1_760_000_000_000_000
+POLICIES: list[dict[str, Any]] = [
+    {"id": "tenant-day", "kind": "budget", "scope": "tenant", "limit_usd": 0.5, "window": "1d"},
+    {"id": "agent-hour", "kind": "budget", "scope": "agent", "limit_usd": 0.2, "window": "1h"},
+    {"id": "agent-steps", "kind": "step_rate", "scope": "agent", "max_steps": 40, "window": "1m"},
+    {"id": "fleet-cap", "kind": "concurrency", "scope": "tenant", "max_active": 2},
+]
+
+
+def policy_set(policies: list[dict[str, Any]] = POLICIES) -> PolicySet:
+    return PolicySet.build([PolicyFile.model_validate({"version": 3, "policies": policies})])
+
+
+def source_streams(sessions: int = 120, seed: int = 7) -> dict[int, list[ScopeItem]]:
+    """What stage 1 sends for a fleet spread over SOURCES partitions, per source in order."""
+    engine = Engine(PRICES, policy_set(), local_scope=False)
+    by_source: dict[int, list[dict[str, Any]]] = {p: [] for p in range(SOURCES)}
+    first: dict[str, int] = {}
+    for event in demo_sessions(sessions, seed=seed):
+        # the demo's sessions follow one another: start one every 20 ms so that they overlap
+        start = first.setdefault(event["session_id"], event["start_time_us"])
+        shift = T0_US + len(first) * 20_000 - start
+        event = {**event, "start_time_us": event["start_time_us"] + shift}
+        by_source[zlib.crc32(event["session_id"].encode()) % SOURCES].append(event)
+    for events in by_source.values():
+        events.sort(key=lambda e: e["start_time_us"])  # emitted in time order
+    streams: dict[int, list[ScopeItem]] = {}
+    for source, events in by_source.items():
+        result = engine.process(source, events, list(range(len(events))))
+        streams[source] = result.scope_items + engine.tick(source).scope_items
+    return streams
+
+
+def deliveries(
+    streams: dict[int, list[ScopeItem]], rng: random.Random
+) -> Iterator[tuple[int, ScopeDelta]]:
+    """The streams cut into random chunks and interleaved at random (as N workers would),
+    each chunk carrying its source's watermark; the last chunk of a source says it is idle."""
+    cursors = {s: 0 for s in streams}
+    while cursors:
+        source = rng.choice(sorted(cursors))
+        items = streams[source]
+        start = cursors[source]
+        end = min(len(items), start + rng.randint(1, 60))
+        chunk = tuple(items[start:end])
+        done = end == len(items)
+        watermark = chunk[-1].order_us if chunk else 0
+        yield source, ScopeDelta(source, SourceMark(watermark, done), chunk)
+        if done:
+            del cursors[source]
+        else:
+            cursors[source] = end
+
+
+def run(
+    streams: dict[int, list[ScopeItem]], seed: int, partitions: int = 2
+) -> tuple[ScopeCore, list[tuple[str, str, str, int, str | None]], list[dict[str, Any]]]:
+    core = ScopeCore(policy_set(), SOURCES)
+    decisions: list[tuple[str, str, str, int, str | None]] = []
+    audits: list[dict[str, Any]] = []
+    rng = random.Random(seed)
+    for _source, delta in deliveries(streams, rng):
+        for partition in range(partitions):
+            mine = tuple(
+                i for i in delta.items if scope_partition(i.tenant_id, partitions) == partition
+            )
+            core.offer(partition, ScopeDelta(delta.source, delta.mark, mine), wall_s=0.0)
+            result = core.release(partition, wall_s=0.0)
+            decisions += [
+                (
+                    d.outcome.policy_id,
+                    d.outcome.target,
+                    d.outcome.action,
+                    d.epoch,
+                    d.trigger_event_id,
+                )
+                for d in result.decisions
+            ]
+            audits += result.audits
+    return core, decisions, audits
+
+
+def test_the_merge_decides_the_same_whatever_the_interleaving() -> None:
+    streams = source_streams()
+    _, reference, _ = run(streams, seed=0)
+    kinds = {policy for policy, *_ in reference}
+    # not vacuous: every scope kind decided something on this fleet
+    assert {"tenant-day", "agent-hour", "agent-steps", "fleet-cap"} <= kinds
+    for seed in range(1, 6):
+        _, decisions, _ = run(streams, seed=seed)
+        assert sorted(decisions) == sorted(reference)
+
+
+def test_a_tenant_budget_fires_once_at_the_item_that_crosses_it_in_merge_order() -> None:
+    streams = source_streams()
+    core, decisions, _ = run(streams, seed=3)
+    merged = sorted((i for items in streams.values() for i in items), key=lambda i: i.key)
+    for tenant in sorted({i.tenant_id for i in merged}):
+        spent, crossing = 0, None
+        for item in merged:
+            if item.tenant_id == tenant and item.audit is None:
+                spent += item.cost_micros
+                if spent > 500_000 and crossing is None:
+                    crossing = item.event_id
+        kills = [
+            d
+            for d in decisions
+            if d[0] == "tenant-day" and d[1] == f"tenant:{tenant}" and d[2] == "KILL"
+        ]
+        if crossing is None:
+            assert kills == []
+        else:
+            assert [k[4] for k in kills] == [crossing]
+    assert not any(core.partitions[p].pending for p in core.partitions)
+
+
+def test_items_wait_for_a_source_that_has_not_caught_up_and_not_for_an_idle_one() -> None:
+    core = ScopeCore(policy_set(), 2, max_hold_s=5.0)
+    item = ScopeItem(100, 0, 0, 0, 100, "acme", "bot", "s1", "e1", "LLM_CALL", cost_micros=10)
+    core.offer(0, ScopeDelta(0, SourceMark(100, False), (item,)), wall_s=0.0)
+    assert core.release(0, wall_s=1.0).released == 0  # source 1 never heard from
+    core.offer(0, ScopeDelta(1, SourceMark(50, False), ()), wall_s=1.0)
+    assert core.release(0, wall_s=1.0).released == 0  # source 1 is behind
+    core.offer(0, ScopeDelta(1, SourceMark(50, True), ()), wall_s=2.0)
+    assert core.release(0, wall_s=2.0).released == 1  # source 1 has read everything
+
+
+def test_a_silent_source_holds_the_merge_for_max_hold_only() -> None:
+    core = ScopeCore(policy_set(), 2, max_hold_s=5.0)
+    item = ScopeItem(100, 0, 0, 0, 100, "acme", "bot", "s1", "e1", "LLM_CALL", cost_micros=10)
+    core.offer(0, ScopeDelta(0, SourceMark(100, False), (item,)), wall_s=0.0)
+    assert core.release(0, wall_s=4.9).released == 0
+    result = core.release(0, wall_s=5.0)
+    assert (result.released, result.forced) == (1, 1)
+
+
+def test_audit_requests_are_chained_in_merge_order_and_the_chain_verifies() -> None:
+    streams = source_streams(sessions=60)
+    _, _, audits = run(streams, seed=1)
+    assert audits
+    assert verify_chain(enumerate(audits)) == []
+    _, _, again = run(streams, seed=4)
+    assert [a["hash"] for a in again] != [] and {a["record_id"] for a in again} == {
+        a["record_id"] for a in audits
+    }
+
+
+def test_checkpoint_records_restore_the_same_state() -> None:
+    streams = source_streams(sessions=60)
+    core = ScopeCore(policy_set(), SOURCES)
+    rng = random.Random(2)
+    original = core.state(0)
+    for n, (_source, delta) in enumerate(deliveries(streams, rng)):
+        core.offer(0, delta, wall_s=0.0)
+        if n % 3 == 0:  # leave some items pending
+            core.release(0, wall_s=0.0)
+    core.audit(0, "acme", AuditRequest("POLICY_CHANGE", 1, "policies", "v1 -> v2", {}))
+    records = checkpoint_records(original)
+    restored = ScopeState(0)
+    for key, value in records:
+        restore_record(restored, key, value, wall_s=0.0)
+    for name in ("spend", "active", "rates", "enforced", "sources", "heads", "position_us"):
+        assert getattr(restored, name) == getattr(original, name), name
+    assert {s: list(q) for s, q in restored.pending.items()} == {
+        s: list(q) for s, q in original.pending.items()
+    }
+    # a second checkpoint of unchanged state writes nothing
+    assert checkpoint_records(original) == []
+
+
+def test_a_scope_delta_round_trips_and_a_foreign_record_is_refused() -> None:
+    audit = AuditRequest("DECISION", 5, "session:s", "KILL", {"a": "b"}, record_id="r")
+    items = (
+        ScopeItem(1, 2, 3, 0, 1, "t", "a", "s", "e", "TOOL_CALL", "grep", "ERROR", 0, False, True),
+        ScopeItem(1, 2, 3, 1, 1, "t", "a", "s", audit=audit),
+    )
+    delta = ScopeDelta(2, SourceMark(9, True), items)
+    assert ScopeDelta.decode(delta.encode()) == delta
+    with pytest.raises(ValueError):
+        ScopeDelta.decode(b'{"v": 99}')
+
+
+def test_scope_partitions_are_stable_and_spread() -> None:
+    tenants = [f"tenant-{i}" for i in range(600)]
+    placed = [scope_partition(t, 6) for t in tenants]
+    assert placed == [scope_partition(t, 6) for t in tenants]
+    assert all(placed.count(p) > 60 for p in range(6))
+
+
+def test_a_result_counts_what_it_released() -> None:
+    assert ScopeResult().released == 0
