@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import KafkaError, Message
@@ -52,6 +53,9 @@ from streams.topics import (
 )
 
 log = logging.getLogger("governor.scope")
+
+#: the chain of fleet-wide records (policy changes), kept whether or not any tenant has one
+FLEET_CHAIN = "*"
 
 
 def scope_changelog_topic(settings: Settings) -> str:
@@ -89,6 +93,8 @@ class ScopeRunner(TransactionalLoop):
         self.metrics = metrics
         self._dirty: set[int] = set()
         self._heads_dirty: set[str] = set()
+        #: work that needs the partitions (a policy change's audit), run once they are ours
+        self._after_ready: list[Callable[[], None]] = []
 
     def use_policies(self, policies: PolicySet) -> None:
         """Put a new policy set in force (called under ``lock``)."""
@@ -208,8 +214,14 @@ class ScopeRunner(TransactionalLoop):
         (every worker sees the change; each chain gets it once, from its owner)."""
 
         def write() -> None:
+            if not self.ready.is_set():
+                # not assigned yet: written once the partitions are restored
+                self._after_ready.append(write)
+                return
+            fleet = scope_partition(FLEET_CHAIN, self.settings.event_partitions)
             for partition, state in sorted(self.core.partitions.items()):
-                for tenant in sorted(state.heads):
+                tenants = set(state.heads) | ({FLEET_CHAIN} if partition == fleet else set())
+                for tenant in sorted(tenants):
                     request = AuditRequest(
                         kind,
                         state.position_us or time.time_ns() // 1000,
@@ -270,6 +282,9 @@ class ScopeRunner(TransactionalLoop):
             for state in states.values():
                 state.dirty.clear()
                 self.core.assign(state)
+        waiting, self._after_ready = self._after_ready, []
+        for call in waiting:
+            self.submit(call)
         log.info(
             "scope: restored partitions %s (%d tenants' chains, %d items pending)",
             numbers,
