@@ -191,6 +191,9 @@ class AccountingRunner(TransactionalLoop):
         self._scope_items: dict[int, list[ScopeItem]] = defaultdict(list)
         self._scope_audits: list[ScopeItem] = []
         self._reported: dict[int, SourceMark] = {}
+        #: committed offset of each partition when it was assigned (its position until the
+        #: first record is consumed)
+        self._start_offsets: dict[int, int] = {}
         self._scope_topic = scope_deltas_topic(settings)
         self._scope_partitions = settings.event_partitions
         self._scope_since = 0.0
@@ -554,16 +557,21 @@ class AccountingRunner(TransactionalLoop):
     def _source_marks(self) -> dict[int, SourceMark]:
         """Each restored partition's watermark, and whether everything it held was read."""
         marks = {}
-        assignment = [TopicPartition(self._events_topic, p) for p in sorted(self.assigned)]
+        topic = self._events_topic
+        assignment = [TopicPartition(topic, p) for p in sorted(self.assigned)]
         positions = {tp.partition: tp.offset for tp in self.consumer.position(assignment)}
         for partition in sorted(self.assigned):
             part = self.engine.partitions.get(partition)
             watermark = part.watermark_us if part is not None else 0
-            _low, high = self.consumer.get_watermark_offsets(
-                TopicPartition(self._events_topic, partition), cached=True
-            ) or (0, 0)
+            tp = TopicPartition(topic, partition)
+            # nothing consumed since the assignment: the position is where it started
             position = positions.get(partition, -1)
-            idle = position >= 0 and high >= 0 and position >= high
+            if position < 0:
+                position = self._start_offsets.get(partition, -1)
+            low, high = self.consumer.get_watermark_offsets(tp, cached=True) or (-1, -1)
+            if high < 0:  # no fetch answered yet
+                low, high = self.consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+            idle = high >= 0 and max(position, low) >= high
             marks[partition] = SourceMark(watermark, idle)
         return marks
 
@@ -617,6 +625,10 @@ class AccountingRunner(TransactionalLoop):
         # a new owner reports every source it took, even one with nothing to read
         for partition in numbers:
             self._reported.pop(partition, None)
+        if numbers:
+            taken = [TopicPartition(self._events_topic, p) for p in numbers]
+            for tp in self.consumer.committed(taken, timeout=30):
+                self._start_offsets[tp.partition] = tp.offset
         log.info(
             "restored %d sessions of partitions %s",
             sum(len(s.sessions) for s in states.values()),
