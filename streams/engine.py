@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import orjson
@@ -64,6 +65,20 @@ RATE_HORIZON_US = MAX_RATE_WINDOW_S * 1_000_000
 CLOSED_GUARD_RETENTION_US = 24 * HOUR_US
 
 
+class StateKind(StrEnum):
+    """Changelog record kinds of a session-stage partition: the key is ``<kind>|<key>`` (the
+    one-letter values are the changelog's format, kept for changelogs already written)."""
+
+    SESSION = "s"
+    CLOSED = "c"
+    BUCKET = "b"
+    HISTOGRAM = "h"
+    ENFORCED = "e"
+    RATE = "r"
+    ACTIVE = "a"
+    WATERMARK = "w"
+
+
 @dataclass
 class PartitionState:
     """Everything the engine keeps for one source partition; all of it is checkpointed."""
@@ -86,12 +101,12 @@ class PartitionState:
     #: minute, for step-rate and degradation policies (kept 2 h)
     rates: Counter[tuple[str, str, int]] = field(default_factory=Counter)
     watermark_us: int = 0
-    dirty: set[tuple[str, Any]] = field(default_factory=set)
+    dirty: set[tuple[StateKind, Any]] = field(default_factory=set)
     #: the watermark's hour when buckets and histograms were last expired (not checkpointed:
     #: the first tick after a restore expires them)
     expired_at_hour: int = -1
 
-    def mark(self, kind: str, key: Any) -> None:
+    def mark(self, kind: StateKind, key: Any) -> None:
         self.dirty.add((kind, key))
 
 
@@ -329,7 +344,7 @@ class Engine:
             return None
         remember_event_id(state, digest)
         result.applied += 1
-        part.mark("s", session_id)
+        part.mark(StateKind.SESSION, session_id)
         if delta.event_time_us > part.watermark_us:
             part.watermark_us = delta.event_time_us
             if delta.event_time_us > self._watermark_us:
@@ -416,7 +431,7 @@ class Engine:
                     totals.sessions_started += 1
                 elif delta.ended:
                     totals.sessions_ended += 1
-                dirty.add(("b", key))
+                dirty.add((StateKind.BUCKET, key))
             if cost:
                 self._hour_spend[(tenant, hour)] += cost
                 self._hour_spend[(agent, hour)] += cost
@@ -425,7 +440,7 @@ class Engine:
             part.active[agent] += 1
             self._active[tenant] += 1
             self._active[agent] += 1
-            part.dirty.add(("a", None))
+            part.dirty.add((StateKind.ACTIVE, None))
         if is_llm or is_tool:
             hour = when - when % HOUR_US
             hkey = (agent, kind, delta.name or "unknown", hour)
@@ -433,7 +448,7 @@ class Engine:
             if histogram is None:
                 histogram = part.histograms[hkey] = Histogram()
             histogram.observe(delta.duration_us / 1000)
-            part.dirty.add(("h", hkey))
+            part.dirty.add((StateKind.HISTOGRAM, hkey))
             minute = when - when % MINUTE_US
             count_step_minute(state, when)
             keys = [("agent", f"{state.tenant_id}/{state.agent_id}", minute)]
@@ -442,7 +457,7 @@ class Engine:
             for rkey in keys:
                 part.rates[rkey] += 1
                 self._rates[rkey] += 1
-                part.dirty.add(("r", rkey))
+                part.dirty.add((StateKind.RATE, rkey))
 
     def _escalate(
         self,
@@ -471,7 +486,7 @@ class Engine:
             until = delta.event_time_us + ttl_us
         part.enforced[key] = (outcome.level, epoch, until)
         self._levels[key] = max(outcome.level, self._levels.get(key, 0))
-        part.mark("e", key)
+        part.mark(StateKind.ENFORCED, key)
         return Decided(
             outcome=outcome,
             tenant_id=state.tenant_id,
@@ -491,14 +506,14 @@ class Engine:
             part.active[agent] -= 1
             self._active[tenant] -= 1
             self._active[agent] -= 1
-            part.mark("a", None)
+            part.mark(StateKind.ACTIVE, None)
         hour = bucket_start(state.end_time_us or state.last_event_us, HOUR_US)
         hkey = (agent, SESSION_KIND, "", hour)
         histogram = part.histograms.get(hkey)
         if histogram is None:
             histogram = part.histograms[hkey] = Histogram()
         histogram.observe(state.duration_us / 1000)
-        part.mark("h", hkey)
+        part.mark(StateKind.HISTOGRAM, hkey)
         result.summaries.append(summary(state))
         return opened
 
@@ -513,7 +528,7 @@ class Engine:
         for session_id, state in list(part.sessions.items()):
             if not state.ended and state.last_event_us < now - self.idle_timeout_us:
                 close_timed_out(state)
-                part.mark("s", session_id)
+                part.mark(StateKind.SESSION, session_id)
                 if self._finish(part, state, result) and not self.local_scope:
                     result.scope_items.append(
                         ScopeItem(
@@ -524,8 +539,8 @@ class Engine:
             elif state.ended and (state.end_time_us or 0) < now - self.finished_retention_us:
                 part.closed[session_id] = (state.last_seq, state.end_time_us or 0)
                 del part.sessions[session_id]
-                part.mark("s", session_id)
-                part.mark("c", session_id)
+                part.mark(StateKind.SESSION, session_id)
+                part.mark(StateKind.CLOSED, session_id)
                 evicted.add(f"session:{session_id}")
         self._expire_enforced(part, now, evicted)
         self._expire_rates(part, now)
@@ -537,12 +552,12 @@ class Engine:
             part.expired_at_hour = hour
             for key in [k for k in part.buckets if self._bucket_expired(k[1], k[2], now)]:
                 del part.buckets[key]
-                part.mark("b", key)
+                part.mark(StateKind.BUCKET, key)
             for hkey in [
                 k for k in part.histograms if expired(k[3], HOUR_US, now, self.hourly_retention_us)
             ]:
                 del part.histograms[hkey]
-                part.mark("h", hkey)
+                part.mark(StateKind.HISTOGRAM, hkey)
         # guards are kept in eviction order: the oldest are first, so pruning stops early
         horizon = now - self.finished_retention_us - CLOSED_GUARD_RETENTION_US
         expired_guards = []
@@ -552,7 +567,7 @@ class Engine:
             expired_guards.append(session_id)
         for session_id in expired_guards:
             del part.closed[session_id]
-            part.mark("c", session_id)
+            part.mark(StateKind.CLOSED, session_id)
         self._expire_minutes(now)
         return result
 
@@ -562,7 +577,7 @@ class Engine:
         ]
         for key in gone:
             del part.enforced[key]
-            part.mark("e", key)
+            part.mark(StateKind.ENFORCED, key)
         if gone:
             self._index_levels()
 
@@ -572,7 +587,7 @@ class Engine:
             self._rates[rkey] -= part.rates.pop(rkey)
             if self._rates[rkey] <= 0:
                 del self._rates[rkey]
-            part.mark("r", rkey)
+            part.mark(StateKind.RATE, rkey)
 
     def _bucket_expired(self, size: int, start: int, now: int) -> bool:
         retention = self.hourly_retention_us if size == HOUR_US else self.daily_retention_us
@@ -591,19 +606,19 @@ def checkpoint_records(part: PartitionState) -> list[tuple[bytes, bytes | None]]
     """The dirty state of ``part`` as changelog records (key, value or None to delete)."""
     records: list[tuple[bytes, bytes | None]] = []
     for kind, key in part.dirty:
-        if kind == "s":
+        if kind is StateKind.SESSION:
             state = part.sessions.get(key)
             value = None if state is None else orjson.dumps(state.to_dict())
             records.append((f"s|{key}".encode(), value))
-        elif kind == "c":
+        elif kind is StateKind.CLOSED:
             closed = part.closed.get(key)
             value = None if closed is None else orjson.dumps(closed)
             records.append((f"c|{key}".encode(), value))
-        elif kind == "b":
+        elif kind is StateKind.BUCKET:
             totals = part.buckets.get(key)
             value = None if totals is None else orjson.dumps(_totals(totals))
             records.append((b"b|" + orjson.dumps(list(key)), value))
-        elif kind == "h":
+        elif kind is StateKind.HISTOGRAM:
             hist = part.histograms.get(key)
             value = (
                 None
@@ -613,14 +628,14 @@ def checkpoint_records(part: PartitionState) -> list[tuple[bytes, bytes | None]]
                 )
             )
             records.append((b"h|" + orjson.dumps(list(key)), value))
-        elif kind == "e":
+        elif kind is StateKind.ENFORCED:
             entry = part.enforced.get(key)
             value = None if entry is None else orjson.dumps(list(entry))
             records.append((b"e|" + orjson.dumps(list(key)), value))
-        elif kind == "r":
+        elif kind is StateKind.RATE:
             n = part.rates.get(key)
             records.append((b"r|" + orjson.dumps(list(key)), None if n is None else b"%d" % n))
-        elif kind == "a":
+        elif kind is StateKind.ACTIVE:
             records.append((b"a|", orjson.dumps(dict(part.active))))
     part.dirty.clear()
     records.append((b"w|", orjson.dumps(part.watermark_us)))
@@ -629,25 +644,26 @@ def checkpoint_records(part: PartitionState) -> list[tuple[bytes, bytes | None]]
 
 def restore_record(part: PartitionState, key: bytes, value: bytes | None) -> None:
     """Apply one changelog record while rebuilding ``part`` (later records win)."""
-    kind, _, rest = key.decode().partition("|")
+    name, _, rest = key.decode().partition("|")
+    kind = StateKind(name)
     data = None if value is None else orjson.loads(value)
-    if kind == "s":
+    if kind is StateKind.SESSION:
         if data is None:
             part.sessions.pop(rest, None)
         else:
             part.sessions[rest] = SessionState.from_dict(data)
-    elif kind == "c":
+    elif kind is StateKind.CLOSED:
         if data is None:
             part.closed.pop(rest, None)
         else:
             part.closed[rest] = (data[0], data[1])
-    elif kind == "b":
+    elif kind is StateKind.BUCKET:
         bkey = tuple(orjson.loads(rest))
         if data is None:
             part.buckets.pop(bkey, None)
         else:
             part.buckets[bkey] = Totals(**data)
-    elif kind == "h":
+    elif kind is StateKind.HISTOGRAM:
         hkey = tuple(orjson.loads(rest))
         if data is None:
             part.histograms.pop(hkey, None)
@@ -656,7 +672,7 @@ def restore_record(part: PartitionState, key: bytes, value: bytes | None) -> Non
             for index, n in data["counts"].items():
                 hist.counts[int(index)] = n
             part.histograms[hkey] = hist
-    elif kind == "e":
+    elif kind is StateKind.ENFORCED:
         policy_id, target = orjson.loads(rest)
         if data is None:
             part.enforced.pop((policy_id, target), None)
@@ -664,15 +680,15 @@ def restore_record(part: PartitionState, key: bytes, value: bytes | None) -> Non
             # records written before the expiry was kept: a day from the decision's event time
             until = data[2] if len(data) > 2 else data[1] // EPOCH_SLOTS + DEFAULT_DECISION_TTL_US
             part.enforced[(policy_id, target)] = (data[0], data[1], until)
-    elif kind == "r":
+    elif kind is StateKind.RATE:
         rate_kind, rate_id, minute = orjson.loads(rest)
         if data is None:
             part.rates.pop((rate_kind, rate_id, minute), None)
         else:
             part.rates[(rate_kind, rate_id, minute)] = int(data)
-    elif kind == "a" and data is not None:
+    elif kind is StateKind.ACTIVE and data is not None:
         part.active = Counter(data)
-    elif kind == "w" and data is not None:
+    elif kind is StateKind.WATERMARK and data is not None:
         part.watermark_us = int(data)
 
 
