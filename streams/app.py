@@ -146,11 +146,11 @@ def build_app(settings: Settings, brokers: int = 1) -> faust.App:
         settings, signing_key, codecs, on_redis_state=lambda ok: metrics.redis_up.set(int(ok))
     )
     runner = AccountingRunner(settings, engine, codecs, publisher, metrics)
-    runner.use_slos(bundle.slos)
     scope = ScopeRunner(
         settings, bundle.policies, codecs, publisher, metrics, source_partitions(settings)
     )
     runner.scope = scope
+    runner.use_slos(bundle.slos)
     pii = PiiHandler(
         settings,
         codecs,
@@ -385,7 +385,7 @@ def _views(app: faust.App, parts: WorkerParts) -> None:
                 "latency": lambda: latency_answer(parts, answers, q.get("window", "1h")),
                 "quality": lambda: answers.quality(parts.settings.quality_threshold,
                                                    q.get("since", "7d")),
-                "slo": lambda: slo_answer(parts.runner),
+                "slo": lambda: slo_answer(parts),
             }  # fmt: skip
             if question not in calls:
                 return self.json({"error": f"unknown question {question!r}",
@@ -491,21 +491,25 @@ def latency_answer(parts: WorkerParts, answers: Answers, window: str) -> dict[st
     return answer
 
 
-def slo_answer(runner: AccountingRunner) -> dict[str, Any]:
-    """Each SLO's objective, SLI and remaining error budget over 3 days of event time."""
-    now = runner.engine.watermark_us
+def slo_answer(parts: WorkerParts) -> dict[str, Any]:
+    """Each SLO's objective, SLI and remaining error budget over 3 days of event time, from
+    the scope stage holding the fleet's SLO state (``held: false`` on the other workers)."""
+    held = parts.scope.slo_state() if parts.scope is not None else None
+    if held is None:
+        return {"window": "3d", "held": False, "slos": []}
+    alerting, now = held
     rows = []
-    for slo in runner.slos:
-        ratio, events = runner.slo_counts.ratio(slo.name, now, 3 * 86400)
+    for slo in parts.runner.slos:
+        ratio, events = alerting.counts.ratio(slo.name, now, 3 * 86400)
         budget = 1 - slo.objective
         rows.append({
             "name": slo.name, "objective": slo.objective, "events": events,
             "sli": 1 - ratio if events else None,
             "budget_remaining": 1 - ratio / budget if events else None,
-            "firing": sorted(a.split(":")[2] for a in runner.firing
+            "firing": sorted(a.split(":")[2] for a in alerting.firing
                              if a.split(":")[1] == slo.name),
         })  # fmt: skip
-    return {"window": "3d", "slos": rows}
+    return {"window": "3d", "held": True, "slos": rows}
 
 
 HEALTH_INTERVAL_S = 1.0

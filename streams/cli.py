@@ -1144,6 +1144,23 @@ def _drift_value(value: float | None, how: str) -> str:
     return f"{value:,.3g} ({how})"
 
 
+def _slo_from_group(s: Settings) -> Any:
+    from streams.worker import fetch_json
+    from streams.workers import GroupLookupError, group_workers, web_url
+
+    try:
+        members = group_workers(s)
+    except GroupLookupError:
+        return None
+    for member in members:
+        if member.host is None or member.port is None:
+            continue
+        answer = fetch_json(f"{web_url(member.host, member.port)}/ask/slo", timeout_s=3)
+        if answer is not None and answer.get("held"):
+            return answer
+    return None
+
+
 @ask_app.command("slo")
 def ask_slo(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Each SLO's objective, current SLI (last 3 days of event time) and error budget left.
@@ -1154,6 +1171,9 @@ def ask_slo(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 
     s = settings()
     answer = fetch_json(f"http://{s.web_host}:{s.web_port}/ask/slo")
+    if answer is not None and answer.get("held") is False:
+        # with several workers one holds the fleet's SLO state: ask the others in the group
+        answer = _slo_from_group(s) or answer
     if answer is None:
         raise _fail(f"no worker answers on {s.web_host}:{s.web_port} (start: governor worker)")
     if as_json:

@@ -50,8 +50,9 @@ from streams.pipeline.policy import (
     decide_session,
 )
 from streams.pipeline.pricing import PriceTable
+from streams.pipeline.scope import FLEET, ScopeItem, decision_audit
 from streams.pipeline.scope import Decided as Decided
-from streams.pipeline.scope import ScopeItem, decision_audit
+from streams.pipeline.slo import FallbackTracker, Slo, session_verdicts
 from streams.pipeline.validate import Rejection
 
 SESSION_KIND = "SESSION"  #: histogram kind of whole-session latency
@@ -169,6 +170,11 @@ class Engine:
         self._active: Counter[str] = Counter()
         #: source offset of the event being applied (orders its scope items)
         self._offset = 0
+        #: SLIs measured per session for the scope stage's burn-rate alerts (remote scope)
+        self.slos: list[Slo] = []
+        self.fallbacks: FallbackTracker | None = None
+        #: (slo, time, good) of sessions just closed, to follow their event's scope items
+        self._verdicts: list[tuple[str, int, bool]] = []
         self.facts = Facts(
             spend=self.spend,
             active=self.active,
@@ -176,6 +182,11 @@ class Engine:
             tool_failures=self.failures,
             level=self.enforced_level,
         )
+
+    def use_slos(self, slos: list[Slo]) -> None:
+        self.slos = slos
+        degradation = next((s for s in slos if s.name == "degradation"), None)
+        self.fallbacks = FallbackTracker(degradation) if degradation else None
 
     # --- partitions --------------------------------------------------------------------
 
@@ -400,6 +411,26 @@ class Engine:
                     state.session_id, audit=decision_audit(d),
                 )
             )  # fmt: skip
+        if self.fallbacks is not None and delta.kind == "TOOL_CALL":
+            failed = delta.status not in ("OK", "UNKNOWN")
+            verdict = self.fallbacks.tool_call(state, delta.name or "", failed)
+            if verdict is not None:
+                self._verdicts.insert(0, ("degradation", delta.event_time_us, verdict))
+        self._slo_items(common, len(items), state.session_id, items)
+
+    def _slo_items(
+        self, common: tuple[int, int, int], index: int, session_id: str, items: list[ScopeItem]
+    ) -> None:
+        """The SLI verdicts waiting (a tool call's fallback, a closed session's SLOs) as items
+        for the fleet's scope partition, right after the event that settled them."""
+        for n, (slo, time_us, good) in enumerate(self._verdicts):
+            items.append(
+                ScopeItem(
+                    *common, index + n, time_us, FLEET, "", session_id, kind="SLO", name=slo,
+                    status="GOOD" if good else "BAD",
+                )
+            )  # fmt: skip
+        self._verdicts.clear()
 
     def _aggregate(
         self, part: PartitionState, state: SessionState, delta: StepDelta, tenant: str, agent: str
@@ -514,7 +545,15 @@ class Engine:
             histogram = part.histograms[hkey] = Histogram()
         histogram.observe(state.duration_us / 1000)
         part.mark(StateKind.HISTOGRAM, hkey)
-        result.summaries.append(summary(state))
+        record = summary(state)
+        result.summaries.append(record)
+        if self.slos and not self.local_scope:
+            end = record["end_time_us"]
+            self._verdicts += [
+                (n, end, good) for n, good in session_verdicts(record, self.slos).items()
+            ]
+            if self.fallbacks is not None and self.fallbacks.session_ended(state) is not None:
+                self._verdicts.append(("degradation", end, False))
         return opened
 
     # --- time ----------------------------------------------------------------------------
@@ -529,13 +568,17 @@ class Engine:
             if not state.ended and state.last_event_us < now - self.idle_timeout_us:
                 close_timed_out(state)
                 part.mark(StateKind.SESSION, session_id)
-                if self._finish(part, state, result) and not self.local_scope:
-                    result.scope_items.append(
-                        ScopeItem(
-                            now, partition, -1, len(result.scope_items), now, state.tenant_id,
-                            state.agent_id, session_id, kind="TIMEOUT", ended=True,
-                        )
-                    )  # fmt: skip
+                opened = self._finish(part, state, result)
+                if not self.local_scope:
+                    items = result.scope_items
+                    if opened:
+                        items.append(
+                            ScopeItem(
+                                now, partition, -1, len(items), now, state.tenant_id,
+                                state.agent_id, session_id, kind="TIMEOUT", ended=True,
+                            )
+                        )  # fmt: skip
+                    self._slo_items((now, partition, -1), len(items), session_id, items)
             elif state.ended and (state.end_time_us or 0) < now - self.finished_retention_us:
                 part.closed[session_id] = (state.last_seq, state.end_time_us or 0)
                 del part.sessions[session_id]

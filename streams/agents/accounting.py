@@ -47,14 +47,7 @@ from streams.pipeline.scope import (
     SourceMark,
     scope_partition,
 )
-from streams.pipeline.slo import (
-    MINUTE_US,
-    FallbackTracker,
-    Slo,
-    SloCounts,
-    evaluate,
-    session_verdicts,
-)
+from streams.pipeline.slo import Slo
 from streams.pipeline.validate import IngestBounds, Rejection, validate_event
 from streams.processor.loop import (
     BATCH_MAX,
@@ -67,12 +60,7 @@ from streams.processor.loop import (
     TICK_INTERVAL_S,
     TransactionalLoop,
 )
-from streams.processor.slo_state import (
-    SLO_STATE_KEY,
-    SLO_STATE_PARTITION,
-    decode_slo_state,
-    encode_slo_state,
-)
+from streams.processor.slo_state import SLO_STATE_KEY
 from streams.publisher import (
     DEFAULT_DECISION_TTL_S,
     DecisionPublisher,
@@ -116,11 +104,6 @@ class RejectedRecord(ValueError):
     def __init__(self, rejection: Rejection) -> None:
         super().__init__(f"{rejection.reason}: {rejection.detail}")
         self.rejection = rejection
-
-
-RUNBOOK_URL = (
-    "https://github.com/governor/governor/blob/main/ops/runbooks/Governor{slo}BudgetBurn.md"
-)
 
 
 def changelog_topic(settings: Settings) -> str:
@@ -177,14 +160,6 @@ class AccountingRunner(TransactionalLoop):
         self._events_topic = settings.events_source_topic
         self._dirty_partitions: set[int] = set()
         self.bounds = IngestBounds.of(settings)
-        #: SLO good/bad counts on event time, and the alerts firing (checkpointed with the
-        #: alerts they produce, on changelog partition 0)
-        self.slos: list[Slo] = []
-        self.fallbacks: FallbackTracker | None = None
-        self.slo_counts = SloCounts()
-        self.firing: set[str] = set()
-        self._firing_since: dict[str, int] = {}
-        self._evaluated_minute = 0
         #: for the scope stage, written with the next checkpoint: items by source partition,
         #: audit records from other threads (no source), and what each owned source last
         #: reported about itself
@@ -258,9 +233,6 @@ class AccountingRunner(TransactionalLoop):
             partition = msg.partition() or 0
             by_partition[partition].append(event)
             sources[partition].append(msg)
-        if not self._evaluated_minute and by_partition and self.slos:
-            earliest = min(e["start_time_us"] for evs in by_partition.values() for e in evs)
-            self._evaluated_minute = earliest - earliest % MINUTE_US - MINUTE_US
         with self.lock:
             for partition, events in by_partition.items():
                 offsets = [m.offset() or 0 for m in sources[partition]]
@@ -275,7 +247,6 @@ class AccountingRunner(TransactionalLoop):
                 # reach the degradation SLI in that order
                 self._observe(result, events, now_s)
                 self._publish(result)
-            self._evaluate_slos()
 
     def _observe(self, result: BatchResult, events: list[dict[str, Any]], now_s: float) -> None:
         """Metrics for a batch: summed here first, since a labelled update costs microseconds;
@@ -306,10 +277,6 @@ class AccountingRunner(TransactionalLoop):
                 latencies[(state.agent_id, kind)].append(delta.duration_us / 1e6)
             if kind == "TOOL_CALL":
                 failed = delta.status not in ("OK", "UNKNOWN")
-                if self.fallbacks is not None:
-                    verdict = self.fallbacks.tool_call(state.session_id, delta.name or "", failed)
-                    if verdict is not None:
-                        self.slo_counts.add("degradation", delta.event_time_us, verdict)
                 outcome = "error" if failed else ("retried_ok" if delta.retry else "ok")
                 tool_outcomes[(state.agent_id, outcome)] += 1
             if delta.started:
@@ -354,12 +321,6 @@ class AccountingRunner(TransactionalLoop):
                 self.codecs.session_summary.encode(record),
             )
             self._on_commit.append(functools.partial(self._count_session, record))
-            for slo, good in session_verdicts(record, self.slos).items():
-                self.slo_counts.add(slo, record["end_time_us"], good)
-            if self.fallbacks is not None:
-                ended = self.fallbacks.session_ended(record["session_id"])
-                if ended is not None:
-                    self.slo_counts.add("degradation", record["end_time_us"], ended)
         if self.on_result is not None:
             self.on_result(result)
 
@@ -455,56 +416,16 @@ class AccountingRunner(TransactionalLoop):
                 if result.summaries or self.engine.partitions[partition].dirty:
                     self._dirty_partitions.add(partition)
                 self._publish(result)
-        self._evaluate_slos()
+
+    @property
+    def slos(self) -> list[Slo]:
+        return self.engine.slos
 
     def use_slos(self, slos: list[Slo]) -> None:
-        self.slos = slos
-        degradation = next((s for s in slos if s.name == "degradation"), None)
-        self.fallbacks = FallbackTracker(degradation) if degradation else None
-
-    def _evaluate_slos(self) -> None:
-        """Evaluate the burn-rate alerts at the end of every event-time minute passed since the
-        last evaluation, so a replay fires and resolves the alerts the live run did."""
-        watermark = self.engine.watermark_us
-        if not self.slos or not watermark:
-            return
-        current = watermark - watermark % MINUTE_US
-        first = self._evaluated_minute + MINUTE_US if self._evaluated_minute else current
-        for minute in range(max(first, current - 3 * 86400 * 1_000_000), current + 1, MINUTE_US):
-            self._evaluate_at(min(minute + MINUTE_US - 1, watermark))
-        self._evaluated_minute = current
-        self.slo_counts.expire(watermark)
-
-    def _evaluate_at(self, now: int) -> None:
-        for change in evaluate(self.slo_counts, self.slos, now, self.firing):
-            if change.firing:
-                self._firing_since[change.alert_id] = now
-            started = self._firing_since.get(change.alert_id, now)
-            state = "FIRING" if change.firing else "RESOLVED"
-            alert = {
-                "alert_id": change.alert_id,
-                "kind": "SLO_BURN",
-                "state": state,
-                "severity": change.severity,
-                "tenant_id": None,
-                "agent_id": None,
-                "slo": change.slo,
-                "layer": None,
-                "summary": f"{change.slo} SLO burning its error budget {change.burn_long:.1f}x "
-                f"({change.tier} burn) — {state.lower()}",
-                "description": f"error ratio {change.error_ratio:.2%} over the long window",
-                "event_time_us": now,
-                "started_at_us": started,
-                "labels": {"tier": change.tier},
-                "values": {"burn_long": change.burn_long, "burn_short": change.burn_short,
-                           "error_ratio": change.error_ratio},
-                "runbook_url": RUNBOOK_URL.format(slo=change.slo.capitalize()),
-            }  # fmt: skip
-            self._txn_produce(
-                self.settings.topic("alerts"), change.alert_id.encode(),
-                self.codecs.alert.encode(alert),
-            )  # fmt: skip
-            log.warning("alert %s %s: %s", change.alert_id, state, alert["summary"])
+        """The SLIs to measure per session; the scope stage counts and alerts on them."""
+        self.engine.use_slos(slos)
+        if self.scope is not None:
+            self.scope.use_slos(slos)
 
     # --- checkpoints -----------------------------------------------------------------------
 
@@ -515,10 +436,6 @@ class AccountingRunner(TransactionalLoop):
                 continue
             for key, value in checkpoint_records(part):
                 self._txn_produce(self._changelog, key, value, partition=partition)
-        if self._dirty_partitions and SLO_STATE_PARTITION in self.engine.partitions:
-            self._txn_produce(
-                self._changelog, SLO_STATE_KEY, self._slo_state(), partition=SLO_STATE_PARTITION
-            )
         self._dirty_partitions.clear()
         self._write_scope_deltas()
 
@@ -575,44 +492,18 @@ class AccountingRunner(TransactionalLoop):
             marks[partition] = SourceMark(watermark, idle)
         return marks
 
-    def _slo_state(self) -> bytes:
-        return encode_slo_state(
-            self.slo_counts,
-            self.firing,
-            self._firing_since,
-            self._evaluated_minute,
-            self.fallbacks,
-        )
-
-    def _use_slo_state(self, value: bytes | None) -> None:
-        """Put the checkpointed SLO state in force (None: start the windows afresh)."""
-        if value is None:
-            self.slo_counts = SloCounts()
-            self.firing, self._firing_since, self._evaluated_minute = set(), {}, 0
-            if self.fallbacks is not None:
-                self.fallbacks.pending = {}
-            return
-        state = decode_slo_state(value)
-        self.slo_counts = state.counts
-        self.firing, self._firing_since = state.firing, state.firing_since
-        self._evaluated_minute = state.evaluated_minute
-        if self.fallbacks is not None:
-            self.fallbacks.pending = state.pending_fallbacks
-
     # --- partitions ------------------------------------------------------------------------
 
     def _restore(self, numbers: list[int]) -> None:
         """Rebuild the partitions' state from the changelog, streaming (nothing held twice)."""
         states = {p: PartitionState(p) for p in numbers}
-        slo_state: list[bytes | None] = [None]
 
         def apply(partition: int, record: Record) -> None:
             _offset, key, value = record
             if key is None:
                 return
-            if key == SLO_STATE_KEY:
-                slo_state[0] = value
-            else:
+            # an older worker's SLO record: the scope stage keeps that state now
+            if key != SLO_STATE_KEY:
                 restore_record(states[partition], key, value)
 
         self._scan_changelog(numbers, apply)
@@ -620,8 +511,6 @@ class AccountingRunner(TransactionalLoop):
             for state in states.values():
                 state.dirty.clear()
                 self.engine.assign(state)
-            if SLO_STATE_PARTITION in states:
-                self._use_slo_state(slo_state[0])
         # a new owner reports every source it took, even one with nothing to read
         for partition in numbers:
             self._reported.pop(partition, None)

@@ -79,6 +79,8 @@ class SessionState:
     #: 8-byte digests of the event ids applied, to refuse an event id reused with another seq
     #: (the first MAX_TRACKED_EVENT_IDS events of a session)
     event_ids: bytes = b""
+    #: degradation SLI: a failed tool waiting for the session's next tool call (its fallback?)
+    pending_fallback: str | None = None
 
     @property
     def ended(self) -> bool:

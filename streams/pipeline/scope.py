@@ -34,6 +34,8 @@ from streams.audit import AuditChains, ChainHead
 from streams.control import ENGINE_EPOCH_SLOTS, EPOCH_SLOTS, decision_id
 from streams.pipeline.aggregates import HOUR_US, MINUTE_US, agent_scope, bucket_start, tenant_scope
 from streams.pipeline.policy import MAX_RATE_WINDOW_S, Facts, Outcome, PolicySet, decide_scope
+from streams.pipeline.slo import Slo, SloAlerting
+from streams.processor.slo_state import decode_slo_state, encode_slo_state
 
 #: a decision for a target without a window of its own stays in force this long
 DEFAULT_DECISION_TTL_US = 24 * 3600 * 1_000_000
@@ -41,6 +43,8 @@ DEFAULT_DECISION_TTL_US = 24 * 3600 * 1_000_000
 RATE_HORIZON_US = MAX_RATE_WINDOW_S * 1_000_000
 #: an item waits at most this long (wall time) for a silent source
 DEFAULT_MAX_HOLD_S = 10.0
+#: the pseudo-tenant of fleet-wide state: the SLO verdicts and alerts, the policy-change chain
+FLEET = "*"
 
 
 def scope_partition(tenant_id: str, partitions: int) -> int:
@@ -155,6 +159,7 @@ class StateKind(StrEnum):
     PENDING = "pending"
     HEAD = "head"
     POSITION = "position"
+    SLO = "slo"
 
 
 @dataclass
@@ -176,6 +181,8 @@ class ScopeState:
     heads: dict[str, ChainHead] = field(default_factory=dict)
     #: the merge position: order key of the last released item
     position_us: int = 0
+    #: the fleet's burn-rate alerting (kept on the fleet's partition only)
+    alerting: SloAlerting = field(default_factory=SloAlerting)
     dirty: set[tuple[StateKind, Any]] = field(default_factory=set)
     #: wall time (s) each source's oldest pending item arrived (not checkpointed)
     held_since: dict[int, float] = field(default_factory=dict)
@@ -201,6 +208,8 @@ class ScopeResult:
     decisions: list[Decided] = field(default_factory=list)
     #: audit records linked into their chains, to be written in order
     audits: list[dict[str, Any]] = field(default_factory=list)
+    #: SLO burn-rate alerts starting or stopping (the fleet's partition only)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
     released: int = 0
     #: released before every source had caught up (a silent source past max_hold_s)
     forced: int = 0
@@ -215,8 +224,12 @@ class ScopeCore:
         sources: int,
         hourly_retention_s: float = 8 * 86400.0,
         max_hold_s: float = DEFAULT_MAX_HOLD_S,
+        partitions: int = 1,
     ) -> None:
         self.policies = policies
+        self.slos: list[Slo] = []
+        #: the scope partition holding the fleet's SLO state
+        self.fleet_partition = scope_partition(FLEET, partitions)
         #: how many source partitions exist: a source never heard from holds the merge
         self.source_count = sources
         self.hourly_retention_us = int(hourly_retention_s * 1_000_000)
@@ -288,7 +301,25 @@ class ScopeCore:
             self._apply(state, item, chains, result)
             result.released += 1
         state.heads = chains.heads
+        self._advance(state)
+        if partition == self.fleet_partition and self.slos:
+            before = state.alerting.evaluated_minute
+            result.alerts = state.alerting.advance(self.slos, state.position_us)
+            if result.alerts or state.alerting.evaluated_minute != before:
+                state.mark(StateKind.SLO)
         return result
+
+    def _advance(self, state: ScopeState) -> None:
+        """With nothing held, the merge position follows the sources: time passes for the
+        windows (and the alerts) of a partition that has no items of its own."""
+        if state.pending or len(state.sources) < self.source_count:
+            return
+        busy = [m.watermark_us for m in state.sources.values() if not m.idle]
+        marks = busy or [m.watermark_us for m in state.sources.values()]
+        frontier = min(marks, default=0)
+        if frontier > state.position_us:
+            state.position_us = frontier
+            state.mark(StateKind.POSITION)
 
     def _next(self, state: ScopeState) -> tuple[int, ScopeItem] | None:
         best: tuple[int, ScopeItem] | None = None
@@ -324,6 +355,10 @@ class ScopeCore:
             state.mark(StateKind.POSITION)
         if item.audit is not None:
             self._chain(state, chains, item.tenant_id, item.audit, result)
+            return
+        if item.kind == "SLO":
+            state.alerting.add(item.name or "", item.time_us, item.status == "GOOD")
+            state.mark(StateKind.SLO)
             return
         tenant = tenant_scope(item.tenant_id)
         agent = agent_scope(item.tenant_id, item.agent_id)
@@ -522,6 +557,8 @@ def checkpoint_records(state: ScopeState) -> list[tuple[bytes, bytes | None]]:
         elif kind is StateKind.HEAD:
             head = state.heads.get(key)
             value = None if head is None else orjson.dumps([head.chain_seq, head.hash])
+        elif kind is StateKind.SLO:
+            value = encode_slo_state(state.alerting)
         else:
             value = orjson.dumps(state.position_us)
         records.append((_key(kind, key), value))
@@ -554,6 +591,8 @@ def restore_record(state: ScopeState, key: bytes, value: bytes | None, wall_s: f
             state.held_since.pop(int(raw), None)
     elif kind is StateKind.HEAD:
         _put(state.heads, raw, None if data is None else ChainHead(data[0], data[1]))
+    elif kind is StateKind.SLO:
+        state.alerting = decode_slo_state(value) if value is not None else SloAlerting()
     elif data is not None:
         state.position_us = int(data)
 

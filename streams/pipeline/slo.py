@@ -87,23 +87,26 @@ def session_verdicts(summary: Mapping[str, Any], slos: Iterable[Slo]) -> dict[st
 @dataclass
 class FallbackTracker:
     """Degradation SLI: each failed tool call is good when the session's next tool call is its
-    defined fallback, bad when it is something else or the session ends first."""
+    defined fallback, bad when it is something else or the session ends first. The failed
+    tool waiting for its fallback is kept on the session's own state (``pending_fallback``),
+    checkpointed with it on its partition."""
 
     slo: Slo
-    pending: dict[str, str] = field(default_factory=dict)
 
-    def tool_call(self, session_id: str, tool: str, failed: bool) -> bool | None:
+    def tool_call(self, session: Any, tool: str, failed: bool) -> bool | None:
         """The verdict on the previous failure, if this call settles one."""
         verdict = None
-        failed_tool = self.pending.pop(session_id, None)
+        failed_tool = session.pending_fallback
+        session.pending_fallback = None
         if failed_tool is not None:
             verdict = self.slo.is_fallback(failed_tool, tool)
         if failed:
-            self.pending[session_id] = tool
+            session.pending_fallback = tool
         return verdict
 
-    def session_ended(self, session_id: str) -> bool | None:
-        return False if self.pending.pop(session_id, None) is not None else None
+    def session_ended(self, session: Any) -> bool | None:
+        failed_tool, session.pending_fallback = session.pending_fallback, None
+        return False if failed_tool is not None else None
 
 
 @dataclass
@@ -172,3 +175,69 @@ def evaluate(
                 changes.append(AlertChange(alert_id, slo.name, tier, severity, on, burn_long,
                                            burn_short, long_ratio))  # fmt: skip
     return changes
+
+
+RUNBOOK_URL = (
+    "https://github.com/governor/governor/blob/main/ops/runbooks/Governor{slo}BudgetBurn.md"
+)
+
+
+@dataclass
+class SloAlerting:
+    """The burn-rate alerts over event time: counts, what fires and since when, and the last
+    minute evaluated. ``advance`` evaluates every minute passed since, so a replay fires and
+    resolves the alerts the live run did."""
+
+    counts: SloCounts = field(default_factory=SloCounts)
+    firing: set[str] = field(default_factory=set)
+    firing_since: dict[str, int] = field(default_factory=dict)
+    evaluated_minute: int = 0
+
+    def add(self, slo: str, time_us: int, good: bool) -> None:
+        if not self.evaluated_minute:
+            # the first minute of a stream is evaluated too (it may already burn)
+            self.evaluated_minute = time_us - time_us % MINUTE_US - MINUTE_US
+        self.counts.add(slo, time_us, good)
+
+    def advance(self, slos: Iterable[Slo], watermark_us: int) -> list[dict[str, Any]]:
+        """Alert records for every change up to the watermark's minute."""
+        slos = list(slos)
+        if not slos or not watermark_us:
+            return []
+        current = watermark_us - watermark_us % MINUTE_US
+        first = self.evaluated_minute + MINUTE_US if self.evaluated_minute else current
+        alerts: list[dict[str, Any]] = []
+        for minute in range(max(first, current - 3 * 86400 * 1_000_000), current + 1, MINUTE_US):
+            now = min(minute + MINUTE_US - 1, watermark_us)
+            for change in evaluate(self.counts, slos, now, self.firing):
+                if change.firing:
+                    self.firing_since[change.alert_id] = now
+                started = self.firing_since.get(change.alert_id, now)
+                alerts.append(alert_record(change, now, started))
+        self.evaluated_minute = current
+        self.counts.expire(watermark_us)
+        return alerts
+
+
+def alert_record(change: AlertChange, now_us: int, started_us: int) -> dict[str, Any]:
+    """The Alert record (gov.alerts) of a burn-rate alert starting or stopping."""
+    state = "FIRING" if change.firing else "RESOLVED"
+    return {
+        "alert_id": change.alert_id,
+        "kind": "SLO_BURN",
+        "state": state,
+        "severity": change.severity,
+        "tenant_id": None,
+        "agent_id": None,
+        "slo": change.slo,
+        "layer": None,
+        "summary": f"{change.slo} SLO burning its error budget {change.burn_long:.1f}x "
+        f"({change.tier} burn) — {state.lower()}",
+        "description": f"error ratio {change.error_ratio:.2%} over the long window",
+        "event_time_us": now_us,
+        "started_at_us": started_us,
+        "labels": {"tier": change.tier},
+        "values": {"burn_long": change.burn_long, "burn_short": change.burn_short,
+                   "error_ratio": change.error_ratio},
+        "runbook_url": RUNBOOK_URL.format(slo=change.slo.capitalize()),
+    }  # fmt: skip

@@ -30,6 +30,7 @@ from streams.codec import Codecs
 from streams.metrics import WorkerMetrics
 from streams.pipeline.policy import PolicySet
 from streams.pipeline.scope import (
+    FLEET,
     AuditRequest,
     Decided,
     ScopeCore,
@@ -40,6 +41,7 @@ from streams.pipeline.scope import (
     restore_record,
     scope_partition,
 )
+from streams.pipeline.slo import Slo, SloAlerting
 from streams.processor.loop import TransactionalLoop
 from streams.publisher import DecisionPublisher, publish_decided
 from streams.settings import Settings
@@ -55,7 +57,7 @@ from streams.topics import (
 log = logging.getLogger("governor.scope")
 
 #: the chain of fleet-wide records (policy changes), kept whether or not any tenant has one
-FLEET_CHAIN = "*"
+FLEET_CHAIN = FLEET
 
 
 def scope_changelog_topic(settings: Settings) -> str:
@@ -87,6 +89,7 @@ class ScopeRunner(TransactionalLoop):
             source_partitions,
             hourly_retention_s=settings.hourly_retention_s,
             max_hold_s=settings.scope_max_hold_s,
+            partitions=settings.event_partitions,
         )
         self.codecs = codecs
         self.publisher = publisher
@@ -99,6 +102,18 @@ class ScopeRunner(TransactionalLoop):
     def use_policies(self, policies: PolicySet) -> None:
         """Put a new policy set in force (called under ``lock``)."""
         self.core.policies = policies
+
+    def use_slos(self, slos: list[Slo]) -> None:
+        with self.lock:
+            self.core.slos = slos
+
+    def slo_state(self) -> tuple[SloAlerting, int] | None:
+        """The fleet's alerting state and its event time, if this worker holds it."""
+        with self.lock:
+            state = self.core.partitions.get(self.core.fleet_partition)
+            if state is None:
+                return None
+            return state.alerting, state.position_us
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -155,7 +170,7 @@ class ScopeRunner(TransactionalLoop):
 
     def _release(self, partition: int, wall: float) -> None:
         result = self.core.release(partition, wall)
-        if result.released or result.decisions:
+        if result.released or result.decisions or result.alerts:
             self._publish(result)
             self._dirty.add(partition)
 
@@ -166,6 +181,13 @@ class ScopeRunner(TransactionalLoop):
                 self._count_decision(decided)
         for record in result.audits:
             self._audit(record)
+        for alert in result.alerts:
+            self._txn_produce(
+                self.settings.topic("alerts"),
+                alert["alert_id"].encode(),
+                self.codecs.alert.encode(alert),
+            )
+            log.warning("alert %s %s: %s", alert["alert_id"], alert["state"], alert["summary"])
         m = self.metrics
         released, forced = result.released, result.forced
         self._on_commit.append(lambda: m.scope_items.inc(released))

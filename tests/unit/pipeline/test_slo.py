@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import yaml
 
@@ -68,12 +69,15 @@ def test_a_failed_tool_call_is_good_when_its_fallback_follows() -> None:
 
     [degradation] = [s for s in SLOS if s.name == "degradation"]
     tracker = FallbackTracker(degradation)
-    assert tracker.tool_call("s1", "web_search", failed=True) is None
-    assert tracker.tool_call("s1", "search_kb", failed=False) is True  # the defined fallback
-    assert tracker.tool_call("s1", "web_search", failed=True) is None
-    assert tracker.tool_call("s1", "send_email", failed=False) is False  # not a fallback
-    assert tracker.tool_call("s2", "lookup_order", failed=True) is None
-    assert tracker.tool_call("s2", "lookup_order", failed=False) is True  # a retry, no entry
-    assert tracker.tool_call("s3", "lookup_order", failed=True) is None
-    assert tracker.session_ended("s3") is False  # ended without a fallback
-    assert tracker.session_ended("s1") is None
+    # the failed tool waiting for its fallback lives on each session's own state
+    s1, s2, s3 = (SimpleNamespace(pending_fallback=None) for _ in range(3))
+    assert tracker.tool_call(s1, "web_search", failed=True) is None
+    assert s1.pending_fallback == "web_search"
+    assert tracker.tool_call(s1, "search_kb", failed=False) is True  # the defined fallback
+    assert tracker.tool_call(s1, "web_search", failed=True) is None
+    assert tracker.tool_call(s1, "send_email", failed=False) is False  # not a fallback
+    assert tracker.tool_call(s2, "lookup_order", failed=True) is None
+    assert tracker.tool_call(s2, "lookup_order", failed=False) is True  # a retry, no entry
+    assert tracker.tool_call(s3, "lookup_order", failed=True) is None
+    assert tracker.session_ended(s3) is False  # ended without a fallback
+    assert tracker.session_ended(s1) is None
