@@ -438,7 +438,10 @@ class Engine:
         when = delta.event_time_us
         kind = delta.kind
         is_llm, is_tool = kind == "LLM_CALL", kind == "TOOL_CALL"
-        if is_llm or is_tool or delta.started or delta.ended or delta.cost_micros:
+        # spend buckets and agent/tool rates are the facts of agent- and tenant-scoped policies:
+        # the scope stage keeps them when it decides those
+        local = self.local_scope
+        if local and (is_llm or is_tool or delta.started or delta.ended or delta.cost_micros):
             dirty = part.dirty
             hour, day = when - when % HOUR_US, when - when % DAY_US
             cost = delta.cost_micros
@@ -485,7 +488,7 @@ class Engine:
             keys = [("agent", f"{state.tenant_id}/{state.agent_id}", minute)]
             if is_tool and delta.status not in ("OK", "UNKNOWN"):
                 keys.append(("tool", delta.name or "unknown", minute))
-            for rkey in keys:
+            for rkey in keys if local else ():
                 part.rates[rkey] += 1
                 self._rates[rkey] += 1
                 part.dirty.add((StateKind.RATE, rkey))
