@@ -204,17 +204,19 @@ class SloAlerting:
         slos = list(slos)
         if not slos or not watermark_us:
             return []
-        current = watermark_us - watermark_us % MINUTE_US
+        # complete minutes only: what a minute decides is then a function of the events, not
+        # of how far the stream had got when it was looked at
+        current = watermark_us - watermark_us % MINUTE_US - MINUTE_US
         first = self.evaluated_minute + MINUTE_US if self.evaluated_minute else current
         alerts: list[dict[str, Any]] = []
         for minute in range(max(first, current - 3 * 86400 * 1_000_000), current + 1, MINUTE_US):
-            now = min(minute + MINUTE_US - 1, watermark_us)
+            now = minute + MINUTE_US - 1
             for change in evaluate(self.counts, slos, now, self.firing):
                 if change.firing:
                     self.firing_since[change.alert_id] = now
                 started = self.firing_since.get(change.alert_id, now)
                 alerts.append(alert_record(change, now, started))
-        self.evaluated_minute = current
+        self.evaluated_minute = max(self.evaluated_minute, current)
         self.counts.expire(watermark_us)
         return alerts
 
