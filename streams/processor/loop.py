@@ -352,8 +352,11 @@ class TransactionalLoop:
         try:
             # nothing of a partition is read before its state is back: paused until the main
             # loop has restored it (a restore may take seconds; the callback must not)
-            if partitions:
-                consumer.pause(partitions)
+            if not partitions:  # a member beyond the partition count: nothing to restore
+                self.loop_state = RUNNING
+                self.ready.set()
+                return
+            consumer.pause(partitions)
             self._to_restore.extend(partitions)
             self.loop_state = RESTORING
         except BaseException as exc:
