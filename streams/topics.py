@@ -384,3 +384,24 @@ def scope_deltas_topic(settings: Settings) -> str:
     """The repartition topic from the session stage to the scope stage (per app, like the
     changelogs: a replay's worker has its own)."""
     return settings.topic(f"{settings.app_id}-scope-deltas")
+
+
+def ensure_state_topic(
+    settings: Settings, name: str, partitions: int, retention_ms: int | None = None
+) -> None:
+    """Create a stage's internal topic if it is missing: a compacted changelog, or (with
+    ``retention_ms``) a repartition topic that only has to outlive its reader's outages."""
+    admin = admin_client(settings)
+    replication, min_isr = replication_for(settings, cluster_size(admin))
+    config = {"min.insync.replicas": str(min_isr)}
+    if retention_ms is None:
+        config |= {
+            "cleanup.policy": "compact",
+            "segment.ms": str(3600 * 1000),
+            # pruned state leaves a tombstone per key: an hour is ample for any restore to see
+            # it (the default keeps them a day, and a restore reads every one of them)
+            "delete.retention.ms": str(3600 * 1000),
+        }
+    else:
+        config |= {"cleanup.policy": "delete", "retention.ms": str(retention_ms)}
+    create_topics(admin, [new_topic(name, partitions, replication, config)])

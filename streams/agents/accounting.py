@@ -71,9 +71,7 @@ from streams.settings import Settings
 from streams.topics import (
     Record,
     admin_client,
-    create_topics,
-    new_topic,
-    replication_for,
+    ensure_state_topic,
     scope_deltas_topic,
 )
 
@@ -111,25 +109,11 @@ def changelog_topic(settings: Settings) -> str:
 
 
 def ensure_changelog(settings: Settings) -> None:
-    admin = admin_client(settings)
-    metadata = admin.list_topics(timeout=10)
-    replication, min_isr = replication_for(settings, len(metadata.brokers))
     # one changelog partition per events partition: the events topic (a replay topic, say) may
     # have more partitions than this worker's setting
-    events = metadata.topics.get(settings.events_source_topic)
+    events = admin_client(settings).list_topics(timeout=10).topics.get(settings.events_source_topic)
     partitions = max(settings.event_partitions, len(events.partitions) if events else 0)
-    config = {
-        "cleanup.policy": "compact",
-        "min.insync.replicas": str(min_isr),
-        "segment.ms": str(3600 * 1000),
-        # pruned state leaves a tombstone per key: an hour is ample for any restore to see it
-        # (the default keeps them a day, and a restore reads every one of them)
-        "delete.retention.ms": str(3600 * 1000),
-    }
-    create_topics(
-        admin,
-        [new_topic(changelog_topic(settings), partitions, replication, config)],
-    )
+    ensure_state_topic(settings, changelog_topic(settings), partitions)
 
 
 class AccountingRunner(TransactionalLoop):
@@ -534,15 +518,10 @@ class AccountingRunner(TransactionalLoop):
 
 
 def ensure_scope_deltas(settings: Settings) -> None:
-    admin = admin_client(settings)
-    replication, min_isr = replication_for(settings, len(admin.list_topics(timeout=10).brokers))
-    config = {
-        "cleanup.policy": "delete",
-        "min.insync.replicas": str(min_isr),
-        # read within seconds by the scope stage; a day covers any outage worth waiting out
-        "retention.ms": str(24 * 3600 * 1000),
-    }
-    create_topics(
-        admin,
-        [new_topic(scope_deltas_topic(settings), settings.event_partitions, replication, config)],
+    # read within seconds by the scope stage; a day covers any outage worth waiting out
+    ensure_state_topic(
+        settings,
+        scope_deltas_topic(settings),
+        settings.event_partitions,
+        retention_ms=24 * 3600 * 1000,
     )

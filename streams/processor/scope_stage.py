@@ -45,14 +45,7 @@ from streams.pipeline.slo import Slo, SloAlerting
 from streams.processor.loop import TransactionalLoop
 from streams.publisher import DecisionPublisher, publish_decided
 from streams.settings import Settings
-from streams.topics import (
-    Record,
-    admin_client,
-    create_topics,
-    new_topic,
-    replication_for,
-    scope_deltas_topic,
-)
+from streams.topics import Record, ensure_state_topic, scope_deltas_topic
 
 log = logging.getLogger("governor.scope")
 
@@ -325,19 +318,4 @@ class ScopeRunner(TransactionalLoop):
 
 
 def ensure_scope_changelog(settings: Settings) -> None:
-    admin = admin_client(settings)
-    replication, min_isr = replication_for(settings, len(admin.list_topics(timeout=10).brokers))
-    config = {
-        "cleanup.policy": "compact",
-        "min.insync.replicas": str(min_isr),
-        "segment.ms": str(3600 * 1000),
-        "delete.retention.ms": str(3600 * 1000),
-    }
-    create_topics(
-        admin,
-        [
-            new_topic(
-                scope_changelog_topic(settings), settings.event_partitions, replication, config
-            )
-        ],
-    )
+    ensure_state_topic(settings, scope_changelog_topic(settings), settings.event_partitions)
