@@ -78,6 +78,7 @@ class StateKind(StrEnum):
     RATE = "r"
     ACTIVE = "a"
     WATERMARK = "w"
+    ORDER = "o"
 
 
 @dataclass
@@ -102,6 +103,8 @@ class PartitionState:
     #: minute, for step-rate and degradation policies (kept 2 h)
     rates: Counter[tuple[str, str, int]] = field(default_factory=Counter)
     watermark_us: int = 0
+    #: the scope stage's merge key: the latest broker record time read (µs), never decreasing
+    order_us: int = 0
     dirty: set[tuple[StateKind, Any]] = field(default_factory=set)
     #: the watermark's hour when buckets and histograms were last expired (not checkpointed:
     #: the first tick after a restore expires them)
@@ -309,14 +312,20 @@ class Engine:
         partition: int,
         events: Iterable[dict[str, Any]],
         offsets: list[int] | None = None,
+        record_us: list[int | None] | None = None,
     ) -> BatchResult:
         """Fold validated events (see :mod:`streams.pipeline.validate`); the two checks that
         need a session's state refuse an event here, before it changes anything. ``offsets``
-        are the events' source offsets (the scope stage orders by them)."""
+        and ``record_us`` (broker record times) are the events' place in their partition:
+        the scope stage merges partitions on them."""
         part = self.state(partition)
         result = BatchResult()
         for index, event in enumerate(events):
             self._offset = offsets[index] if offsets is not None else index
+            stamp = record_us[index] if record_us is not None else None
+            order = stamp if stamp is not None else event["start_time_us"]
+            if order > part.order_us:
+                part.order_us = order
             rejection = self._apply(part, event, result)
             if rejection is not None:
                 result.rejected.append((index, rejection))
@@ -396,7 +405,7 @@ class Engine:
         result: BatchResult,
     ) -> None:
         items = result.scope_items
-        common = (part.watermark_us, part.partition, self._offset)
+        common = (part.order_us, part.partition, self._offset)
         items.append(
             ScopeItem(
                 *common, 0, delta.event_time_us, state.tenant_id, state.agent_id,
@@ -577,11 +586,11 @@ class Engine:
                     if opened:
                         items.append(
                             ScopeItem(
-                                now, partition, -1, len(items), now, state.tenant_id,
+                                part.order_us, partition, -1, len(items), now, state.tenant_id,
                                 state.agent_id, session_id, kind="TIMEOUT", ended=True,
                             )
                         )  # fmt: skip
-                    self._slo_items((now, partition, -1), len(items), session_id, items)
+                    self._slo_items((part.order_us, partition, -1), len(items), session_id, items)
             elif state.ended and (state.end_time_us or 0) < now - self.finished_retention_us:
                 part.closed[session_id] = (state.last_seq, state.end_time_us or 0)
                 del part.sessions[session_id]
@@ -685,6 +694,7 @@ def checkpoint_records(part: PartitionState) -> list[tuple[bytes, bytes | None]]
             records.append((b"a|", orjson.dumps(dict(part.active))))
     part.dirty.clear()
     records.append((b"w|", orjson.dumps(part.watermark_us)))
+    records.append((b"o|", orjson.dumps(part.order_us)))
     return records
 
 
@@ -736,6 +746,8 @@ def restore_record(part: PartitionState, key: bytes, value: bytes | None) -> Non
         part.active = Counter(data)
     elif kind is StateKind.WATERMARK and data is not None:
         part.watermark_us = int(data)
+    elif kind is StateKind.ORDER and data is not None:
+        part.order_us = int(data)
 
 
 def _totals(t: Totals) -> dict[str, int]:

@@ -85,8 +85,14 @@ class Settings:
     #: and agent decisions are only as quick as this commit: the scope stage reads committed)
     scope_commit_interval_s: float = 0.1
     #: the scope stage waits at most this long (wall time) for a source partition that has
-    #: gone silent without having caught up (its worker died), then releases what it holds
-    scope_max_hold_s: float = 10.0
+    #: gone silent without having caught up (its worker died: the group's 10 s session timeout,
+    #: the dead transaction's 20 s timeout and a restore), then releases what it holds
+    scope_max_hold_s: float = 30.0
+    #: a source partition read to its end stands for records written from this long ago on:
+    #: the time a record takes from its producer's clock to the log (linger, network, the
+    #: broker). Longer: tenant decisions stay deterministic under slower delivery; shorter:
+    #: they come sooner
+    scope_idle_slack_s: float = 0.5
     #: an evaluated session is good when every evaluation score reaches this
     quality_threshold: float = 0.7
     #: an event's start time may lie this far after its broker record time (clock skew) ...

@@ -93,7 +93,7 @@ __all__ = [
 log = logging.getLogger("governor.accounting")
 
 #: items per scope-deltas record (a record stays far below the broker's 1 MB limit)
-SCOPE_CHUNK = 2000
+SCOPE_CHUNK = 1000
 
 
 class RejectedRecord(ValueError):
@@ -194,6 +194,7 @@ class AccountingRunner(TransactionalLoop):
     def _handle(self, messages: list[Message]) -> None:
         by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
         sources: dict[int, list[Message]] = defaultdict(list)
+        stamps: dict[int, list[int | None]] = defaultdict(list)
         decode = self.codecs.step_event.decode
         validate, bounds = validate_event, self.bounds
         now_s = time.time()
@@ -217,10 +218,11 @@ class AccountingRunner(TransactionalLoop):
             partition = msg.partition() or 0
             by_partition[partition].append(event)
             sources[partition].append(msg)
+            stamps[partition].append(record_us)
         with self.lock:
             for partition, events in by_partition.items():
                 offsets = [m.offset() or 0 for m in sources[partition]]
-                result = self.engine.process(partition, events, offsets)
+                result = self.engine.process(partition, events, offsets, stamps[partition])
                 self._dirty_partitions.add(partition)
                 if result.rejected:
                     refused = {index for index, _ in result.rejected}
@@ -459,11 +461,13 @@ class AccountingRunner(TransactionalLoop):
         """Each restored partition's watermark, and whether everything it held was read."""
         marks = {}
         topic = self._events_topic
+        wall_us = time.time_ns() // 1000
+        slack_us = int(self.settings.scope_idle_slack_s * 1_000_000)
         assignment = [TopicPartition(topic, p) for p in sorted(self.assigned)]
         positions = {tp.partition: tp.offset for tp in self.consumer.position(assignment)}
         for partition in sorted(self.assigned):
             part = self.engine.partitions.get(partition)
-            watermark = part.watermark_us if part is not None else 0
+            watermark = part.order_us if part is not None else 0
             tp = TopicPartition(topic, partition)
             # nothing consumed since the assignment: the position is where it started
             position = positions.get(partition, -1)
@@ -473,6 +477,10 @@ class AccountingRunner(TransactionalLoop):
             if high < 0:  # no fetch answered yet
                 low, high = self.consumer.get_watermark_offsets(tp, timeout=5, cached=False)
             idle = high >= 0 and max(position, low) >= high
+            if idle:
+                # read to the end: what comes next is written from now on (less the time a
+                # record takes from its producer's clock to the log), not before
+                watermark = max(watermark, wall_us - slack_us)
             marks[partition] = SourceMark(watermark, idle)
         return marks
 

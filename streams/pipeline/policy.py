@@ -274,6 +274,14 @@ class PolicySet:
     def of_kind(self, kind: str) -> tuple[Any, ...]:
         return self.by_kind.get(kind, ())
 
+    def slot(self, policy_id: str) -> int:
+        """The policy's place in the set: the epoch slot of its decisions."""
+        return self._slots.get(policy_id, 0)
+
+    @functools.cached_property
+    def _slots(self) -> dict[str, int]:
+        return {p.id: index for index, p in enumerate(self.policies)}
+
     @functools.cached_property
     def spans_sessions(self) -> bool:
         """Whether any policy looks beyond one session (the scope stage decides those)."""

@@ -42,7 +42,11 @@ DEFAULT_DECISION_TTL_US = 24 * 3600 * 1_000_000
 #: rate counters are kept this long behind the merge position: the longest rate window
 RATE_HORIZON_US = MAX_RATE_WINDOW_S * 1_000_000
 #: an item waits at most this long (wall time) for a silent source
-DEFAULT_MAX_HOLD_S = 10.0
+DEFAULT_MAX_HOLD_S = 30.0
+#: items per changelog record of a source's held items
+PENDING_CHUNK = 1000
+#: pruning trails the latest event time by this much (events arrive out of time order)
+PRUNE_MARGIN_US = 3600 * 1_000_000
 #: the pseudo-tenant of fleet-wide state: the SLO verdicts and alerts, the policy-change chain
 FLEET = "*"
 
@@ -181,11 +185,17 @@ class ScopeState:
     heads: dict[str, ChainHead] = field(default_factory=dict)
     #: the merge position: order key of the last released item
     position_us: int = 0
+    #: the latest event time released: the clock of the SLO minutes and of pruning
+    event_us: int = 0
     #: the fleet's burn-rate alerting (kept on the fleet's partition only)
     alerting: SloAlerting = field(default_factory=SloAlerting)
     dirty: set[tuple[StateKind, Any]] = field(default_factory=set)
     #: wall time (s) each source's oldest pending item arrived (not checkpointed)
     held_since: dict[int, float] = field(default_factory=dict)
+    #: changelog records each source's pending items were last written in (chunks)
+    pending_chunks: dict[int, int] = field(default_factory=dict)
+    #: during a restore: each source's pending chunks by index (see ``finish_restore``)
+    restoring: dict[int, dict[int, list[ScopeItem]]] = field(default_factory=dict)
 
     def mark(self, kind: StateKind, key: Any = None) -> None:
         self.dirty.add((kind, key))
@@ -304,7 +314,7 @@ class ScopeCore:
         self._advance(state)
         if partition == self.fleet_partition and self.slos:
             before = state.alerting.evaluated_minute
-            result.alerts = state.alerting.advance(self.slos, state.position_us)
+            result.alerts = state.alerting.advance(self.slos, state.event_us)
             if result.alerts or state.alerting.evaluated_minute != before:
                 state.mark(StateKind.SLO)
         return result
@@ -314,9 +324,7 @@ class ScopeCore:
         windows (and the alerts) of a partition that has no items of its own."""
         if state.pending or len(state.sources) < self.source_count:
             return
-        busy = [m.watermark_us for m in state.sources.values() if not m.idle]
-        marks = busy or [m.watermark_us for m in state.sources.values()]
-        frontier = min(marks, default=0)
+        frontier = min((m.watermark_us for m in state.sources.values()), default=0)
         if frontier > state.position_us:
             state.position_us = frontier
             state.mark(StateKind.POSITION)
@@ -336,9 +344,8 @@ class ScopeCore:
             mark = state.sources.get(source)
             if mark is None:
                 return False
-            if mark.idle:
-                continue
-            # a future item of ``source`` has order >= its watermark: ties go by source
+            # a future item of ``source`` has order >= its watermark (a source read to its end
+            # says so with the wall clock less a slack); ties go by source
             if mark.watermark_us < item.order_us or (
                 mark.watermark_us == item.order_us and source < item.source
             ):
@@ -350,8 +357,9 @@ class ScopeCore:
     def _apply(
         self, state: ScopeState, item: ScopeItem, chains: AuditChains, result: ScopeResult
     ) -> None:
-        if item.order_us > state.position_us:
-            state.position_us = item.order_us
+        if item.order_us > state.position_us or item.time_us > state.event_us:
+            state.position_us = max(state.position_us, item.order_us)
+            state.event_us = max(state.event_us, item.time_us)
             state.mark(StateKind.POSITION)
         if item.audit is not None:
             self._chain(state, chains, item.tenant_id, item.audit, result)
@@ -428,21 +436,23 @@ class ScopeCore:
         self, state: ScopeState, outcome: Outcome, item: ScopeItem, index: int
     ) -> Decided | None:
         key = (outcome.policy_id, outcome.target)
-        entry = state.enforced.get(key)
-        if entry is not None and outcome.level <= entry[0]:
+        if outcome.level <= self._level(*key):
             return None
-        # the merge key never decreases: epochs per target only grow, under replay too
-        epoch = item.order_us * EPOCH_SLOTS + min(index, ENGINE_EPOCH_SLOTS - 1)
+        # the merge key never decreases: epochs per target only grow, under replay too; the
+        # slot is the policy's place in the set, not in this event's outcomes, so a policy's
+        # decision keeps its id whatever else fires on the same event
+        slot = self.policies.slot(outcome.policy_id) % ENGINE_EPOCH_SLOTS
+        epoch = item.order_us * EPOCH_SLOTS + slot
         ttl_us = (
             int(outcome.ttl_s * 1_000_000) if outcome.ttl_s is not None else DEFAULT_DECISION_TTL_US
         )
-        state.enforced[key] = (outcome.level, epoch, item.order_us + ttl_us)
+        state.enforced[key] = (outcome.level, epoch, item.time_us + ttl_us)
         state.mark(StateKind.ENFORCED, key)
         return Decided(
             outcome=outcome,
             tenant_id=item.tenant_id,
             epoch=epoch,
-            issued_at_us=item.order_us,
+            issued_at_us=item.time_us,
             trigger_event_id=item.event_id,
             policy_version=self.policies.version,
         )
@@ -451,11 +461,14 @@ class ScopeCore:
 
     def _spend(self, scope: str, window_s: float) -> int:
         """Spend of a scope over the window, hour-aligned (the current hour counts whole)."""
-        state = self._state
-        if state is None:
+        state, item = self._state, self._item
+        if state is None or item is None:
             return 0
-        now_hour = bucket_start(state.position_us, HOUR_US)
-        first = bucket_start(state.position_us - int(window_s * 1_000_000), HOUR_US) + HOUR_US
+        # the window ends with the event deciding (its own time: the same whatever was read
+        # before it) and reaches back no further than the spend kept
+        window_us = min(int(window_s * 1_000_000), self.hourly_retention_us)
+        now_hour = bucket_start(item.time_us, HOUR_US)
+        first = bucket_start(item.time_us - window_us, HOUR_US) + HOUR_US
         spend = state.spend
         return sum(spend.get((scope, hour), 0) for hour in range(first, now_hour + 1, HOUR_US))
 
@@ -479,9 +492,12 @@ class ScopeCore:
         return sum(rates.get((kind, key, now_min - i * MINUTE_US), 0) for i in range(minutes))
 
     def _level(self, policy_id: str, target: str) -> int:
-        state = self._state
-        entry = state.enforced.get((policy_id, target)) if state is not None else None
-        return entry[0] if entry is not None else 0
+        state, item = self._state, self._item
+        if state is None or item is None:
+            return 0
+        entry = state.enforced.get((policy_id, target))
+        # lapsed by the deciding event's time, pruned or not: pruning runs on a timer
+        return entry[0] if entry is not None and entry[2] >= item.time_us else 0
 
     # --- time ----------------------------------------------------------------------------------
 
@@ -489,7 +505,8 @@ class ScopeCore:
         """Forget what the merge position has left behind: lapsed decisions, old rates and
         spend hours past the retention (the longest budget window counts whole hours)."""
         state = self.state(partition)
-        now = state.position_us
+        # an hour behind the latest event time: an event that late still finds what it needs
+        now = state.event_us - PRUNE_MARGIN_US
         for key in [k for k, (_, _, until) in state.enforced.items() if until < now]:
             del state.enforced[key]
             state.mark(StateKind.ENFORCED, key)
@@ -552,15 +569,23 @@ def checkpoint_records(state: ScopeState) -> list[tuple[bytes, bytes | None]]:
             mark = state.sources.get(key)
             value = None if mark is None else orjson.dumps([mark.watermark_us, mark.idle])
         elif kind is StateKind.PENDING:
-            queue = state.pending.get(key)
-            value = None if not queue else orjson.dumps([i.to_wire() for i in queue])
+            # a source's held items in records of PENDING_CHUNK (a record stays far below the
+            # broker's 1 MB), the chunks it no longer fills deleted
+            queue = list(state.pending.get(key, ()))
+            chunks = [queue[i : i + PENDING_CHUNK] for i in range(0, len(queue), PENDING_CHUNK)]
+            for index in range(max(len(chunks), state.pending_chunks.get(key, 0))):
+                chunk = chunks[index] if index < len(chunks) else None
+                encoded = None if chunk is None else orjson.dumps([i.to_wire() for i in chunk])
+                records.append((_key(kind, [key, index]), encoded))
+            state.pending_chunks[key] = len(chunks)
+            continue
         elif kind is StateKind.HEAD:
             head = state.heads.get(key)
             value = None if head is None else orjson.dumps([head.chain_seq, head.hash])
         elif kind is StateKind.SLO:
             value = encode_slo_state(state.alerting)
         else:
-            value = orjson.dumps(state.position_us)
+            value = orjson.dumps([state.position_us, state.event_us])
         records.append((_key(kind, key), value))
     state.dirty.clear()
     return records
@@ -583,18 +608,27 @@ def restore_record(state: ScopeState, key: bytes, value: bytes | None, wall_s: f
     elif kind is StateKind.SOURCE:
         _put(state.sources, int(raw), None if data is None else SourceMark(data[0], data[1]))
     elif kind is StateKind.PENDING:
-        items = None if not data else deque(ScopeItem.from_wire(row) for row in data)
-        _put(state.pending, int(raw), items)
-        if items:
-            state.held_since[int(raw)] = wall_s
-        else:
-            state.held_since.pop(int(raw), None)
+        source, index = int(raw[0]), int(raw[1])
+        parts = state.restoring.setdefault(source, {})
+        _put(parts, index, None if not data else [ScopeItem.from_wire(row) for row in data])
     elif kind is StateKind.HEAD:
         _put(state.heads, raw, None if data is None else ChainHead(data[0], data[1]))
     elif kind is StateKind.SLO:
         state.alerting = decode_slo_state(value) if value is not None else SloAlerting()
     elif data is not None:
-        state.position_us = int(data)
+        state.position_us, state.event_us = int(data[0]), int(data[1])
+
+
+def finish_restore(state: ScopeState, wall_s: float) -> None:
+    """After the last changelog record: the held items of each source, from its chunks."""
+    for source, parts in state.restoring.items():
+        queue = deque(item for index in sorted(parts) for item in parts[index])
+        state.pending_chunks[source] = max(parts, default=-1) + 1
+        if queue:
+            state.pending[source] = queue
+            state.held_since[source] = wall_s
+    state.restoring.clear()
+    state.dirty.clear()
 
 
 def _put(table: Any, key: Any, value: Any) -> None:

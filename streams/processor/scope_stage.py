@@ -38,6 +38,7 @@ from streams.pipeline.scope import (
     ScopeResult,
     ScopeState,
     checkpoint_records,
+    finish_restore,
     restore_record,
     scope_partition,
 )
@@ -295,7 +296,7 @@ class ScopeRunner(TransactionalLoop):
         self._scan_changelog(numbers, apply)
         with self.lock:
             for state in states.values():
-                state.dirty.clear()
+                finish_restore(state, wall)
                 self.core.assign(state)
         waiting, self._after_ready = self._after_ready, []
         for call in waiting:

@@ -112,7 +112,10 @@ def test_checkpoint_records_restore_the_same_state() -> None:
     assert restored.enforced == original.enforced
     assert restored.active == original.active
     assert restored.watermark_us == original.watermark_us
-    assert checkpoint_records(original) == [(b"w|", str(original.watermark_us).encode())]
+    assert checkpoint_records(original) == [
+        (b"w|", str(original.watermark_us).encode()),
+        (b"o|", str(original.order_us).encode()),
+    ]
 
 
 def test_hour_buckets_follow_event_time() -> None:

@@ -24,6 +24,7 @@ from streams.pipeline.scope import (
     ScopeState,
     SourceMark,
     checkpoint_records,
+    finish_restore,
     restore_record,
     scope_partition,
 )
@@ -31,6 +32,7 @@ from streams.pipeline.scope import (
 PRICES = load_prices(Path(__file__).resolve().parents[3] / "policies" / "prices.yaml")
 SOURCES = 3
 T0_US = 1_760_000_000_000_000
+END_OF_TIME = 2**62
 POLICIES: list[dict[str, Any]] = [
     {"id": "tenant-day", "kind": "budget", "scope": "tenant", "limit_usd": 0.5, "window": "1d"},
     {"id": "agent-hour", "kind": "budget", "scope": "agent", "limit_usd": 0.2, "window": "1h"},
@@ -76,7 +78,8 @@ def deliveries(
         end = min(len(items), start + rng.randint(1, 60))
         chunk = tuple(items[start:end])
         done = end == len(items)
-        watermark = chunk[-1].order_us if chunk else 0
+        # a source read to its end: stage 1 moves its watermark on with the clock
+        watermark = END_OF_TIME if done else (chunk[-1].order_us if chunk else 0)
         yield source, ScopeDelta(source, SourceMark(watermark, done), chunk)
         if done:
             del cursors[source]
@@ -146,15 +149,17 @@ def test_a_tenant_budget_fires_once_at_the_item_that_crosses_it_in_merge_order()
     assert not any(core.partitions[p].pending for p in core.partitions)
 
 
-def test_items_wait_for_a_source_that_has_not_caught_up_and_not_for_an_idle_one() -> None:
+def test_items_wait_until_every_other_source_is_past_them() -> None:
     core = ScopeCore(policy_set(), 2, max_hold_s=5.0)
-    item = ScopeItem(100, 0, 0, 0, 100, "acme", "bot", "s1", "e1", "LLM_CALL", cost_micros=10)
-    core.offer(0, ScopeDelta(0, SourceMark(100, False), (item,)), wall_s=0.0)
-    assert core.release(0, wall_s=1.0).released == 0  # source 1 never heard from
-    core.offer(0, ScopeDelta(1, SourceMark(50, False), ()), wall_s=1.0)
-    assert core.release(0, wall_s=1.0).released == 0  # source 1 is behind
-    core.offer(0, ScopeDelta(1, SourceMark(50, True), ()), wall_s=2.0)
-    assert core.release(0, wall_s=2.0).released == 1  # source 1 has read everything
+    item = ScopeItem(100, 1, 0, 0, 100, "acme", "bot", "s1", "e1", "LLM_CALL", cost_micros=10)
+    core.offer(0, ScopeDelta(1, SourceMark(100, False), (item,)), wall_s=0.0)
+    assert core.release(0, wall_s=1.0).released == 0  # source 0 never heard from
+    core.offer(0, ScopeDelta(0, SourceMark(50, False), ()), wall_s=1.0)
+    assert core.release(0, wall_s=1.0).released == 0  # source 0 is behind
+    core.offer(0, ScopeDelta(0, SourceMark(100, False), ()), wall_s=2.0)
+    assert core.release(0, wall_s=2.0).released == 0  # a tie: source 0's next would go first
+    core.offer(0, ScopeDelta(0, SourceMark(150, True), ()), wall_s=2.0)
+    assert core.release(0, wall_s=2.0).released == 1  # source 0 is past it
 
 
 def test_a_silent_source_holds_the_merge_for_max_hold_only() -> None:
@@ -189,6 +194,7 @@ def test_checkpoint_records_restore_the_same_state() -> None:
     restored = ScopeState(0)
     for key, value in records:
         restore_record(restored, key, value, wall_s=0.0)
+    finish_restore(restored, wall_s=0.0)
     for name in ("spend", "active", "rates", "enforced", "sources", "heads", "position_us"):
         assert getattr(restored, name) == getattr(original, name), name
     assert {s: list(q) for s, q in restored.pending.items()} == {
@@ -261,10 +267,13 @@ def test_slo_verdicts_reach_the_fleet_partition_and_alert_the_same_whatever_the_
                 result = core.release(partition, wall_s=0.0)
                 assert not result.alerts or partition == core.fleet_partition
                 fired += [(a["alert_id"], a["state"], a["event_time_us"]) for a in result.alerts]
-        # the sources move on two minutes with nothing more: the burst's minute is complete
+        # a session ends two minutes later: the burst's minute is complete
         later = T0_US + 120_000_000
-        for source in range(SOURCES):
-            core.offer(core.fleet_partition, ScopeDelta(source, SourceMark(later, True), ()), 0.0)
+        verdict = ScopeItem(
+            END_OF_TIME, 0, 10**9, 0, later, "*", "", "late", kind="SLO", name="availability"
+        )
+        delta = ScopeDelta(0, SourceMark(END_OF_TIME, True), (verdict,))
+        core.offer(core.fleet_partition, delta, 0.0)
         result = core.release(core.fleet_partition, wall_s=0.0)
         fired += [(a["alert_id"], a["state"], a["event_time_us"]) for a in result.alerts]
         return fired
@@ -272,3 +281,28 @@ def test_slo_verdicts_reach_the_fleet_partition_and_alert_the_same_whatever_the_
     reference = alerts(0)
     assert ("slo:availability:fast", "FIRING") in {(a, s) for a, s, _ in reference}
     assert alerts(5) == reference
+
+
+def test_held_items_are_checkpointed_in_chunks_and_shrink_with_tombstones() -> None:
+    from streams.pipeline.scope import PENDING_CHUNK
+
+    core = ScopeCore(policy_set(), 2)
+    items = tuple(
+        ScopeItem(1000 + n, 0, n, 0, 1000 + n, "acme", "bot", f"s{n}", f"e{n}", "LLM_CALL")
+        for n in range(2 * PENDING_CHUNK + 5)
+    )
+    core.offer(0, ScopeDelta(0, SourceMark(items[-1].order_us, False), items), wall_s=0.0)
+    state = core.state(0)
+    records = [r for r in checkpoint_records(state) if r[0].startswith(b"pending|")]
+    assert len(records) == 3
+    assert all(value is not None and len(value) < 900_000 for _, value in records)
+    restored = ScopeState(0)
+    for key, value in records:
+        restore_record(restored, key, value, wall_s=0.0)
+    finish_restore(restored, wall_s=0.0)
+    assert list(restored.pending[0]) == list(items)
+    # source 1 catches up: all but a few are released, two chunks are deleted
+    core.offer(0, ScopeDelta(1, SourceMark(items[-6].order_us, False), ()), wall_s=0.0)
+    assert core.release(0, wall_s=0.0).released == len(items) - 5
+    shrunk = [r for r in checkpoint_records(state) if r[0].startswith(b"pending|")]
+    assert [value is None for _, value in shrunk] == [False, True, True]
