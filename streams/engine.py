@@ -405,7 +405,7 @@ class Engine:
         result: BatchResult,
     ) -> None:
         items = result.scope_items
-        common = (part.order_us, part.partition, self._offset)
+        common = (delta.event_time_us, part.partition, self._offset)
         items.append(
             ScopeItem(
                 *common, 0, delta.event_time_us, state.tenant_id, state.agent_id,
@@ -586,11 +586,11 @@ class Engine:
                     if opened:
                         items.append(
                             ScopeItem(
-                                part.order_us, partition, -1, len(items), now, state.tenant_id,
+                                now, partition, -1, len(items), now, state.tenant_id,
                                 state.agent_id, session_id, kind="TIMEOUT", ended=True,
                             )
                         )  # fmt: skip
-                    self._slo_items((part.order_us, partition, -1), len(items), session_id, items)
+                    self._slo_items((now, partition, -1), len(items), session_id, items)
             elif state.ended and (state.end_time_us or 0) < now - self.finished_retention_us:
                 part.closed[session_id] = (state.last_seq, state.end_time_us or 0)
                 del part.sessions[session_id]

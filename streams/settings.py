@@ -88,11 +88,10 @@ class Settings:
     #: gone silent without having caught up (its worker died: the group's 10 s session timeout,
     #: the dead transaction's 20 s timeout and a restore), then releases what it holds
     scope_max_hold_s: float = 30.0
-    #: a source partition read to its end stands for records written from this long ago on:
-    #: the time a record takes from its producer's clock to the log (linger, network, the
-    #: broker). Longer: tenant decisions stay deterministic under slower delivery; shorter:
-    #: they come sooner
-    scope_idle_slack_s: float = 0.5
+    #: the scope stage applies items in event-time order, waiting for this much event time
+    #: past an item on every source partition still reading (events of a partition arrive
+    #: this far out of time order at most); a partition read to its end waits with the fleet
+    scope_grace_s: float = 2.0
     #: an evaluated session is good when every evaluation score reaches this
     quality_threshold: float = 0.7
     #: an event's start time may lie this far after its broker record time (clock skew) ...

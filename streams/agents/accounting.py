@@ -461,13 +461,11 @@ class AccountingRunner(TransactionalLoop):
         """Each restored partition's watermark, and whether everything it held was read."""
         marks = {}
         topic = self._events_topic
-        wall_us = time.time_ns() // 1000
-        slack_us = int(self.settings.scope_idle_slack_s * 1_000_000)
         assignment = [TopicPartition(topic, p) for p in sorted(self.assigned)]
         positions = {tp.partition: tp.offset for tp in self.consumer.position(assignment)}
         for partition in sorted(self.assigned):
             part = self.engine.partitions.get(partition)
-            watermark = part.order_us if part is not None else 0
+            watermark = part.watermark_us if part is not None else 0
             tp = TopicPartition(topic, partition)
             # nothing consumed since the assignment: the position is where it started
             position = positions.get(partition, -1)
@@ -477,10 +475,6 @@ class AccountingRunner(TransactionalLoop):
             if high < 0:  # no fetch answered yet
                 low, high = self.consumer.get_watermark_offsets(tp, timeout=5, cached=False)
             idle = high >= 0 and max(position, low) >= high
-            if idle:
-                # read to the end: what comes next is written from now on (less the time a
-                # record takes from its producer's clock to the log), not before
-                watermark = max(watermark, wall_us - slack_us)
             marks[partition] = SourceMark(watermark, idle)
         return marks
 

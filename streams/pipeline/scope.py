@@ -7,22 +7,25 @@ does with them: spend per scope and hour, open sessions per scope, agent step an
 rates per minute, how far each policy has escalated on each target, and each tenant's audit
 chain, for the scope partitions one worker owns.
 
-Why a merge: with several workers the items of one tenant arrive from several source
-partitions, interleaved by chance. The items of one source come in offset order, each with an
-``order_us`` that never decreases within its source (the source partition's event-time
-watermark after the event). :class:`ScopeCore` applies them in a k-way merge on ``(order_us,
-source, offset, index)``: an item is released once every other source has reported a watermark
-at or past it, or is idle (caught up, nothing pending). The result is a function of the events
-alone, not of how many workers read them or when: the same event crosses a tenant limit and the
-decision gets the same id. A source that stays silent without being idle (its worker died and
-the group has not yet handed its partitions on) holds the merge for at most ``max_hold_s`` of
-wall time; past that, items are released in the order they are held (counted as ``forced``).
+Why an order: with several workers the items of one tenant arrive from several source
+partitions, interleaved by chance. :class:`ScopeCore` applies them in event-time order (ties by
+source partition, offset, index), holding each item until every source still reading has
+reported a watermark ``grace`` past it (a source's events arrive at most that far out of time
+order) and a source read to its end counts as far as the fleet is. The order is then a function
+of the events alone, not of how many workers read them or when: the same event crosses a tenant
+limit and the decision gets the same id. With every source read to its end an item waits the
+grace in wall time (what is still in flight). A source that stays silent without having read
+to its end (its worker died) holds the merge for at most ``max_hold_s`` of wall time; past that,
+items are released in order (counted as ``forced``). An item later than the grace is applied
+when it comes.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import zlib
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -43,7 +46,9 @@ DEFAULT_DECISION_TTL_US = 24 * 3600 * 1_000_000
 RATE_HORIZON_US = MAX_RATE_WINDOW_S * 1_000_000
 #: an item waits at most this long (wall time) for a silent source
 DEFAULT_MAX_HOLD_S = 30.0
-#: items per changelog record of a source's held items
+#: how far out of event-time order a source's items may come and still be merged in order
+DEFAULT_GRACE_S = 2.0
+#: items per changelog record of the held items
 PENDING_CHUNK = 1000
 #: pruning trails the latest event time by this much (events arrive out of time order)
 PRUNE_MARGIN_US = 3600 * 1_000_000
@@ -180,8 +185,11 @@ class ScopeState:
     #: (policy id, target) -> (level, epoch, in force until, merge time)
     enforced: dict[tuple[str, str], tuple[int, int, int]] = field(default_factory=dict)
     sources: dict[int, SourceMark] = field(default_factory=dict)
-    #: per source, items received and not yet released, in order
-    pending: dict[int, deque[ScopeItem]] = field(default_factory=dict)
+    #: items received and not yet released: a heap of (key, arrival number, arrival wall time
+    #: s, item); the arrival number orders equal keys (two timeouts of one tick) as they came
+    held: list[tuple[tuple[int, int, int, int], int, float, ScopeItem]] = field(
+        default_factory=list
+    )
     heads: dict[str, ChainHead] = field(default_factory=dict)
     #: the merge position: order key of the last released item
     position_us: int = 0
@@ -190,12 +198,10 @@ class ScopeState:
     #: the fleet's burn-rate alerting (kept on the fleet's partition only)
     alerting: SloAlerting = field(default_factory=SloAlerting)
     dirty: set[tuple[StateKind, Any]] = field(default_factory=set)
-    #: wall time (s) each source's oldest pending item arrived (not checkpointed)
-    held_since: dict[int, float] = field(default_factory=dict)
-    #: changelog records each source's pending items were last written in (chunks)
-    pending_chunks: dict[int, int] = field(default_factory=dict)
-    #: during a restore: each source's pending chunks by index (see ``finish_restore``)
-    restoring: dict[int, dict[int, list[ScopeItem]]] = field(default_factory=dict)
+    #: changelog records the held items were last written in (chunks)
+    held_chunks: int = 0
+    #: during a restore: the held items' chunks by index (see ``finish_restore``)
+    restoring: dict[int, list[ScopeItem]] = field(default_factory=dict)
 
     def mark(self, kind: StateKind, key: Any = None) -> None:
         self.dirty.add((kind, key))
@@ -235,6 +241,7 @@ class ScopeCore:
         hourly_retention_s: float = 8 * 86400.0,
         max_hold_s: float = DEFAULT_MAX_HOLD_S,
         partitions: int = 1,
+        grace_s: float = DEFAULT_GRACE_S,
     ) -> None:
         self.policies = policies
         self.slos: list[Slo] = []
@@ -244,6 +251,10 @@ class ScopeCore:
         self.source_count = sources
         self.hourly_retention_us = int(hourly_retention_s * 1_000_000)
         self.max_hold_s = max_hold_s
+        self.grace_s = grace_s
+        self.grace_us = int(grace_s * 1_000_000)
+        #: numbers the items held, in the order they came (after a restore: above its own)
+        self._arrivals = itertools.count(1 << 40)
         self.partitions: dict[int, ScopeState] = {}
         self._state: ScopeState | None = None
         self._item: ScopeItem | None = None
@@ -277,41 +288,33 @@ class ScopeCore:
         watermark = max(delta.mark.watermark_us, previous.watermark_us if previous else 0)
         state.sources[delta.source] = SourceMark(watermark, delta.mark.idle)
         state.mark(StateKind.SOURCE, delta.source)
+        for item in delta.items:
+            heapq.heappush(state.held, (item.key, next(self._arrivals), wall_s, item))
         if delta.items:
-            queue = state.pending.setdefault(delta.source, deque())
-            if not queue:
-                state.held_since[delta.source] = wall_s
-            queue.extend(delta.items)
-            state.mark(StateKind.PENDING, delta.source)
+            state.mark(StateKind.PENDING)
 
     def release(self, partition: int, wall_s: float) -> ScopeResult:
-        """Apply every item the merge allows, in merge order; decide after each."""
+        """Apply every item the merge allows, in key order; decide after each."""
         state = self.state(partition)
         result = ScopeResult()
         chains = AuditChains(state.heads)
-        while True:
-            head = self._next(state)
-            if head is None:
-                break
-            source, item = head
-            releasable = self._releasable(state, item)
-            if not releasable:
-                since = state.held_since.get(source, wall_s)
-                if wall_s - since < self.max_hold_s:
+        threshold, everyone_idle = self._threshold(state)
+        held = state.held
+        while held:
+            _key, _n, arrived, item = held[0]
+            waited = wall_s - arrived
+            # with every source read to its end, nothing earlier is on its way but what is
+            # still in flight: the grace, in wall time
+            settled = item.time_us <= threshold or (everyone_idle and waited >= self.grace_s)
+            if not settled:
+                if waited < self.max_hold_s:
                     break
                 result.forced += 1
-            queue = state.pending[source]
-            queue.popleft()
-            state.mark(StateKind.PENDING, source)
-            if queue:
-                state.held_since[source] = wall_s if releasable else state.held_since[source]
-            else:
-                del state.pending[source]
-                state.held_since.pop(source, None)
+            heapq.heappop(held)
+            state.mark(StateKind.PENDING)
             self._apply(state, item, chains, result)
             result.released += 1
         state.heads = chains.heads
-        self._advance(state)
         if partition == self.fleet_partition and self.slos:
             before = state.alerting.evaluated_minute
             result.alerts = state.alerting.advance(self.slos, state.event_us)
@@ -319,38 +322,17 @@ class ScopeCore:
                 state.mark(StateKind.SLO)
         return result
 
-    def _advance(self, state: ScopeState) -> None:
-        """With nothing held, the merge position follows the sources: time passes for the
-        windows (and the alerts) of a partition that has no items of its own."""
-        if state.pending or len(state.sources) < self.source_count:
-            return
-        frontier = min((m.watermark_us for m in state.sources.values()), default=0)
-        if frontier > state.position_us:
-            state.position_us = frontier
-            state.mark(StateKind.POSITION)
-
-    def _next(self, state: ScopeState) -> tuple[int, ScopeItem] | None:
-        best: tuple[int, ScopeItem] | None = None
-        for source, queue in state.pending.items():
-            if queue and (best is None or queue[0].key < best[1].key):
-                best = (source, queue[0])
-        return best
-
-    def _releasable(self, state: ScopeState, item: ScopeItem) -> bool:
-        """No other source can still send an item that sorts before this one."""
-        for source in range(max(self.source_count, item.source + 1)):
-            if source == item.source or state.pending.get(source):
-                continue  # a source with pending items has its head compared already
-            mark = state.sources.get(source)
-            if mark is None:
-                return False
-            # a future item of ``source`` has order >= its watermark (a source read to its end
-            # says so with the wall clock less a slack); ties go by source
-            if mark.watermark_us < item.order_us or (
-                mark.watermark_us == item.order_us and source < item.source
-            ):
-                return False
-        return True
+    def _threshold(self, state: ScopeState) -> tuple[int, bool]:
+        """The event time up to which no source can still send an item: every source still
+        reading is ``grace`` past it; one read to its end counts as far as the fleet is (the
+        latest watermark). A source never heard from holds everything."""
+        marks = [state.sources.get(s) for s in range(self.source_count)]
+        if any(m is None for m in marks):
+            return -1, False
+        known = [m for m in marks if m is not None]
+        fleet = max(m.watermark_us for m in known)
+        reading = [m.watermark_us for m in known if not m.idle]
+        return min(reading, default=fleet) - self.grace_us, not reading
 
     # --- applying ----------------------------------------------------------------------------
 
@@ -443,6 +425,9 @@ class ScopeCore:
         # decision keeps its id whatever else fires on the same event
         slot = self.policies.slot(outcome.policy_id) % ENGINE_EPOCH_SLOTS
         epoch = item.order_us * EPOCH_SLOTS + slot
+        previous = state.enforced.get(key)
+        if previous is not None and epoch <= previous[1]:
+            epoch = previous[1] + 1  # an item later than the grace: epochs still only grow
         ttl_us = (
             int(outcome.ttl_s * 1_000_000) if outcome.ttl_s is not None else DEFAULT_DECISION_TTL_US
         )
@@ -569,15 +554,15 @@ def checkpoint_records(state: ScopeState) -> list[tuple[bytes, bytes | None]]:
             mark = state.sources.get(key)
             value = None if mark is None else orjson.dumps([mark.watermark_us, mark.idle])
         elif kind is StateKind.PENDING:
-            # a source's held items in records of PENDING_CHUNK (a record stays far below the
-            # broker's 1 MB), the chunks it no longer fills deleted
-            queue = list(state.pending.get(key, ()))
-            chunks = [queue[i : i + PENDING_CHUNK] for i in range(0, len(queue), PENDING_CHUNK)]
-            for index in range(max(len(chunks), state.pending_chunks.get(key, 0))):
+            # the held items in records of PENDING_CHUNK (a record stays far below the broker's
+            # 1 MB), the chunks they no longer fill deleted
+            items = [entry[3] for entry in sorted(state.held)]
+            chunks = [items[i : i + PENDING_CHUNK] for i in range(0, len(items), PENDING_CHUNK)]
+            for index in range(max(len(chunks), state.held_chunks)):
                 chunk = chunks[index] if index < len(chunks) else None
                 encoded = None if chunk is None else orjson.dumps([i.to_wire() for i in chunk])
-                records.append((_key(kind, [key, index]), encoded))
-            state.pending_chunks[key] = len(chunks)
+                records.append((_key(kind, index), encoded))
+            state.held_chunks = len(chunks)
             continue
         elif kind is StateKind.HEAD:
             head = state.heads.get(key)
@@ -608,9 +593,7 @@ def restore_record(state: ScopeState, key: bytes, value: bytes | None, wall_s: f
     elif kind is StateKind.SOURCE:
         _put(state.sources, int(raw), None if data is None else SourceMark(data[0], data[1]))
     elif kind is StateKind.PENDING:
-        source, index = int(raw[0]), int(raw[1])
-        parts = state.restoring.setdefault(source, {})
-        _put(parts, index, None if not data else [ScopeItem.from_wire(row) for row in data])
+        _put(state.restoring, int(raw), [ScopeItem.from_wire(row) for row in data or []] or None)
     elif kind is StateKind.HEAD:
         _put(state.heads, raw, None if data is None else ChainHead(data[0], data[1]))
     elif kind is StateKind.SLO:
@@ -620,13 +603,11 @@ def restore_record(state: ScopeState, key: bytes, value: bytes | None, wall_s: f
 
 
 def finish_restore(state: ScopeState, wall_s: float) -> None:
-    """After the last changelog record: the held items of each source, from its chunks."""
-    for source, parts in state.restoring.items():
-        queue = deque(item for index in sorted(parts) for item in parts[index])
-        state.pending_chunks[source] = max(parts, default=-1) + 1
-        if queue:
-            state.pending[source] = queue
-            state.held_since[source] = wall_s
+    """After the last changelog record: the held items, from their chunks."""
+    items = [item for index in sorted(state.restoring) for item in state.restoring[index]]
+    state.held = [(item.key, n, wall_s, item) for n, item in enumerate(items)]
+    heapq.heapify(state.held)
+    state.held_chunks = max(state.restoring, default=-1) + 1
     state.restoring.clear()
     state.dirty.clear()
 

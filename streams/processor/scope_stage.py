@@ -84,6 +84,7 @@ class ScopeRunner(TransactionalLoop):
             hourly_retention_s=settings.hourly_retention_s,
             max_hold_s=settings.scope_max_hold_s,
             partitions=settings.event_partitions,
+            grace_s=settings.scope_grace_s,
         )
         self.codecs = codecs
         self.publisher = publisher
@@ -212,9 +213,7 @@ class ScopeRunner(TransactionalLoop):
                 self.core.expire(partition)
                 if self.core.partitions[partition].dirty:
                     self._dirty.add(partition)
-            pending = sum(
-                len(q) for state in self.core.partitions.values() for q in state.pending.values()
-            )
+            pending = sum(len(state.held) for state in self.core.partitions.values())
         self.metrics.scope_pending.set(pending)
 
     def audit_policy_change(
@@ -305,7 +304,7 @@ class ScopeRunner(TransactionalLoop):
             "scope: restored partitions %s (%d tenants' chains, %d items pending)",
             numbers,
             sum(len(s.heads) for s in states.values()),
-            sum(len(q) for s in states.values() for q in s.pending.values()),
+            sum(len(s.held) for s in states.values()),
         )
 
     def _forget(self, partition: int) -> None:

@@ -146,20 +146,31 @@ def test_a_tenant_budget_fires_once_at_the_item_that_crosses_it_in_merge_order()
             assert kills == []
         else:
             assert [k[4] for k in kills] == [crossing]
-    assert not any(core.partitions[p].pending for p in core.partitions)
+    assert not any(core.partitions[p].held for p in core.partitions)
 
 
-def test_items_wait_until_every_other_source_is_past_them() -> None:
-    core = ScopeCore(policy_set(), 2, max_hold_s=5.0)
-    item = ScopeItem(100, 1, 0, 0, 100, "acme", "bot", "s1", "e1", "LLM_CALL", cost_micros=10)
-    core.offer(0, ScopeDelta(1, SourceMark(100, False), (item,)), wall_s=0.0)
+def test_items_wait_until_every_source_still_reading_is_a_grace_past_them() -> None:
+    core = ScopeCore(policy_set(), 2, max_hold_s=30.0, grace_s=2.0)
+    item = ScopeItem(10_000_000, 1, 0, 0, 10_000_000, "acme", "bot", "s1", "e1", "LLM_CALL")
+    core.offer(0, ScopeDelta(1, SourceMark(11_000_000, False), (item,)), wall_s=0.0)
     assert core.release(0, wall_s=1.0).released == 0  # source 0 never heard from
-    core.offer(0, ScopeDelta(0, SourceMark(50, False), ()), wall_s=1.0)
-    assert core.release(0, wall_s=1.0).released == 0  # source 0 is behind
-    core.offer(0, ScopeDelta(0, SourceMark(100, False), ()), wall_s=2.0)
-    assert core.release(0, wall_s=2.0).released == 0  # a tie: source 0's next would go first
-    core.offer(0, ScopeDelta(0, SourceMark(150, True), ()), wall_s=2.0)
-    assert core.release(0, wall_s=2.0).released == 1  # source 0 is past it
+    core.offer(0, ScopeDelta(0, SourceMark(13_000_000, False), ()), wall_s=1.0)
+    assert core.release(0, wall_s=1.0).released == 0  # source 1 itself is not 2 s past it
+    core.offer(0, ScopeDelta(1, SourceMark(12_000_000, False), ()), wall_s=1.0)
+    assert core.release(0, wall_s=1.0).released == 1
+
+
+def test_a_source_read_to_its_end_waits_with_the_fleet_and_the_tail_with_the_clock() -> None:
+    core = ScopeCore(policy_set(), 2, max_hold_s=30.0, grace_s=2.0)
+    early = ScopeItem(10_000_000, 1, 0, 0, 10_000_000, "acme", "bot", "s1", "e1", "LLM_CALL")
+    late = ScopeItem(20_000_000, 1, 1, 0, 20_000_000, "acme", "bot", "s1", "e2", "LLM_CALL")
+    core.offer(0, ScopeDelta(0, SourceMark(1_000_000, True), ()), wall_s=0.0)
+    core.offer(0, ScopeDelta(1, SourceMark(20_000_000, False), (early, late)), wall_s=0.0)
+    # source 0 has read everything: it counts as far as source 1 (the fleet) is
+    assert core.release(0, wall_s=0.0).released == 1
+    core.offer(0, ScopeDelta(1, SourceMark(20_000_000, True), ()), wall_s=0.5)
+    assert core.release(0, wall_s=1.9).released == 0  # everyone read to the end: the grace
+    assert core.release(0, wall_s=2.0).released == 1
 
 
 def test_a_silent_source_holds_the_merge_for_max_hold_only() -> None:
@@ -197,9 +208,7 @@ def test_checkpoint_records_restore_the_same_state() -> None:
     finish_restore(restored, wall_s=0.0)
     for name in ("spend", "active", "rates", "enforced", "sources", "heads", "position_us"):
         assert getattr(restored, name) == getattr(original, name), name
-    assert {s: list(q) for s, q in restored.pending.items()} == {
-        s: list(q) for s, q in original.pending.items()
-    }
+    assert sorted(e[0] for e in restored.held) == sorted(e[0] for e in original.held)
     # a second checkpoint of unchanged state writes nothing
     assert checkpoint_records(original) == []
 
@@ -286,7 +295,7 @@ def test_slo_verdicts_reach_the_fleet_partition_and_alert_the_same_whatever_the_
 def test_held_items_are_checkpointed_in_chunks_and_shrink_with_tombstones() -> None:
     from streams.pipeline.scope import PENDING_CHUNK
 
-    core = ScopeCore(policy_set(), 2)
+    core = ScopeCore(policy_set(), 2, grace_s=0.0)
     items = tuple(
         ScopeItem(1000 + n, 0, n, 0, 1000 + n, "acme", "bot", f"s{n}", f"e{n}", "LLM_CALL")
         for n in range(2 * PENDING_CHUNK + 5)
@@ -300,7 +309,7 @@ def test_held_items_are_checkpointed_in_chunks_and_shrink_with_tombstones() -> N
     for key, value in records:
         restore_record(restored, key, value, wall_s=0.0)
     finish_restore(restored, wall_s=0.0)
-    assert list(restored.pending[0]) == list(items)
+    assert [e[3] for e in sorted(restored.held)] == list(items)
     # source 1 catches up: all but a few are released, two chunks are deleted
     core.offer(0, ScopeDelta(1, SourceMark(items[-6].order_us, False), ()), wall_s=0.0)
     assert core.release(0, wall_s=0.0).released == len(items) - 5
