@@ -200,6 +200,9 @@ class ScopeState:
     dirty: set[tuple[StateKind, Any]] = field(default_factory=set)
     #: changelog records the held items were last written in (chunks)
     held_chunks: int = 0
+    #: wall time (s) since each source has been read to its end with nothing new (not
+    #: checkpointed: after a restore a source is quiet again only after the grace)
+    idle_since: dict[int, float] = field(default_factory=dict)
     #: during a restore: the held items' chunks by index (see ``finish_restore``)
     restoring: dict[int, list[ScopeItem]] = field(default_factory=dict)
 
@@ -286,7 +289,12 @@ class ScopeCore:
         state = self.state(partition)
         previous = state.sources.get(delta.source)
         watermark = max(delta.mark.watermark_us, previous.watermark_us if previous else 0)
-        state.sources[delta.source] = SourceMark(watermark, delta.mark.idle)
+        mark = SourceMark(watermark, delta.mark.idle)
+        if not mark.idle or previous is None or previous.watermark_us != watermark:
+            state.idle_since.pop(delta.source, None)  # new records came: not quiet
+        if mark.idle:
+            state.idle_since.setdefault(delta.source, wall_s)
+        state.sources[delta.source] = mark
         state.mark(StateKind.SOURCE, delta.source)
         for item in delta.items:
             heapq.heappush(state.held, (item.key, next(self._arrivals), wall_s, item))
@@ -298,14 +306,13 @@ class ScopeCore:
         state = self.state(partition)
         result = ScopeResult()
         chains = AuditChains(state.heads)
-        threshold, everyone_idle = self._threshold(state)
+        threshold, everyone_quiet = self._threshold(state, wall_s)
         held = state.held
         while held:
             _key, _n, arrived, item = held[0]
             waited = wall_s - arrived
-            # with every source read to its end, nothing earlier is on its way but what is
-            # still in flight: the grace, in wall time
-            settled = item.time_us <= threshold or (everyone_idle and waited >= self.grace_s)
+            # with every source quiet, nothing is on its way: all of it goes, in order
+            settled = everyone_quiet or item.time_us <= threshold
             if not settled:
                 if waited < self.max_hold_s:
                     break
@@ -322,16 +329,18 @@ class ScopeCore:
                 state.mark(StateKind.SLO)
         return result
 
-    def _threshold(self, state: ScopeState) -> tuple[int, bool]:
-        """The event time up to which no source can still send an item: every source still
-        reading is ``grace`` past it; one read to its end counts as far as the fleet is (the
-        latest watermark). A source never heard from holds everything."""
+    def _threshold(self, state: ScopeState, wall_s: float) -> tuple[int, bool]:
+        """The event time up to which no source can still send an item: every source is
+        ``grace`` past it. A source read to its end and quiet for ``grace`` of wall time counts
+        as far as the fleet is (the latest watermark); a source never heard from holds
+        everything. Also: whether every source is quiet (nothing can be on its way)."""
         marks = [state.sources.get(s) for s in range(self.source_count)]
         if any(m is None for m in marks):
             return -1, False
         known = [m for m in marks if m is not None]
         fleet = max(m.watermark_us for m in known)
-        reading = [m.watermark_us for m in known if not m.idle]
+        quiet = {s for s, since in state.idle_since.items() if wall_s - since >= self.grace_s}
+        reading = [m.watermark_us for s, m in enumerate(known) if not (m.idle and s in quiet)]
         return min(reading, default=fleet) - self.grace_us, not reading
 
     # --- applying ----------------------------------------------------------------------------

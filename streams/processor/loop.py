@@ -208,6 +208,11 @@ class TransactionalLoop:
             if self._to_restore:
                 self._restore_assigned()
             if messages:
+                # a rebalance inside consume() may have taken partitions whose records came
+                # with the batch: they are the new owner's now, and their state is gone here
+                owned = self.assigned
+                messages = [m for m in messages if m.partition() in owned]
+            if messages:
                 self._handle(messages)
                 self.processed += len(messages)
                 self._consumed = True

@@ -160,17 +160,19 @@ def test_items_wait_until_every_source_still_reading_is_a_grace_past_them() -> N
     assert core.release(0, wall_s=1.0).released == 1
 
 
-def test_a_source_read_to_its_end_waits_with_the_fleet_and_the_tail_with_the_clock() -> None:
+def test_a_quiet_source_counts_as_far_as_the_fleet_and_the_tail_goes_when_all_are() -> None:
     core = ScopeCore(policy_set(), 2, max_hold_s=30.0, grace_s=2.0)
     early = ScopeItem(10_000_000, 1, 0, 0, 10_000_000, "acme", "bot", "s1", "e1", "LLM_CALL")
     late = ScopeItem(20_000_000, 1, 1, 0, 20_000_000, "acme", "bot", "s1", "e2", "LLM_CALL")
     core.offer(0, ScopeDelta(0, SourceMark(1_000_000, True), ()), wall_s=0.0)
     core.offer(0, ScopeDelta(1, SourceMark(20_000_000, False), (early, late)), wall_s=0.0)
-    # source 0 has read everything: it counts as far as source 1 (the fleet) is
-    assert core.release(0, wall_s=0.0).released == 1
-    core.offer(0, ScopeDelta(1, SourceMark(20_000_000, True), ()), wall_s=0.5)
-    assert core.release(0, wall_s=1.9).released == 0  # everyone read to the end: the grace
+    # read to its end, but not yet quiet for the grace: source 0 holds at its own watermark
+    assert core.release(0, wall_s=1.0).released == 0
+    # quiet now: it counts as far as source 1 is
     assert core.release(0, wall_s=2.0).released == 1
+    core.offer(0, ScopeDelta(1, SourceMark(20_000_000, True), ()), wall_s=2.5)
+    assert core.release(0, wall_s=4.4).released == 0
+    assert core.release(0, wall_s=4.5).released == 1  # every source quiet: the tail goes
 
 
 def test_a_silent_source_holds_the_merge_for_max_hold_only() -> None:
