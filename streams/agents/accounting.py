@@ -471,9 +471,9 @@ class AccountingRunner(TransactionalLoop):
             position = positions.get(partition, -1)
             if position < 0:
                 position = self._start_offsets.get(partition, -1)
-            low, high = self.consumer.get_watermark_offsets(tp, cached=True) or (-1, -1)
-            if high < 0:  # no fetch answered yet
-                low, high = self.consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+            # asked of the broker, not the last fetch's figure: a fetch that has not come back
+            # for a while (a busy process) would make a partition look read to its end
+            low, high = self.consumer.get_watermark_offsets(tp, timeout=5, cached=False)
             idle = high >= 0 and max(position, low) >= high
             marks[partition] = SourceMark(watermark, idle)
         return marks
