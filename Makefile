@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TEST_STATE := .governor/test/session
 
-.PHONY: help setup demo test lint typecheck down clean
+.PHONY: help setup demo test test-long lint typecheck down clean
 
 help:
 	@echo "make demo   set up, then run the demo (local Kafka + Redis + worker + fleet)"
@@ -33,6 +33,12 @@ typecheck: setup
 # the pytest session fixture stops the stack it started; `down` also covers an interrupted run
 test: lint typecheck
 	$(BIN)/pytest -ra; status=$$?; \
+	GOVERNOR_STATE_DIR=$(TEST_STATE) $(BIN)/governor down >/dev/null 2>&1; \
+	exit $$status
+
+# the minutes-long fault runs (kill -9 of one of 3 workers five times, scaling 1 -> 3 -> 1)
+test-long: setup
+	$(BIN)/pytest -ra -m long; status=$$?; \
 	GOVERNOR_STATE_DIR=$(TEST_STATE) $(BIN)/governor down >/dev/null 2>&1; \
 	exit $$status
 
