@@ -8,7 +8,6 @@ collects what must be published (session summaries, decisions). It does no I/O: 
 
 from __future__ import annotations
 
-import heapq
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -65,8 +64,6 @@ RATE_HORIZON_US = MAX_RATE_WINDOW_S * 1_000_000
 #: a session that ended this long ago (event time) is forgotten, its guard too: late duplicates
 #: come from client retries and rewinds, both minutes behind, never a day
 CLOSED_GUARD_RETENTION_US = 24 * HOUR_US
-#: scope items of sessions an event's watermark timed out sort before the event's own (index 0)
-TIMEOUT_INDEX = -1_000_000
 
 
 class StateKind(StrEnum):
@@ -181,9 +178,6 @@ class Engine:
         self.fallbacks: FallbackTracker | None = None
         #: (slo, time, good) of sessions just closed, to follow their event's scope items
         self._verdicts: list[tuple[str, int, bool]] = []
-        #: per partition, (idle deadline, session id) of open sessions, and which are in it
-        self._deadlines: dict[int, list[tuple[int, str]]] = {}
-        self._scheduled: dict[int, set[str]] = {}
         self.facts = Facts(
             spend=self.spend,
             active=self.active,
@@ -201,8 +195,6 @@ class Engine:
 
     def assign(self, state: PartitionState) -> None:
         self.partitions[state.partition] = state
-        if not self.local_scope:
-            self._index_deadlines(state)
         self._spend_before.clear()
         self._hour_spend.clear()
         self._recompute_watermark()
@@ -212,8 +204,6 @@ class Engine:
 
     def revoke(self, partition: int) -> None:
         self.partitions.pop(partition, None)
-        self._deadlines.pop(partition, None)
-        self._scheduled.pop(partition, None)
         self._spend_before.clear()
         self._hour_spend.clear()
         self._recompute_watermark()
@@ -379,10 +369,6 @@ class Engine:
             part.watermark_us = delta.event_time_us
             if delta.event_time_us > self._watermark_us:
                 self._watermark_us = delta.event_time_us
-            if not self.local_scope:
-                self._time_out_silent(part, result)
-        if not self.local_scope and not state.ended:
-            self._schedule(part.partition, state)
         scopes = self._scopes.get((state.tenant_id, state.agent_id))
         if scopes is None:
             scopes = self._scopes[(state.tenant_id, state.agent_id)] = (
@@ -407,52 +393,6 @@ class Engine:
         if not self.local_scope:
             self._scope_items(part, state, delta, event, opened_and_closed, decided_here, result)
         return None
-
-    # --- idle timeouts, as the watermark passes them --------------------------------------
-    # With a scope stage the open-session counts it keeps must not depend on when a timer
-    # ran: a session times out at the event that moves its partition's watermark past its
-    # deadline, whatever the batches were (the tick finds these only after a restore).
-
-    def _schedule(self, partition: int, state: SessionState) -> None:
-        if state.session_id not in self._scheduled.setdefault(partition, set()):
-            self._scheduled[partition].add(state.session_id)
-            heap = self._deadlines.setdefault(partition, [])
-            heapq.heappush(heap, (state.last_event_us + self.idle_timeout_us, state.session_id))
-
-    def _time_out_silent(self, part: PartitionState, result: BatchResult) -> None:
-        heap = self._deadlines.get(part.partition)
-        scheduled = self._scheduled.get(part.partition, set())
-        now = part.watermark_us
-        closed = 0
-        while heap and heap[0][0] < now:
-            _deadline, session_id = heapq.heappop(heap)
-            state = part.sessions.get(session_id)
-            if state is None or state.ended:
-                scheduled.discard(session_id)
-                continue
-            deadline = state.last_event_us + self.idle_timeout_us
-            if deadline >= now:  # it spoke since: its deadline moved on
-                heapq.heappush(heap, (deadline, session_id))
-                continue
-            scheduled.discard(session_id)
-            close_timed_out(state)
-            part.mark(StateKind.SESSION, session_id)
-            items = result.scope_items
-            if self._finish(part, state, result):
-                items.append(
-                    ScopeItem(
-                        now, part.partition, self._offset, TIMEOUT_INDEX + closed, now,
-                        state.tenant_id, state.agent_id, session_id, kind="TIMEOUT", ended=True,
-                    )
-                )  # fmt: skip
-                closed += 1
-
-    def _index_deadlines(self, part: PartitionState) -> None:
-        self._scheduled[part.partition] = set()
-        self._deadlines[part.partition] = []
-        for state in part.sessions.values():
-            if not state.ended:
-                self._schedule(part.partition, state)
 
     def _scope_items(
         self,

@@ -317,28 +317,3 @@ def test_held_items_are_checkpointed_in_chunks_and_shrink_with_tombstones() -> N
     assert core.release(0, wall_s=0.0).released == len(items) - 5
     shrunk = [r for r in checkpoint_records(state) if r[0].startswith(b"pending|")]
     assert [value is None for _, value in shrunk] == [False, True, True]
-
-
-def test_timeouts_reach_the_scope_stage_at_the_same_event_whatever_the_batches() -> None:
-    events = []
-    for n, event in enumerate(demo_sessions(60, seed=9)):
-        # every fifth session goes silent before its end: it times out
-        if event["kind"] == "SESSION_END" and n % 5 == 0:
-            continue
-        events.append(event)
-    later = events[-1]["start_time_us"] + 3600 * 10**6
-    clock = {"session_id": "clock", "seq": 1, "event_id": "clock", "kind": "SESSION_START"}
-    events.append({**events[-1], **clock, "start_time_us": later})
-
-    def items(batch: int) -> list[tuple[Any, ...]]:
-        engine = Engine(PRICES, policy_set(), local_scope=False, idle_timeout_s=60)
-        got = []
-        for start in range(0, len(events), batch):
-            chunk = events[start : start + batch]
-            result = engine.process(0, chunk, list(range(start, start + len(chunk))))
-            got += result.scope_items + engine.tick(0).scope_items
-        return sorted((i.key, i.session_id) for i in got if i.kind == "TIMEOUT")
-
-    one_by_one = items(1)
-    assert one_by_one  # not vacuous
-    assert items(len(events)) == one_by_one == items(7)
