@@ -222,7 +222,14 @@ def test_a_worker_rebuilds_what_redis_lost_and_the_cli_rebuilds_the_same(
             findings = records_on(settings, "pii")
             assert findings > 0
             agent, tenant = truth[0]["agent_id"], truth[0]["tenant_id"]
+            # the answers before the loss, once they stand still (the agents may still be
+            # writing the last of the fleet when the counts first match)
             before = ask_all(settings, agent, tenant)
+            deadline = time.monotonic() + 60
+            while (latest := ask_all(settings, agent, tenant)) != before:
+                assert time.monotonic() < deadline, "the answers did not settle"
+                before = latest
+                time.sleep(1)
             assert before["outcomes"]["sessions"] == len(truth)
 
             started = time.monotonic()
