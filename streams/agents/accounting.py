@@ -28,7 +28,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, Message, TopicPartition
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message, TopicPartition
 
 from streams.codec import Codecs, DecodeError, SourceRecord, dead_letter, header_pairs
 from streams.engine import (
@@ -199,11 +199,6 @@ class AccountingRunner(TransactionalLoop):
         validate, bounds = validate_event, self.bounds
         now_s = time.time()
         for msg in messages:
-            error = msg.error()
-            if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
-                    log.warning("consumer error: %s", error)
-                continue
             try:
                 event = decode(msg.value() or b"")
             except DecodeError as exc:

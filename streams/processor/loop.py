@@ -27,7 +27,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from streams.processor.faults import Backoff, Fault, classify, describe, fatal
 from streams.settings import Settings
@@ -211,7 +218,7 @@ class TransactionalLoop:
                 # a rebalance inside consume() may have taken partitions whose records came
                 # with the batch: they are the new owner's now, and their state is gone here
                 owned = self.assigned
-                messages = [m for m in messages if m.partition() in owned]
+                messages = [m for m in messages if m.partition() in owned and self._usable(m)]
             if messages:
                 self._handle(messages)
                 self.processed += len(messages)
@@ -230,6 +237,16 @@ class TransactionalLoop:
                 self.checkpoint()
                 backoff.reset()
                 self.loop_state = RUNNING
+
+    @staticmethod
+    def _usable(msg: Message) -> bool:
+        """A record, not an error event (an unexpected one is logged; librdkafka retries)."""
+        error = msg.error()
+        if error is None:
+            return True
+        if error.code() != KafkaError._PARTITION_EOF:
+            log.warning("consumer error: %s", error)
+        return False
 
     def _raise_callback_error(self) -> None:
         error, self._callback_error = self._callback_error, None

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import Message
 
 from streams.audit import ChainHead
 from streams.codec import Codecs
@@ -133,11 +133,6 @@ class ScopeRunner(TransactionalLoop):
         touched: set[int] = set()
         with self.lock:
             for msg in messages:
-                error = msg.error()
-                if error is not None:
-                    if error.code() != KafkaError._PARTITION_EOF:
-                        log.warning("consumer error: %s", error)
-                    continue
                 partition = msg.partition() or 0
                 try:
                     delta = ScopeDelta.decode(msg.value() or b"")
