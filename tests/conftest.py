@@ -74,17 +74,23 @@ def stack_settings() -> Iterator[Settings]:
         stack.down(settings)
 
 
-@pytest.fixture
-def settings(stack_settings: Settings, tmp_path: Path) -> Settings:
-    """Per-test settings: unique topic prefix, group id, web port and state folder."""
+def isolated_settings(stack_settings: Settings, folder: Path) -> Settings:
+    """``stack_settings`` with a unique topic prefix, group id, web port and a state folder
+    under ``folder``: what one test (or one module's shared worker) uses on its own."""
     tag = uuid.uuid4().hex[:10]
     return stack_settings.replace(
         topic_prefix=f"t{tag}.",
         app_id=f"governor-test-{tag}",
         web_port=free_port(),
-        state_dir=tmp_path / "state",
+        state_dir=folder / "state",
         event_partitions=3,
     )
+
+
+@pytest.fixture
+def settings(stack_settings: Settings, tmp_path: Path) -> Settings:
+    """Per-test settings: unique topic prefix, group id, web port and state folder."""
+    return isolated_settings(stack_settings, tmp_path)
 
 
 @pytest.fixture

@@ -55,7 +55,7 @@ def test_answers_equal_the_truth_of_a_simulated_week(topics: Settings, tmp_path:
         deadline = time.monotonic() + 90
         while ask(settings, "outcomes", "--since", "30d")["sessions"] < len(truth):
             assert time.monotonic() < deadline, "the read-model did not catch up"
-            time.sleep(1)
+            time.sleep(0.25)
 
         outcomes = ask(settings, "outcomes", "--since", "30d")
         expected = {

@@ -5,15 +5,19 @@ its own tenant names, so they share nothing but the broker."""
 
 from __future__ import annotations
 
+import multiprocessing
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import redis
 from confluent_kafka import Producer
 
 from streams.codec import Codecs
 from streams.pipeline.pricing import load_prices
+from streams.query.readmodel import SessionReadModel
 from streams.settings import Settings
 from streams.simulator.offline import simulate_offline
 from streams.simulator.params import FleetParams
@@ -71,7 +75,7 @@ def test_a_prompt_change_is_drift_in_the_prompt_layer_and_no_change_is_quiet(
     base = FleetParams(sessions=SESSIONS, seed=11, end_us=END_US, concurrency=16)
     # the change of the issue: 30 % more tool calls per turn, nothing else
     changed = base.replace(changed_tool_error_rate=base.tool_error_rate)
-    events = fleet_events(changed, "chg")
+    fleets = [(changed, "chg")]
     quiet_tags = []
     for seed in (11, 12, 13):
         quiet = base.replace(
@@ -81,18 +85,39 @@ def test_a_prompt_change_is_drift_in_the_prompt_layer_and_no_change_is_quiet(
             changed_tool_error_rate=base.tool_error_rate,
         )
         quiet_tags.append(f"q{seed}")
-        events += fleet_events(quiet, f"q{seed}")
-    sessions = len({e["session_id"] for e in events})
-    ended = len({e["session_id"] for e in events if e["kind"] == "SESSION_END"})
+        fleets.append((quiet, f"q{seed}"))
 
-    with WorkerProcess(settings, tmp_path / "worker.log"):
-        produce(settings, events)
-        deadline = time.monotonic() + 180
-        while (seen := ask(settings, "outcomes", "--since", "30d")["sessions"]) < ended:
-            assert time.monotonic() < deadline, f"read-model stuck at {seen} of {ended} sessions"
-            time.sleep(2)
-        time.sleep(2)  # the alerts of the last batch
-        alerts = drift_alerts(settings)
+    # the fleets are planned two at a time (each is its own seeded plan: the same events as one
+    # after the other) while the worker starts; it reads them once they are produced
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
+        planned = [pool.submit(fleet_events, params, tag) for params, tag in fleets]
+        with WorkerProcess(settings, tmp_path / "worker.log") as worker:
+            events = [event for future in planned for event in future.result()]
+            sessions = len({e["session_id"] for e in events})
+            ending = sorted({e["session_id"] for e in events if e["kind"] == "SESSION_END"})
+            ended = len(ending)
+            produce(settings, events)
+            deadline = time.monotonic() + 180
+            # light polls first (`ask outcomes` over 12,000 sessions is no light poll, and it
+            # shares Redis with the read-model it waits for): the worker's count of events ...
+            while sum((worker.get_json("/ingest") or {}).get("by_kind", {}).values()) < len(events):
+                assert time.monotonic() < deadline, worker.log_tail()
+                time.sleep(0.5)
+            # ... and the read-model's summary of each ended session (written in one script
+            # with the session's counts)
+            model = SessionReadModel(
+                redis.Redis.from_url(settings.redis_url), settings.redis_key_prefix
+            )
+            keys = [model.summary_key(sid) for sid in ending]
+            while (held := model.redis.exists(*keys)) < ended:
+                assert time.monotonic() < deadline, f"read-model holds {held}/{ended} sessions"
+                time.sleep(0.5)
+            while (seen := ask(settings, "outcomes", "--since", "30d")["sessions"]) < ended:
+                assert time.monotonic() < deadline, f"read-model stuck at {seen}/{ended} sessions"
+                time.sleep(2)
+            time.sleep(2)  # the alerts of the last batch
+            alerts = drift_alerts(settings)
 
     assert sessions == 4 * SESSIONS
     scopes = {(a["tenant_id"], a["agent_id"]) for a in alerts}

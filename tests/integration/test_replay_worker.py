@@ -51,8 +51,14 @@ def decisions(settings: Settings, codecs: Codecs) -> dict[str, dict[str, Any]]:
     }
 
 
+#: the workers checkpoint (commit their outputs) this often ...
+CHECKPOINT_S = 0.2
+#: ... and their output has settled when two reads this far apart agree (five checkpoints)
+SETTLE_S = 1.0
+
+
 def settle(read: Callable[[], dict[str, Any]], done: Callable[[dict[str, Any]], bool]) -> Any:
-    """What ``read`` returns once ``done`` holds and two reads two seconds apart agree."""
+    """What ``read`` returns once ``done`` holds and two reads SETTLE_S apart agree."""
     deadline = time.monotonic() + 120
     previous = None
     while time.monotonic() < deadline:
@@ -60,7 +66,7 @@ def settle(read: Callable[[], dict[str, Any]], done: Callable[[dict[str, Any]], 
         if done(current) and current == previous:
             return current
         previous = current
-        time.sleep(2)
+        time.sleep(SETTLE_S)
     raise AssertionError("the worker's output did not settle within 120 s")
 
 
@@ -81,7 +87,9 @@ def test_a_fresh_worker_on_a_replay_reproduces_summaries_and_decisions(
     # a step rate the fleet reaches: dozens of THROTTLEs beside the kills and warnings
     rules = policies / "governor.yaml"
     rules.write_text(rules.read_text().replace("max_steps: 120", "max_steps: 6"))
-    live = topics.replace(policies_dir=policies, keys_dir=tmp_path / "keys")
+    live = topics.replace(
+        policies_dir=policies, keys_dir=tmp_path / "keys", checkpoint_interval_s=CHECKPOINT_S
+    )
     codecs = Codecs.load(live.schemas_dir)
     truth_path = tmp_path / "truth.jsonl"
     from_us = time.time_ns() // 1000 - 1_000_000

@@ -72,7 +72,7 @@ def test_an_error_burst_fires_the_fast_burn_alert_and_it_resolves(
     with WorkerProcess(settings, tmp_path / "worker.log") as worker:
         deadline = time.monotonic() + 60
         while len(fast) < 2 and time.monotonic() < deadline:
-            time.sleep(1)
+            time.sleep(0.5)
             rows = read_partitions(settings, settings.topic("alerts"), [0, 1, 2])
             alerts = [codecs.alert.decode(v) for p in sorted(rows) for _o, _k, v in rows[p] if v]
             fast = [a for a in alerts if a["alert_id"] == "slo:availability:fast"]

@@ -84,7 +84,7 @@ def wait_for(predicate: Any, what: str, timeout_s: float = 90) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(1)
+        time.sleep(0.2)
 
 
 def test_timelines_add_up_to_the_truth_and_survive_a_replay(
@@ -101,7 +101,7 @@ def test_timelines_add_up_to_the_truth_and_survive_a_replay(
             Console(quiet=True),
             # more runaway sessions than by default, and paced: unthrottled, a session ends
             # before its KILL reaches the client (see test_worker_truth)
-            FleetParams(sessions=250, seed=31, concurrency=16, budget_breaker_fraction=0.03),
+            FleetParams(sessions=150, seed=31, concurrency=16, budget_breaker_fraction=0.03),
             rate=200,
             truth_path=truth_path,
         )

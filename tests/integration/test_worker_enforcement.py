@@ -1,4 +1,7 @@
-"""The worker enforces policies end to end: real broker, Redis, worker process and client."""
+"""The worker enforces policies end to end: real broker, Redis, worker process and client.
+
+The tests share one worker (its start-up is most of their time): each drives sessions of its
+own, and the one that breaks the policy file puts it back before it ends."""
 
 from __future__ import annotations
 
@@ -18,8 +21,9 @@ from streams.client import Governor, SessionKilled
 from streams.codec import Codecs
 from streams.control import session_target
 from streams.settings import Settings
+from streams.topics import ensure_topics, read_partitions
 from streams.worker import WorkerProcess
-from tests.kafka_helpers import consume
+from tests.conftest import isolated_settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,16 +58,21 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float = 20, what: str = 
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.fixture
-def worker(topics: Settings, tmp_path: Path) -> Iterator[tuple[WorkerProcess, Settings]]:
-    policies = tmp_path / "policies"
+@pytest.fixture(scope="module")
+def worker(
+    stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[WorkerProcess, Settings]]:
+    """One worker for the module's tests, on topics of its own."""
+    folder = tmp_path_factory.mktemp("enforcement")
+    policies = folder / "policies"
     policies.mkdir()
     shutil.copy(REPO / "policies" / "prices.yaml", policies)
     (policies / "governor.yaml").write_text(POLICIES)
-    settings = topics.replace(
-        policies_dir=policies, keys_dir=tmp_path / "keys", checkpoint_interval_s=0.2
+    settings = isolated_settings(stack_settings, folder).replace(
+        policies_dir=policies, keys_dir=folder / "keys", checkpoint_interval_s=0.2
     )
-    with WorkerProcess(settings, tmp_path / "worker.log") as process:
+    ensure_topics(settings)
+    with WorkerProcess(settings, folder / "worker.log") as process:
         wait_until(lambda: (process.get_json("/ingest") or {}).get("ready"), what="assignment")
         yield process, settings
 
@@ -127,12 +136,15 @@ def test_a_denied_tool_triggers_its_policy_and_is_audited(
     finally:
         gov.close()
     codecs = Codecs.load(settings.schemas_dir)
-    audit = [
-        codecs.audit_record.decode(m.value() or b"")
-        for m in consume(settings.bootstrap, settings.topic("audit"), 1)
-    ]
-    assert audit[0]["details"]["decision_id"] == decision["decision_id"]
-    assert audit[0]["kind"] == "DECISION"
+
+    def audited() -> list[dict[str, Any]]:
+        rows = read_partitions(settings, settings.topic("audit"), [0, 1, 2])
+        records = [codecs.audit_record.decode(v) for p in rows.values() for _o, _k, v in p if v]
+        return [r for r in records if r["details"].get("decision_id") == decision["decision_id"]]
+
+    # the other tests' decisions are on the worker's audit topic too: this one's, once
+    audit = wait_until(audited, what="the decision's audit record")
+    assert [r["kind"] for r in audit] == ["DECISION"]
     time.sleep(1.5)  # the chain head is written with the next checkpoint
     verification = verify_audit_topic(settings)
     assert verification.records >= 1
@@ -172,21 +184,29 @@ def test_an_invalid_policy_file_is_refused_and_enforcement_goes_on(
     worker: tuple[WorkerProcess, Settings],
 ) -> None:
     process, settings = worker
-    (settings.policies_dir / "governor.yaml").write_text(
-        POLICIES.replace("limit_usd: 0.05", "limit_usd: lots")
-    )
-    refused = wait_until(
-        lambda: (process.get_json("/policies") or {}).get("refused"), what="the refusal"
-    )
-    assert any("governor.yaml:6: policies.0.limit_usd" in line for line in refused), refused
-    assert process.get_json("/policies")["version"] == 7
-    gov = client(settings)
+    policy_file = settings.policies_dir / "governor.yaml"
+    policy_file.write_text(POLICIES.replace("limit_usd: 0.05", "limit_usd: lots"))
     try:
-        _steps, killed, _session_id = spend_until_killed(gov)
-        assert killed.policy_id == "session-budget"
-    finally:
-        gov.close()
-    assert "policy change refused" in process.log_tail(200)
+        refused = wait_until(
+            lambda: (process.get_json("/policies") or {}).get("refused"), what="the refusal"
+        )
+        assert any("governor.yaml:6: policies.0.limit_usd" in line for line in refused), refused
+        assert process.get_json("/policies")["version"] == 7
+        gov = client(settings)
+        try:
+            _steps, killed, _session_id = spend_until_killed(gov)
+            assert killed.policy_id == "session-budget"
+        finally:
+            gov.close()
+        assert "policy change refused" in process.log_tail(200)
+    finally:  # the worker is the module's: leave it with the files it started with
+        policy_file.write_text(POLICIES)
+
+        def in_force() -> bool:
+            answer = process.get_json("/policies")
+            return answer is not None and answer["refused"] is None
+
+        wait_until(in_force, what="the restored file back in force")
 
 
 def test_metrics_parse_and_have_the_families(worker: tuple[WorkerProcess, Settings]) -> None:

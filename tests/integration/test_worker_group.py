@@ -33,7 +33,7 @@ def _split(settings: Settings, ports: set[int], timeout_s: float = 30) -> Worker
             and sorted(held) == list(range(settings.event_partitions))
         ):
             return group
-        time.sleep(0.5)
+        time.sleep(0.2)
     raise AssertionError(f"the group did not settle with both workers: {group}")
 
 
@@ -75,6 +75,6 @@ def test_two_workers_on_free_ports_share_the_group(topics: Settings, tmp_path: P
         assert report["error"] is None
         assert {m["port"] for m in report["members"]} == ports
         assert all(m["healthz"]["ok"] for m in report["members"])
-    finally:
-        for w in processes:
-            w.stop()
+    finally:  # side by side too
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            list(pool.map(lambda w: w.stop(), processes))

@@ -38,6 +38,7 @@ import urllib.request
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -1402,25 +1403,30 @@ def run_fault(
             )
             client.close()
         probes = prober.results(watcher)
-        run = FaultRun(
-            scenario=scenario,
-            ctx=ctx,
-            truths=truths,
-            expected_last_seq=expected,
-            sessions=sessions,
-            summaries=summaries_on_topic(settings, codecs),
-            probes=probes,
-            fleet_kills=kill_latencies(watcher, driver),
-            recovery_s=recovery,
-            totals_s=totals_s,
-            read_model_problems=read_model,
-            mirror_problems=mirror,
-            dead_letters=dead_letters(settings),
-            metrics=metrics_text(worker) if worker.proc and worker.proc.poll() is None else "",
-            worker_exit=None if worker.proc is None else worker.proc.poll(),
-            log_text="",
-        )
-        run.raw_truths, run.raw_records = raw_truths(settings, codecs, prices)
+        # the topics read side by side (each read mostly waits on the broker)
+        with ThreadPoolExecutor(max_workers=3, thread_name_prefix="fault-reads") as pool:
+            summaries = pool.submit(summaries_on_topic, settings, codecs)
+            letters = pool.submit(dead_letters, settings)
+            raw = pool.submit(raw_truths, settings, codecs, prices)
+            run = FaultRun(
+                scenario=scenario,
+                ctx=ctx,
+                truths=truths,
+                expected_last_seq=expected,
+                sessions=sessions,
+                summaries=summaries.result(),
+                probes=probes,
+                fleet_kills=kill_latencies(watcher, driver),
+                recovery_s=recovery,
+                totals_s=totals_s,
+                read_model_problems=read_model,
+                mirror_problems=mirror,
+                dead_letters=letters.result(),
+                metrics=metrics_text(worker) if worker.proc and worker.proc.poll() is None else "",
+                worker_exit=None if worker.proc is None else worker.proc.poll(),
+                log_text="",
+            )
+            run.raw_truths, run.raw_records = raw.result()
     finally:
         stack.close()
     run.log_text = (folder / "worker.log").read_text(errors="replace")

@@ -5,11 +5,18 @@ For each: nothing lost (the worker's totals, its summaries and the Redis read-mo
 truth of exactly the events produced), decisions keep reaching the control topic, ``/readyz``
 is red while degraded and green after, and the recovery time is printed (``pytest -s``). The
 long variants are in ``bench/faults.py``; the helpers in :mod:`tests.reliability.faults`.
+
+The faults mostly wait (the Redis SIGSTOP for 60 s): they run on three lanes side by side,
+each with a worker, topics and fleet of its own (:data:`LANES`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -17,10 +24,14 @@ import pytest
 from streams.codec import Codecs
 from streams.pipeline.pricing import load_prices
 from streams.settings import Settings
+from streams.topics import ensure_topics
+from tests.conftest import isolated_settings
 from tests.reliability.faults import (
     REPO,
     FaultRun,
     HealthSample,
+    PoisonKind,
+    PolicyChange,
     Scenario,
     check_corpus,
     describe_run,
@@ -99,6 +110,90 @@ def assert_read_model_and_mirror(run: FaultRun) -> None:
     assert not run.mirror_problems, sorted(run.mirror_problems.items())[:10]
 
 
+def corpus() -> list[PoisonKind]:
+    """The poison corpus, built the same each time."""
+    codecs = Codecs.load(Settings().schemas_dir)
+    return poison_corpus(codecs, load_prices(REPO / "policies" / "prices.yaml"))
+
+
+def redis_stop_run(settings: Settings, folder: Path) -> FaultRun:
+    # the fleet runs through the whole outage and 4 s past it
+    scenario = Scenario("redis-sigstop", sessions=300, fleet_s=67, fault_at_s=3,
+                        private_redis=True)  # fmt: skip
+    return run_fault(settings, folder, scenario, redis_stop(60.0))
+
+
+def poison_run(settings: Settings, folder: Path) -> FaultRun:
+    scenario = Scenario("poison", sessions=200, fleet_s=13, fault_at_s=3)
+    return run_fault(settings, folder, scenario, poison(corpus(), 0.1))
+
+
+def policies_run(settings: Settings, folder: Path) -> FaultRun:
+    # a probe every 0.5 s: each refused file meets several while it is held
+    fault, changes = policy_files(folder / "scratch", hold_s=1.0)
+    scenario = Scenario("policies", sessions=200, fleet_s=19, fault_at_s=3, probe_every_s=0.5)
+    run = run_fault(settings, folder, scenario, fault)
+    run.ctx.notes["changes"] = changes
+    return run
+
+
+Lane = dict[str, Callable[[Settings, Path], FaultRun]]
+
+#: faults that run from the module's start on lanes of their own (a thread each, one fault
+#: after the other, the first after a delay) while the first tests run in the main thread, a
+#: third lane: the faults mostly wait (the SIGSTOP for 60 s), and the three lanes take about
+#: as long. The delays keep the workers' start-ups apart. The tests that check these faults
+#: come last in the module.
+LANES: tuple[tuple[float, Lane], ...] = (
+    (0.0, {"test_redis_stopped_for_60s_during_a_fleet": redis_stop_run}),
+    (
+        12.0,
+        {
+            "test_refused_policy_files_leave_enforcement_on": policies_run,
+            "test_a_poison_corpus_mixed_into_a_fleet": poison_run,
+        },
+    ),
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def lanes(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Future[FaultRun]]]:
+    """The LANES faults whose tests are selected, started with the module: each has its
+    worker, topics, Redis and fleet of its own, as every test here has. Their tests wait for
+    them."""
+    selected = {
+        i.name for i in request.session.items if getattr(i, "module", None) is request.module
+    }
+    wanted = [
+        (delay_s, {name: run for name, run in lane.items() if name in selected})
+        for delay_s, lane in LANES
+    ]
+    if not any(lane for _delay_s, lane in wanted):
+        yield {}
+        return
+    stack_settings: Settings = request.getfixturevalue("stack_settings")
+    runs: dict[str, Future[FaultRun]] = {}
+    with contextlib.ExitStack() as stack:
+        for delay_s, lane in wanted:
+            if not lane:
+                continue
+            pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="fault-lane"))
+            pool.submit(time.sleep, delay_s)
+            for name, run in lane.items():
+                folder = tmp_path_factory.mktemp(name.removeprefix("test_")[:30])
+                settings = isolated_settings(stack_settings, folder)
+                ensure_topics(settings)
+                runs[name] = pool.submit(run, settings, folder)
+        yield runs
+
+
+def lane_run(runs: dict[str, Future[FaultRun]], name: str) -> FaultRun:
+    # the fixture started it (its test is selected); a lane takes under two minutes
+    return runs[name].result(timeout=280)
+
+
 def test_the_poison_corpus_is_what_it_claims() -> None:
     """Without a stack: 60 named kinds (at least 40), the DECODE ones do not decode, the
     VALIDATE ones do (so the worker must refuse them for their values)."""
@@ -112,33 +207,10 @@ def test_the_poison_corpus_is_what_it_claims() -> None:
     assert {"after_session_end", "event_id_reused", "time_in_future", "null_key"} <= reasons
 
 
-def test_redis_stopped_for_60s_during_a_fleet(topics: Settings, tmp_path: Path) -> None:
-    """SIGSTOP on Redis for 60 s: kills keep coming through Kafka, /readyz red; after SIGCONT
-    the totals, summaries, read-model and decision mirror equal the truth."""
-    scenario = Scenario("redis-sigstop", sessions=300, fleet_s=80, fault_at_s=10,
-                        private_redis=True)  # fmt: skip
-    run = run_fault(topics, tmp_path, scenario, redis_stop(60.0))
-    report(run, "redis SIGSTOP 60s")
-    ctx = run.ctx
-    assert_nothing_lost(run)
-    assert_probes_killed(run, ctx.fault_start, ctx.fault_end - 1, KILL_DEADLINE_S)
-    breakers = [lat for sent, lat in run.fleet_kills if ctx.fault_start <= sent <= ctx.fault_end]
-    assert breakers, "no budget breaker of the fleet broke during the outage"
-    assert max(breakers) < KILL_DEADLINE_S, breakers
-    degraded = ctx.poller.between(ctx.fault_start + DETECT_S, ctx.fault_end)
-    assert degraded
-    assert all(s.readyz != 200 for s in degraded), describe_run(run)
-    assert all(any(f.startswith("redis") for f in s.failing) for s in degraded if s.readyz)
-    # liveness is not readiness: a Redis outage must not make the process look dead
-    assert all(s.healthz == 200 for s in since_ready(run)), describe_run(run)
-    assert_green_after(run)
-    assert_read_model_and_mirror(run)
-
-
 def test_redis_killed_and_restarted_empty_during_a_fleet(topics: Settings, tmp_path: Path) -> None:
     """SIGKILL on Redis (no persistence) and a restart 5 s later: it comes back empty; the
     read-model is rebuilt from <prefix>sessions and the totals equal the truth."""
-    scenario = Scenario("redis-kill", sessions=200, fleet_s=26, fault_at_s=10, private_redis=True)
+    scenario = Scenario("redis-kill", sessions=200, fleet_s=17, fault_at_s=5, private_redis=True)
     run = run_fault(topics, tmp_path, scenario, redis_kill(5.0))
     report(run, "redis SIGKILL + restart")
     ctx = run.ctx
@@ -164,7 +236,8 @@ def test_redis_killed_and_restarted_empty_during_a_fleet(topics: Settings, tmp_p
 def test_worker_paused_past_the_group_session_timeout(topics: Settings, tmp_path: Path) -> None:
     """SIGSTOP on the worker for 15 s (its group's session timeout is 10 s), then SIGCONT: the
     same process rejoins and goes on; totals exact, one summary per ended session."""
-    scenario = Scenario("worker-sigstop", sessions=200, fleet_s=36, fault_at_s=8)
+    # 11 s of fleet after the fault, for the probes sent once it has recovered
+    scenario = Scenario("worker-sigstop", sessions=200, fleet_s=30, fault_at_s=4)
     run = run_fault(topics, tmp_path, scenario, worker_stop(15.0))
     report(run, "worker SIGSTOP 15s")
     ctx = run.ctx
@@ -180,15 +253,37 @@ def test_worker_paused_past_the_group_session_timeout(topics: Settings, tmp_path
     assert "lost to the group" in log or "transient fault" in log, describe_run(run)
 
 
-def test_a_poison_corpus_mixed_into_a_fleet(topics: Settings, tmp_path: Path) -> None:
+def test_refused_policy_files_leave_enforcement_on(lanes: dict[str, Future[FaultRun]]) -> None:
+    """A policy with ``limit_usd: .inf``, then prices.yaml that is not YAML, then one with a
+    NaN price, each written while a fleet runs: refused (/readyz policies check red, the reload
+    error counter up by one), the last good set enforces on (probes still killed), green once
+    the file is restored; the worker never exits and the totals are priced as before. (On a
+    lane of its own: :func:`policies_run`.)"""
+    run = lane_run(lanes, "test_refused_policy_files_leave_enforcement_on")
+    changes: list[PolicyChange] = run.ctx.notes["changes"]
+    report(run, "refused policy files")
+    info = describe_run(run)
+    assert len(changes) == 3
+    for change in changes:
+        print(f"  {change.name}: refused after {_since(change.refused, change.written)}s, "
+              f"green {_since(change.green, change.restored)}s after the restore")  # fmt: skip
+        assert change.refused is not None, (change, info)
+        assert change.reload_errors == 1, (change, info)
+        assert change.green is not None, (change, info)
+        assert_probes_killed(run, change.refused, change.restored, KILL_DEADLINE_S)
+    assert_nothing_lost(run)
+    assert_probes_killed(run, 0.0, 1e12, KILL_DEADLINE_S)
+    assert all(s.healthz == 200 for s in since_ready(run)), info
+    assert_green_after(run)
+
+
+def test_a_poison_corpus_mixed_into_a_fleet(lanes: dict[str, Future[FaultRun]]) -> None:
     """60 kinds of bad record among a fleet's events: each is dead-lettered once with its
     stage and reason, counted by reason, the worker never stalls, the good events add up
     exactly and the watermark stays put (no session times out early after a year-9999
-    event)."""
-    codecs = Codecs.load(topics.schemas_dir)
-    kinds = poison_corpus(codecs, load_prices(REPO / "policies" / "prices.yaml"))
-    scenario = Scenario("poison", sessions=200, fleet_s=28, fault_at_s=3)
-    run = run_fault(topics, tmp_path, scenario, poison(kinds, 0.35))
+    event). (On a lane of its own: :func:`poison_run`.)"""
+    kinds = corpus()
+    run = lane_run(lanes, "test_a_poison_corpus_mixed_into_a_fleet")
     report(run, "poison corpus")
     assert_nothing_lost(run)
     info = describe_run(run)
@@ -214,28 +309,26 @@ def test_a_poison_corpus_mixed_into_a_fleet(topics: Settings, tmp_path: Path) ->
     assert_green_after(run)
 
 
-def test_refused_policy_files_leave_enforcement_on(topics: Settings, tmp_path: Path) -> None:
-    """A policy with ``limit_usd: .inf``, then prices.yaml that is not YAML, then one with a
-    NaN price, each written while a fleet runs: refused (/readyz policies check red, the reload
-    error counter up by one), the last good set enforces on (probes still killed), green once
-    the file is restored; the worker never exits and the totals are priced as before."""
-    fault, changes = policy_files(tmp_path / "scratch", hold_s=3.0)
-    scenario = Scenario("policies", sessions=200, fleet_s=30, fault_at_s=5)
-    run = run_fault(topics, tmp_path, scenario, fault)
-    report(run, "refused policy files")
-    info = describe_run(run)
-    assert len(changes) == 3
-    for change in changes:
-        print(f"  {change.name}: refused after {_since(change.refused, change.written)}s, "
-              f"green {_since(change.green, change.restored)}s after the restore")  # fmt: skip
-        assert change.refused is not None, (change, info)
-        assert change.reload_errors == 1, (change, info)
-        assert change.green is not None, (change, info)
-        assert_probes_killed(run, change.refused, change.restored, KILL_DEADLINE_S)
+def test_redis_stopped_for_60s_during_a_fleet(lanes: dict[str, Future[FaultRun]]) -> None:
+    """SIGSTOP on Redis for 60 s: kills keep coming through Kafka, /readyz red; after SIGCONT
+    the totals, summaries, read-model and decision mirror equal the truth. (On a lane of its
+    own: :func:`redis_stop_run`.)"""
+    run = lane_run(lanes, "test_redis_stopped_for_60s_during_a_fleet")
+    report(run, "redis SIGSTOP 60s")
+    ctx = run.ctx
     assert_nothing_lost(run)
-    assert_probes_killed(run, 0.0, 1e12, KILL_DEADLINE_S)
-    assert all(s.healthz == 200 for s in since_ready(run)), info
+    assert_probes_killed(run, ctx.fault_start, ctx.fault_end - 1, KILL_DEADLINE_S)
+    breakers = [lat for sent, lat in run.fleet_kills if ctx.fault_start <= sent <= ctx.fault_end]
+    assert breakers, "no budget breaker of the fleet broke during the outage"
+    assert max(breakers) < KILL_DEADLINE_S, breakers
+    degraded = ctx.poller.between(ctx.fault_start + DETECT_S, ctx.fault_end)
+    assert degraded
+    assert all(s.readyz != 200 for s in degraded), describe_run(run)
+    assert all(any(f.startswith("redis") for f in s.failing) for s in degraded if s.readyz)
+    # liveness is not readiness: a Redis outage must not make the process look dead
+    assert all(s.healthz == 200 for s in since_ready(run)), describe_run(run)
     assert_green_after(run)
+    assert_read_model_and_mirror(run)
 
 
 def _since(at: float | None, start: float) -> str:
