@@ -54,6 +54,7 @@ from streams.processor.scope_stage import ScopeRunner
 from streams.publisher import DecisionPublisher
 from streams.query.answers import Answers, Period
 from streams.query.drift import DriftDetector, DriftStore
+from streams.query.latency import histogram_counts, step_quantiles
 from streams.query.pii import pii_answer
 from streams.query.readmodel import SessionReadModel
 from streams.redis_client import redis_client
@@ -483,11 +484,11 @@ def latency_answer(parts: WorkerParts, answers: Answers, window: str) -> dict[st
     since = Period.last(window, answers.now_us).since_us
     with parts.runner.lock:
         by_kind = parts.engine.step_latency(since)
-    answer["step_ms_by_kind"] = {
-        kind: {"steps": h.count, "p50": h.quantile(0.5), "p90": h.quantile(0.9),
-               "p99": h.quantile(0.99)}
-        for kind, h in sorted(by_kind.items())
-    }  # fmt: skip
+        owned = sorted(parts.engine.partitions)
+    answer["step_ms_by_kind"] = step_quantiles(by_kind)
+    # the partitions' histograms, for `governor ask latency` to add up over the group
+    answer["step_histograms"] = histogram_counts(by_kind)
+    answer["partitions"] = owned
     return answer
 
 

@@ -1144,21 +1144,25 @@ def _drift_value(value: float | None, how: str) -> str:
     return f"{value:,.3g} ({how})"
 
 
-def _slo_from_group(s: Settings) -> Any:
+def _group_answers(s: Settings, path: str) -> Iterator[Any]:
+    """The answers of the accounting group's workers to ``path`` (those that answer)."""
     from streams.worker import fetch_json
     from streams.workers import GroupLookupError, group_workers, web_url
 
     try:
         members = group_workers(s)
     except GroupLookupError:
-        return None
+        return
     for member in members:
         if member.host is None or member.port is None:
             continue
-        answer = fetch_json(f"{web_url(member.host, member.port)}/ask/slo", timeout_s=3)
-        if answer is not None and answer.get("held"):
-            return answer
-    return None
+        answer = fetch_json(f"{web_url(member.host, member.port)}{path}", timeout_s=3)
+        if answer is not None:
+            yield answer
+
+
+def _slo_from_group(s: Settings) -> Any:
+    return next((a for a in _group_answers(s, "/ask/slo") if a.get("held")), None)
 
 
 @ask_app.command("slo")
@@ -1202,13 +1206,22 @@ def ask_latency(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """p50/p90/p99 session latency and step latency by kind, and today's slowest sessions with
-    their bottleneck step. Step latency comes from the running worker; without one, only the
-    session-level answer (from the read-model) is shown."""
+    their bottleneck step. Step latency comes from the running workers (each holds its
+    partitions' histograms: the group's are added up); without one, only the session-level
+    answer (from the read-model) is shown."""
+    from streams.query.latency import merge_step_latency
     from streams.worker import fetch_json
 
     s = settings()
-    answer = fetch_json(f"http://{s.web_host}:{s.web_port}/ask/latency?window={window}")
-    if answer is None:
+    path = f"/ask/latency?window={window}"
+    answer = fetch_json(f"http://{s.web_host}:{s.web_port}{path}")
+    if answer is not None:
+        # each worker holds the step histograms of its own partitions: add up the group's
+        group = [
+            a for a in _group_answers(s, path) if a.get("partitions") != answer.get("partitions")
+        ]
+        answer = merge_step_latency([answer, *group])
+    else:
         answer = _answers().latency(window=window)
     if as_json:
         _emit_json(answer)
@@ -1220,7 +1233,9 @@ def ask_latency(
     )
     steps = answer.get("step_ms_by_kind", {})
     if steps:
-        step_table = Table(title=f"step latency by kind ({window})")
+        workers = answer.get("workers", 1)
+        over = f", {workers} workers" if workers > 1 else ""
+        step_table = Table(title=f"step latency by kind ({window}{over})")
         for column in ("kind", "steps", "p50", "p90", "p99"):
             step_table.add_column(column, justify="left" if column == "kind" else "right")
         for kind, q in steps.items():

@@ -8,6 +8,7 @@ collects what must be published (session summaries, decisions). It does no I/O: 
 
 from __future__ import annotations
 
+import zlib
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -78,6 +79,7 @@ class StateKind(StrEnum):
     RATE = "r"
     ACTIVE = "a"
     WATERMARK = "w"
+    #: a merge key of earlier changelogs, since dropped: read and ignored
     ORDER = "o"
 
 
@@ -103,8 +105,6 @@ class PartitionState:
     #: minute, for step-rate and degradation policies (kept 2 h)
     rates: Counter[tuple[str, str, int]] = field(default_factory=Counter)
     watermark_us: int = 0
-    #: the scope stage's merge key: the latest broker record time read (µs), never decreasing
-    order_us: int = 0
     dirty: set[tuple[StateKind, Any]] = field(default_factory=set)
     #: the watermark's hour when buckets and histograms were last expired (not checkpointed:
     #: the first tick after a restore expires them)
@@ -312,20 +312,14 @@ class Engine:
         partition: int,
         events: Iterable[dict[str, Any]],
         offsets: list[int] | None = None,
-        record_us: list[int | None] | None = None,
     ) -> BatchResult:
         """Fold validated events (see :mod:`streams.pipeline.validate`); the two checks that
         need a session's state refuse an event here, before it changes anything. ``offsets``
-        and ``record_us`` (broker record times) are the events' place in their partition:
-        the scope stage merges partitions on them."""
+        are the events' place in their partition: the scope stage merges partitions on them."""
         part = self.state(partition)
         result = BatchResult()
         for index, event in enumerate(events):
             self._offset = offsets[index] if offsets is not None else index
-            stamp = record_us[index] if record_us is not None else None
-            order = stamp if stamp is not None else event["start_time_us"]
-            if order > part.order_us:
-                part.order_us = order
             rejection = self._apply(part, event, result)
             if rejection is not None:
                 result.rejected.append((index, rejection))
@@ -405,7 +399,10 @@ class Engine:
         result: BatchResult,
     ) -> None:
         items = result.scope_items
-        common = (delta.event_time_us, part.partition, self._offset)
+        # merged on the partition's watermark, not the event's own time: a function of the
+        # partition's records alone that only grows along it, so the scope stage needs no
+        # allowance for events out of time order (see streams.pipeline.scope)
+        common = (part.watermark_us, part.partition, self._offset)
         items.append(
             ScopeItem(
                 *common, 0, delta.event_time_us, state.tenant_id, state.agent_id,
@@ -577,20 +574,12 @@ class Engine:
         now = part.watermark_us
         evicted: set[str] = set()
         for session_id, state in list(part.sessions.items()):
-            if not state.ended and state.last_event_us < now - self.idle_timeout_us:
+            if not state.ended and self.timeout_deadline_us(state) < now:
                 close_timed_out(state)
                 part.mark(StateKind.SESSION, session_id)
                 opened = self._finish(part, state, result)
                 if not self.local_scope:
-                    items = result.scope_items
-                    if opened:
-                        items.append(
-                            ScopeItem(
-                                now, partition, -1, len(items), now, state.tenant_id,
-                                state.agent_id, session_id, kind="TIMEOUT", ended=True,
-                            )
-                        )  # fmt: skip
-                    self._slo_items((now, partition, -1), len(items), session_id, items)
+                    self._timeout_items(part, state, opened, result.scope_items)
             elif state.ended and (state.end_time_us or 0) < now - self.finished_retention_us:
                 part.closed[session_id] = (state.last_seq, state.end_time_us or 0)
                 del part.sessions[session_id]
@@ -625,6 +614,38 @@ class Engine:
             part.mark(StateKind.CLOSED, session_id)
         self._expire_minutes(now)
         return result
+
+    def timeout_deadline_us(self, state: SessionState) -> int:
+        """When a silent session times out: the first watermark past this closes it."""
+        return state.last_event_us + self.idle_timeout_us
+
+    def next_timeout_us(self, partition: int) -> int | None:
+        """The earliest deadline of the partition's open sessions (``None``: none open).
+
+        The scope stage must not merge past it before the tick has closed the session: the
+        source's watermark it is told is kept below it (see the accounting runner)."""
+        part = self.partitions.get(partition)
+        if part is None:
+            return None
+        last = min((s.last_event_us for s in part.sessions.values() if not s.ended), default=None)
+        return None if last is None else last + self.idle_timeout_us
+
+    def _timeout_items(
+        self, part: PartitionState, state: SessionState, opened: bool, items: list[ScopeItem]
+    ) -> None:
+        """A session closed for silence, for the scope stage: placed at its deadline (not when
+        the tick ran), and after every other item there at the same time from its partition,
+        ordered by session (the tick's order of sessions is no order)."""
+        deadline = self.timeout_deadline_us(state)
+        place = -1 - zlib.crc32(state.session_id.encode())
+        if opened:
+            items.append(
+                ScopeItem(
+                    deadline, part.partition, place, 0, deadline, state.tenant_id,
+                    state.agent_id, state.session_id, kind="TIMEOUT", ended=True,
+                )
+            )  # fmt: skip
+        self._slo_items((deadline, part.partition, place), 1, state.session_id, items)
 
     def _expire_enforced(self, part: PartitionState, now: int, evicted: set[str]) -> None:
         gone = [
@@ -694,7 +715,6 @@ def checkpoint_records(part: PartitionState) -> list[tuple[bytes, bytes | None]]
             records.append((b"a|", orjson.dumps(dict(part.active))))
     part.dirty.clear()
     records.append((b"w|", orjson.dumps(part.watermark_us)))
-    records.append((b"o|", orjson.dumps(part.order_us)))
     return records
 
 
@@ -746,8 +766,6 @@ def restore_record(part: PartitionState, key: bytes, value: bytes | None) -> Non
         part.active = Counter(data)
     elif kind is StateKind.WATERMARK and data is not None:
         part.watermark_us = int(data)
-    elif kind is StateKind.ORDER and data is not None:
-        part.order_us = int(data)
 
 
 def _totals(t: Totals) -> dict[str, int]:

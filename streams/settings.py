@@ -86,12 +86,12 @@ class Settings:
     scope_commit_interval_s: float = 0.1
     #: the scope stage waits at most this long (wall time) for a source partition that has
     #: gone silent without having caught up (its worker died: the group's 10 s session timeout,
-    #: the dead transaction's 20 s timeout and a restore), then releases what it holds
+    #: the dead transaction's 10 s timeout and a restore), then releases what it holds
     scope_max_hold_s: float = 30.0
-    #: the scope stage applies items in event-time order, waiting for this much event time
-    #: past an item on every source partition still reading (events of a partition arrive
-    #: this far out of time order at most); a partition read to its end waits with the fleet
-    scope_grace_s: float = 2.0
+    #: the scope stage merges source partitions in watermark order; a partition read to its
+    #: end stops holding the merge once it has been quiet this long (wall time): records
+    #: produced just before may still be on their way to it
+    scope_grace_s: float = 1.0
     #: an evaluated session is good when every evaluation score reaches this
     quality_threshold: float = 0.7
     #: an event's start time may lie this far after its broker record time (clock skew) ...

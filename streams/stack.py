@@ -313,6 +313,9 @@ def kafka_properties(settings: Settings, node: int, brokers: int, data_dir: Path
         "share.coordinator.state.topic.min.isr": min_isr,
         # a local stack should be ready for consumers at once
         "group.initial.rebalance.delay.ms": 0,
+        # a dead worker's open transaction holds back the scope stage until it is aborted:
+        # look for timed-out ones every second, not every 10 s
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms": 1000,
         "auto.create.topics.enable": "true",
         "log.segment.bytes": 64 * 1024 * 1024,
     }

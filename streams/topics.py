@@ -6,6 +6,7 @@ at every start; ``describe_topics`` reports the configuration the broker actuall
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -22,6 +23,8 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from streams.settings import Settings
+
+log = logging.getLogger("governor.topics")
 
 #: (offset, key, value) of one record read back from a topic
 Record = tuple[int, bytes | None, bytes | None]
@@ -335,10 +338,19 @@ def scan_partitions(
     topic: str,
     partitions: list[int],
     apply: Callable[[int, Record], None],
+    *,
+    until_stable: bool = False,
+    progress: Callable[[], None] | None = None,
 ) -> int:
     """Hand every committed record of the partitions, from the beginning to the end, to
     ``apply(partition, record)`` without holding them (restores stay flat in memory).
-    Returns the number of records; raises TimeoutError when the broker stops answering."""
+    Returns the number of records; raises TimeoutError when the broker stops answering.
+
+    A read_committed reader ends at the last stable offset: an open transaction (a worker
+    that died mid-checkpoint, until the broker aborts it) hides every record after its first,
+    committed ones of a later owner included. ``until_stable`` (a restore: nobody else writes
+    there) reads on until the end is the partition's true end, once that transaction is
+    resolved. ``progress`` is called while it waits (a loop's liveness)."""
     if not partitions:
         return 0
     reader = Consumer(
@@ -352,6 +364,7 @@ def scan_partitions(
             "log_level": 3,
         }
     )
+    ends = _TrueEnds(settings, topic) if until_stable else None
     pending = set(partitions)
     count = 0
     last_progress = time.monotonic()
@@ -360,24 +373,72 @@ def scan_partitions(
         while pending:
             # a batch returns when full or at the timeout: a short one ends small reads sooner
             messages = reader.consume(10_000, 0.1)
+            if progress is not None:
+                progress()
             if messages:
                 last_progress = time.monotonic()
             elif time.monotonic() - last_progress > SCAN_STALL_S:
+                held = f" (held by an open transaction at {ends.waiting})" if ends else ""
                 raise TimeoutError(
-                    f"reading {topic} partitions {sorted(pending)}: nothing for {SCAN_STALL_S:.0f}s"
+                    f"reading {topic} partitions {sorted(pending)}: nothing for "
+                    f"{SCAN_STALL_S:.0f}s{held}"
                 )
             for msg in messages:
                 error = msg.error()
                 if error is not None:
                     if error.code() != KafkaError._PARTITION_EOF:
                         raise KafkaException(error)
-                    pending.discard(msg.partition() or 0)
+                    partition = msg.partition() or 0
+                    if ends is None or ends.reached(partition, msg.offset() or 0):
+                        pending.discard(partition)
                     continue
                 apply(msg.partition() or 0, (msg.offset() or 0, msg.key(), msg.value()))
                 count += 1
         return count
     finally:
         reader.close()
+        if ends is not None:
+            ends.close()
+
+
+class _TrueEnds:
+    """Where partitions really end (read_uncommitted high watermarks), to tell a reader's
+    end at the last stable offset from the end of the partition."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self.topic = topic
+        self.waiting: dict[int, tuple[int, int]] = {}
+        self._probe = Consumer(
+            {
+                "bootstrap.servers": settings.bootstrap,
+                "group.id": f"governor-restore-{uuid.uuid4().hex[:8]}",
+                "isolation.level": "read_uncommitted",
+                "log_level": 3,
+            }
+        )
+
+    def reached(self, partition: int, offset: int) -> bool:
+        """Whether a read_committed reader at ``offset`` has read everything there is."""
+        _low, high = self._probe.get_watermark_offsets(
+            TopicPartition(self.topic, partition), timeout=10
+        )
+        if offset >= high:
+            self.waiting.pop(partition, None)
+            return True
+        if partition not in self.waiting:
+            log.warning(
+                "%s[%d]: an open transaction holds the read at %d of %d (a worker that died "
+                "mid-checkpoint?): waiting until the broker resolves it",
+                self.topic,
+                partition,
+                offset,
+                high,
+            )
+        self.waiting[partition] = (offset, high)
+        return False
+
+    def close(self) -> None:
+        self._probe.close()
 
 
 def scope_deltas_topic(settings: Settings) -> str:

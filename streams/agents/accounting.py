@@ -194,7 +194,6 @@ class AccountingRunner(TransactionalLoop):
     def _handle(self, messages: list[Message]) -> None:
         by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
         sources: dict[int, list[Message]] = defaultdict(list)
-        stamps: dict[int, list[int | None]] = defaultdict(list)
         decode = self.codecs.step_event.decode
         validate, bounds = validate_event, self.bounds
         now_s = time.time()
@@ -213,11 +212,10 @@ class AccountingRunner(TransactionalLoop):
             partition = msg.partition() or 0
             by_partition[partition].append(event)
             sources[partition].append(msg)
-            stamps[partition].append(record_us)
         with self.lock:
             for partition, events in by_partition.items():
                 offsets = [m.offset() or 0 for m in sources[partition]]
-                result = self.engine.process(partition, events, offsets, stamps[partition])
+                result = self.engine.process(partition, events, offsets)
                 self._dirty_partitions.add(partition)
                 if result.rejected:
                     refused = {index for index, _ in result.rejected}
@@ -453,7 +451,11 @@ class AccountingRunner(TransactionalLoop):
         self._scope_audits.clear()
 
     def _source_marks(self) -> dict[int, SourceMark]:
-        """Each restored partition's watermark, and whether everything it held was read."""
+        """Each restored partition's watermark, and whether everything it held was read.
+
+        The watermark told is kept below the deadline of a session the tick has still to close
+        for silence: its TIMEOUT item comes at that deadline, and the merge must not have gone
+        past it. Such a partition is not idle either (it has an item to send)."""
         marks = {}
         topic = self._events_topic
         assignment = [TopicPartition(topic, p) for p in sorted(self.assigned)]
@@ -461,17 +463,30 @@ class AccountingRunner(TransactionalLoop):
         for partition in sorted(self.assigned):
             part = self.engine.partitions.get(partition)
             watermark = part.watermark_us if part is not None else 0
+            deadline = self.engine.next_timeout_us(partition)
+            closing = deadline is not None and deadline < watermark
+            if deadline is not None and deadline < watermark:
+                watermark = deadline - 1
             tp = TopicPartition(topic, partition)
             # nothing consumed since the assignment: the position is where it started
             position = positions.get(partition, -1)
             if position < 0:
                 position = self._start_offsets.get(partition, -1)
-            # asked of the broker, not the last fetch's figure: a fetch that has not come back
-            # for a while (a busy process) would make a partition look read to its end
-            low, high = self.consumer.get_watermark_offsets(tp, timeout=5, cached=False)
-            idle = high >= 0 and max(position, low) >= high
-            marks[partition] = SourceMark(watermark, idle)
+            marks[partition] = SourceMark(
+                watermark, not closing and self._read_to_end(tp, position)
+            )
         return marks
+
+    def _read_to_end(self, tp: TopicPartition, position: int) -> bool:
+        """Whether ``position`` is at the partition's end. The last fetch's high watermark
+        only says "not yet" for sure (it only grows); "at the end" is asked of the broker,
+        since a fetch that has not come back for a while (a busy process) would make a
+        partition look read to its end."""
+        low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+        if high >= 0 and max(position, low) < high:
+            return False
+        low, high = self.consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+        return high >= 0 and max(position, low) >= high
 
     # --- partitions ------------------------------------------------------------------------
 

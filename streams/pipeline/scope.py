@@ -8,16 +8,24 @@ rates per minute, how far each policy has escalated on each target, and each ten
 chain, for the scope partitions one worker owns.
 
 Why an order: with several workers the items of one tenant arrive from several source
-partitions, interleaved by chance. :class:`ScopeCore` applies them in event-time order (ties by
-source partition, offset, index), holding each item until every source still reading has
-reported a watermark ``grace`` past it (a source's events arrive at most that far out of time
-order) and a source read to its end counts as far as the fleet is. The order is then a function
-of the events alone, not of how many workers read them or when: the same event crosses a tenant
-limit and the decision gets the same id. With every source read to its end an item waits the
-grace in wall time (what is still in flight). A source that stays silent without having read
-to its end (its worker died) holds the merge for at most ``max_hold_s`` of wall time; past that,
-items are released in order (counted as ``forced``). An item later than the grace is applied
-when it comes.
+partitions, interleaved by chance. Each item carries its source partition's watermark after its
+event (``order_us``: the latest event time read there, so it never decreases along a partition
+and is a function of the partition's records alone). :class:`ScopeCore` applies items in that
+order (ties by source partition, offset, index), holding each until every source still reading
+has reported a watermark past it. The order is then a function of the events alone, not of how
+many workers read them or when: the same event crosses a tenant limit and the decision gets the
+same id, whatever the events' disorder within a partition, with no allowance to wait out. A
+session closed for silence comes at its deadline: its source keeps the watermark it reports
+below that deadline until the item is sent.
+
+A source read to its end and quiet for ``grace_s`` of wall time (nothing came from it since)
+counts as far as the fleet is for an item that has itself waited ``grace_s`` (records that
+reached the quiet source just before may not be reported yet); with every source quiet
+everything held goes once it has waited that long. A source that stays
+silent without having read to its end (its worker died) holds the merge for at most
+``max_hold_s`` of wall time; past that, items are released in order (counted as ``forced``).
+An item that comes after the merge went past it (a quiet source woke up behind the fleet) is
+applied when it comes.
 """
 
 from __future__ import annotations
@@ -46,8 +54,9 @@ DEFAULT_DECISION_TTL_US = 24 * 3600 * 1_000_000
 RATE_HORIZON_US = MAX_RATE_WINDOW_S * 1_000_000
 #: an item waits at most this long (wall time) for a silent source
 DEFAULT_MAX_HOLD_S = 30.0
-#: how far out of event-time order a source's items may come and still be merged in order
-DEFAULT_GRACE_S = 2.0
+#: how long (wall time) a source read to its end must stay quiet before it stops holding the
+#: merge: records produced just before may still be on their way to it
+DEFAULT_GRACE_S = 1.0
 #: items per changelog record of the held items
 PENDING_CHUNK = 1000
 #: pruning trails the latest event time by this much (events arrive out of time order)
@@ -255,7 +264,6 @@ class ScopeCore:
         self.hourly_retention_us = int(hourly_retention_s * 1_000_000)
         self.max_hold_s = max_hold_s
         self.grace_s = grace_s
-        self.grace_us = int(grace_s * 1_000_000)
         #: numbers the items held, in the order they came (after a restore: above its own)
         self._arrivals = itertools.count(1 << 40)
         self.partitions: dict[int, ScopeState] = {}
@@ -306,13 +314,17 @@ class ScopeCore:
         state = self.state(partition)
         result = ScopeResult()
         chains = AuditChains(state.heads)
-        threshold, everyone_quiet = self._threshold(state, wall_s)
+        every, reading, everyone_quiet = self._thresholds(state, wall_s)
         held = state.held
         while held:
             _key, _n, arrived, item = held[0]
             waited = wall_s - arrived
+            # past a quiet source only once the item has waited the grace itself: the quiet
+            # source's owner may have records that came just before it, not yet reported;
             # with every source quiet, nothing is on its way: all of it goes, in order
-            settled = everyone_quiet or item.time_us <= threshold
+            settled = item.order_us < every or (
+                waited >= self.grace_s and (everyone_quiet or item.order_us < reading)
+            )
             if not settled:
                 if waited < self.max_hold_s:
                     break
@@ -329,19 +341,21 @@ class ScopeCore:
                 state.mark(StateKind.SLO)
         return result
 
-    def _threshold(self, state: ScopeState, wall_s: float) -> tuple[int, bool]:
-        """The event time up to which no source can still send an item: every source is
-        ``grace`` past it. A source read to its end and quiet for ``grace`` of wall time counts
-        as far as the fleet is (the latest watermark); a source never heard from holds
+    def _thresholds(self, state: ScopeState, wall_s: float) -> tuple[int, int, bool]:
+        """Merge keys below which no source can still send an item (what a source sends next
+        is at or past its watermark): the least watermark of every source, and of the sources
+        still reading, where a source read to its end and quiet for ``grace_s`` of wall time
+        counts as far as the fleet is (the latest watermark). A source never heard from holds
         everything. Also: whether every source is quiet (nothing can be on its way)."""
         marks = [state.sources.get(s) for s in range(self.source_count)]
         if any(m is None for m in marks):
-            return -1, False
+            return -1, -1, False
         known = [m for m in marks if m is not None]
         fleet = max(m.watermark_us for m in known)
         quiet = {s for s, since in state.idle_since.items() if wall_s - since >= self.grace_s}
         reading = [m.watermark_us for s, m in enumerate(known) if not (m.idle and s in quiet)]
-        return min(reading, default=fleet) - self.grace_us, not reading
+        every = min(m.watermark_us for m in known)
+        return every, min(reading, default=fleet), not reading
 
     # --- applying ----------------------------------------------------------------------------
 

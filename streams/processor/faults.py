@@ -66,6 +66,20 @@ def kafka_error(exc: BaseException) -> KafkaError | None:
     return None
 
 
+#: a transactional producer's "a newer epoch holds your id"
+_FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED}
+
+
+def producer_fenced(exc: BaseException) -> bool:
+    """Whether a transactional producer was fenced. Each loop's transactional id is its own
+    process's (``workers.INSTANCE_ID``), so nobody else can hold it: the coordinator aborted
+    a transaction that outlived ``transaction.timeout.ms`` (the process was paused) and
+    bumped the epoch. The loop takes its id back with a new producer (as Kafka Streams
+    resets its producer) and redoes the work from the last commit."""
+    error = kafka_error(exc)
+    return error is not None and error.code() in _FENCED
+
+
 #: Redis error replies that mean "not now" (an outage to wait out); any other reply says the
 #: command itself is wrong (WRONGTYPE, a script error): a bug that retrying cannot mend
 _REDIS_UNAVAILABLE = ("OOM", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY",
@@ -89,9 +103,9 @@ def classify(exc: BaseException) -> Fault:
         return Fault.TRANSIENT
     error = kafka_error(exc)
     if error is not None:
-        # a producer fenced by another instance with our transactional id is not ours to fix:
-        # two workers share an id, and the newer one owns it
-        if error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED) or error.fatal():
+        # a fenced producer is fatal here; the transactional loops, whose ids are their own,
+        # take theirs back (producer_fenced)
+        if error.code() in _FENCED or error.fatal():
             return Fault.FATAL
         if error.retriable() or error.txn_requires_abort() or error.code() in _MEMBER_LOST:
             return Fault.TRANSIENT

@@ -36,7 +36,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from streams.processor.faults import Backoff, Fault, classify, describe, fatal
+from streams.processor.faults import Backoff, Fault, classify, describe, fatal, producer_fenced
 from streams.settings import Settings
 from streams.topics import Record, scan_partitions
 from streams.workers import INSTANCE_ID, worker_client_id
@@ -48,8 +48,13 @@ POLL_TIMEOUT_S = 0.02
 TICK_INTERVAL_S = 1.0
 PRODUCE_STALL_S = 30.0
 #: a crashed worker's open transaction holds back read_committed readers of its outputs (the
-#: scope stage, the read-model) until the coordinator aborts it: this long at most
-TRANSACTION_TIMEOUT_MS = 20_000
+#: scope stage, the read-model) until the coordinator aborts it: this long, plus the broker's
+#: transaction.abort.timed.out.transaction.cleanup.interval.ms (1 s on the local stack, 10 s
+#: by default), and a new owner's restore of its state waits for that too. Kafka Streams'
+#: exactly-once default: a transaction here lasts one checkpoint interval, and one that
+#: outlives it (the process was paused) is aborted and its producer fenced, which the loop
+#: recovers from with a new producer (``_renew_producer``)
+TRANSACTION_TIMEOUT_MS = 10_000
 #: the loop's states, as /healthz and /readyz report them
 STARTING, RESTORING, RUNNING, RECOVERING, STOPPED = (
     "starting",
@@ -132,14 +137,17 @@ class TransactionalLoop:
                 "log_level": 3,
             }
         )
-        self.producer = Producer(
+        self.producer = self._new_producer()
+
+    def _new_producer(self) -> Producer:
+        return Producer(
             {
-                "bootstrap.servers": settings.bootstrap,
+                "bootstrap.servers": self.settings.bootstrap,
                 # one id per process and stage (KIP-447): fencing a zombie is the group
                 # generation's job (send_offsets_to_transaction), so any number of workers run
                 # side by side; a dead instance's open transaction is aborted by the
                 # coordinator after transaction.timeout.ms, which is kept short for that reason
-                "transactional.id": f"{settings.app_id}-{self.stage}-{INSTANCE_ID}",
+                "transactional.id": f"{self.settings.app_id}-{self.stage}-{INSTANCE_ID}",
                 "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
                 "linger.ms": 20,
                 "batch.size": 1_000_000,
@@ -147,6 +155,23 @@ class TransactionalLoop:
                 "log_level": 3,
             }
         )
+
+    def _renew_producer(self, exc: BaseException) -> None:
+        """Our transaction outlived its timeout (a pause) and the coordinator fenced the
+        producer: a new one takes the id back; what the aborted transaction held is redone
+        from the last commit (the rewind that follows)."""
+        log.warning(
+            "%s: the producer was fenced (%s): the open transaction outlived its %d s timeout "
+            "(a pause?); taking the transactional id back with a new producer",
+            self.stage,
+            describe(exc),
+            TRANSACTION_TIMEOUT_MS // 1000,
+        )
+        self._in_txn = False
+        self._forget_txn()
+        self.producer.purge(in_queue=True, in_flight=True)
+        self.producer = self._new_producer()
+        self.producer.init_transactions(30)
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -185,7 +210,9 @@ class TransactionalLoop:
                 except BaseException as exc:
                     if self._stopping.is_set():
                         raise
-                    if classify(exc) is not Fault.TRANSIENT:
+                    if producer_fenced(exc):
+                        self._renew_producer(exc)
+                    elif classify(exc) is not Fault.TRANSIENT:
                         self.error = exc
                         fatal(f"the {self.stage} loop", exc)
                     self._recover(exc, backoff)
@@ -274,7 +301,9 @@ class TransactionalLoop:
                 self._rewind()
                 return
             except BaseException as again:
-                if classify(again) is not Fault.TRANSIENT:
+                if producer_fenced(again):
+                    self._renew_producer(again)
+                elif classify(again) is not Fault.TRANSIENT:
                     self.error = again
                     fatal(f"the {self.stage} loop's recovery", again)
                 self.last_fault = describe(again)
@@ -304,6 +333,10 @@ class TransactionalLoop:
         if self._in_txn:
             self.producer.abort_transaction(30)
             self._in_txn = False
+        self._forget_txn()
+
+    def _forget_txn(self) -> None:
+        """Drop what an aborted transaction held: its metrics, and queue its calls again."""
         self._on_commit.clear()
         self._calls[:0] = self._calls_in_txn
         self._calls_in_txn = []
@@ -385,6 +418,9 @@ class TransactionalLoop:
             self._callback_error = exc
 
     def _restore_assigned(self) -> None:
+        # what is done is committed first: a restore can wait for a dead worker's transaction
+        # longer than our own open one may live
+        self.checkpoint()
         partitions, self._to_restore = self._to_restore, []
         started = time.monotonic()
         numbers = sorted(tp.partition for tp in partitions)
@@ -441,7 +477,12 @@ class TransactionalLoop:
 
     def _scan_changelog(self, numbers: list[int], apply: Callable[[int, Record], None]) -> None:
         """Stream the changelog of ``numbers`` into ``apply`` (nothing held twice)."""
-        scan_partitions(self.settings, self._changelog, numbers, apply)
+        scan_partitions(
+            self.settings, self._changelog, numbers, apply, until_stable=True, progress=self._alive
+        )
+
+    def _alive(self) -> None:
+        self.loop_heartbeat = time.monotonic()
 
     # --- hooks ---------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """Two workers of one deployment, each on a free web port (``GOVERNOR_WEB_PORT=0``), join the
 accounting group: the group lists both with their own port, they split the partitions of the
-events topic, both answer /healthz, and ``governor status`` shows them (real broker)."""
+events topic, both answer /healthz, ``governor status`` shows them, and ``governor ask latency``
+adds up the step latency each holds for its partitions (real broker)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from typer.testing import CliRunner
 
 from streams.cli import app
 from streams.control import ensure_signing_key
+from streams.demo import demo_sessions
 from streams.settings import Settings
 from streams.worker import WorkerProcess, get_json_status
 from streams.workers import WorkerGroup, describe_worker_group, group_workers
+from tests.integration.test_drift import produce
 
 
 def _split(settings: Settings, ports: set[int], timeout_s: float = 30) -> WorkerGroup:
@@ -75,6 +78,39 @@ def test_two_workers_on_free_ports_share_the_group(topics: Settings, tmp_path: P
         assert report["error"] is None
         assert {m["port"] for m in report["members"]} == ports
         assert all(m["healthz"]["ok"] for m in report["members"])
+
+        # step latency: each worker has its partitions' steps, the CLI adds up the group's
+        events = list(demo_sessions(30))
+        steps = sum(e["kind"] in ("LLM_CALL", "TOOL_CALL") for e in events)
+        produce(topics, events)
+
+        def ingested() -> int:
+            return sum(
+                sum((w.get_json("/ingest") or {}).get("by_kind", {}).values()) for w in processes
+            )
+
+        deadline = time.monotonic() + 30
+        while ingested() < len(events):
+            assert time.monotonic() < deadline, f"{ingested()} of {len(events)} events read"
+            time.sleep(0.3)
+        alone = [
+            sum(
+                k["steps"]
+                for k in w.get_json("/ask/latency?window=3650d")["step_ms_by_kind"].values()
+            )
+            for w in processes
+        ]
+        assert all(alone), alone  # the demo's sessions land on every partition
+        assert sum(alone) == steps, (alone, steps)
+        first = processes[0].settings
+        result = CliRunner().invoke(
+            app, ["ask", "latency", "--window", "3650d", "--json"], env=first.to_env()
+        )
+        assert result.exit_code == 0, result.output
+        answer = json.loads(result.output)
+        assert answer["workers"] == 2
+        assert answer["partitions"] == list(range(topics.event_partitions))
+        assert sum(k["steps"] for k in answer["step_ms_by_kind"].values()) == steps
     finally:  # side by side too
         with ThreadPoolExecutor(max_workers=2) as pool:
             list(pool.map(lambda w: w.stop(), processes))

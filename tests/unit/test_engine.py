@@ -98,6 +98,41 @@ def test_silent_sessions_time_out_and_finished_ones_are_evicted_but_remembered()
     assert (late.duplicates, late.applied) == (1, 0)
 
 
+def test_scope_items_are_merged_on_the_watermark_and_a_timeout_sits_at_its_deadline() -> None:
+    """For the scope stage: an event later than its partition's latest is placed at the
+    watermark (keys only grow along a partition); a session closed for silence is placed at
+    its deadline, the same whenever the tick ran, and the partition's next deadline is what
+    the stage-1 runner holds the watermark it reports below."""
+
+    def timeouts(tick_every: int) -> tuple[list[tuple[int, int, int, int]], Engine]:
+        eng = engine(idle_timeout_s=60, local_scope=False)
+        keys = []
+        eng.process(0, [ev(1, "SESSION_START"), ev(2, "LLM_CALL", model="gpt-4o")])
+        for n in range(1, 40):
+            # another session's events move the watermark on, 10 s each
+            other = {**ev(n, "SESSION_START" if n == 1 else "TOOL_CALL"), "session_id": "s2"}
+            other["start_time_us"] = T0 + n * 10_000_000
+            result = eng.process(0, [other], [n])
+            keys += [i.key for i in result.scope_items]
+            if n % tick_every == 0:
+                keys += [i.key for i in eng.tick(0).scope_items if i.kind == "TIMEOUT"]
+        return keys, eng
+
+    often, eng = timeouts(1)
+    rarely, _ = timeouts(13)
+    deadline = T0 + 2_000_000 + 60_000_000
+    assert [k for k in often if k[0] == deadline] == [k for k in rarely if k[0] == deadline]
+    assert len([k for k in often if k[0] == deadline]) == 1
+    assert sorted(often) == sorted(rarely)
+    # s2 is open: its deadline is the partition's next one
+    assert eng.next_timeout_us(0) == T0 + 39 * 10_000_000 + 60_000_000
+    # out of time order: merged at the watermark, not before what was read already
+    late = {**ev(1, "SESSION_START"), "session_id": "s3", "start_time_us": T0 + 3_000_000}
+    items = eng.process(0, [late], [99]).scope_items
+    assert [i.key[0] for i in items] == [eng.partitions[0].watermark_us]
+    assert items[0].time_us == T0 + 3_000_000
+
+
 def test_checkpoint_records_restore_the_same_state() -> None:
     eng = engine({"id": "b", "kind": "budget", "scope": "session", "limit_usd": 0.001})
     eng.process(3, list(demo_sessions(50, seed=9)))
@@ -112,10 +147,7 @@ def test_checkpoint_records_restore_the_same_state() -> None:
     assert restored.enforced == original.enforced
     assert restored.active == original.active
     assert restored.watermark_us == original.watermark_us
-    assert checkpoint_records(original) == [
-        (b"w|", str(original.watermark_us).encode()),
-        (b"o|", str(original.order_us).encode()),
-    ]
+    assert checkpoint_records(original) == [(b"w|", str(original.watermark_us).encode())]
 
 
 def test_hour_buckets_follow_event_time() -> None:

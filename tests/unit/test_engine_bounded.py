@@ -166,7 +166,7 @@ def test_state_stays_at_a_days_worth_and_pruned_keys_are_tombstoned() -> None:
     for partition, part in engine.partitions.items():
         for name in STRUCTURES:
             assert set(getattr(restored[partition], name)) == set(getattr(part, name)), name
-    # one key per entry, but one a| (open sessions per scope), one w| (watermark) and one o|
-    # (the scope stage's merge key) per partition
-    live = sum(n for name, n in last.items() if name != "active") + 3 * PARTITIONS
+    # one key per entry, but one a| (open sessions per scope) and one w| (watermark) per
+    # partition
+    live = sum(n for name, n in last.items() if name != "active") + 2 * PARTITIONS
     assert len(changelog) == live

@@ -149,14 +149,18 @@ def test_a_tenant_budget_fires_once_at_the_item_that_crosses_it_in_merge_order()
     assert not any(core.partitions[p].held for p in core.partitions)
 
 
-def test_items_wait_until_every_source_still_reading_is_a_grace_past_them() -> None:
+def test_items_wait_until_every_source_still_reading_is_past_them() -> None:
     core = ScopeCore(policy_set(), 2, max_hold_s=30.0, grace_s=2.0)
-    item = ScopeItem(10_000_000, 1, 0, 0, 10_000_000, "acme", "bot", "s1", "e1", "LLM_CALL")
-    core.offer(0, ScopeDelta(1, SourceMark(11_000_000, False), (item,)), wall_s=0.0)
+    # an event of 9 s read after one of 10 s: it is merged at its partition's watermark
+    item = ScopeItem(10_000_000, 1, 0, 0, 9_000_000, "acme", "bot", "s1", "e1", "LLM_CALL")
+    core.offer(0, ScopeDelta(1, SourceMark(10_000_000, False), (item,)), wall_s=0.0)
     assert core.release(0, wall_s=1.0).released == 0  # source 0 never heard from
     core.offer(0, ScopeDelta(0, SourceMark(13_000_000, False), ()), wall_s=1.0)
-    assert core.release(0, wall_s=1.0).released == 0  # source 1 itself is not 2 s past it
-    core.offer(0, ScopeDelta(1, SourceMark(12_000_000, False), ()), wall_s=1.0)
+    # source 1 may still send more at its watermark (later offsets, after this one)
+    assert core.release(0, wall_s=1.0).released == 0
+    core.offer(0, ScopeDelta(0, SourceMark(9_500_000, False), ()), wall_s=1.0)
+    core.offer(0, ScopeDelta(1, SourceMark(10_000_001, False), ()), wall_s=1.0)
+    # a watermark told never goes back: source 0 is still at 13 s
     assert core.release(0, wall_s=1.0).released == 1
 
 
@@ -173,6 +177,27 @@ def test_a_quiet_source_counts_as_far_as_the_fleet_and_the_tail_goes_when_all_ar
     core.offer(0, ScopeDelta(1, SourceMark(20_000_000, True), ()), wall_s=2.5)
     assert core.release(0, wall_s=4.4).released == 0
     assert core.release(0, wall_s=4.5).released == 1  # every source quiet: the tail goes
+
+
+def test_an_item_passes_a_quiet_source_only_after_waiting_the_grace_itself() -> None:
+    """Source 0 went quiet long ago; records that reach it just before source 1's item may
+    still be on their way to the scope stage: the item waits the grace before passing it."""
+    core = ScopeCore(policy_set(), 2, max_hold_s=30.0, grace_s=1.0)
+    core.offer(0, ScopeDelta(0, SourceMark(1_000_000, True), ()), wall_s=0.0)
+    item = ScopeItem(10_000_000, 1, 0, 0, 10_000_000, "acme", "bot", "s1", "e1", "LLM_CALL")
+    core.offer(0, ScopeDelta(1, SourceMark(20_000_000, False), (item,)), wall_s=100.0)
+    assert core.release(0, wall_s=100.5).released == 0
+    # it woke up in time: its earlier item goes first
+    woke = ScopeItem(9_000_000, 0, 5, 0, 9_000_000, "acme", "bot", "s2", "e2", "LLM_CALL")
+    core.offer(0, ScopeDelta(0, SourceMark(9_000_000, False), (woke,)), wall_s=100.6)
+    core.offer(0, ScopeDelta(0, SourceMark(30_000_000, True), ()), wall_s=100.7)
+    result = core.release(0, wall_s=100.8)
+    assert result.released == 2  # source 0 is past both now, quiet or not
+    # and without a wake-up: an item past the quiet source goes once it has waited the grace
+    later = ScopeItem(35_000_000, 1, 1, 0, 35_000_000, "acme", "bot", "s1", "e3", "LLM_CALL")
+    core.offer(0, ScopeDelta(1, SourceMark(40_000_000, False), (later,)), wall_s=200.0)
+    assert core.release(0, wall_s=200.9).released == 0
+    assert core.release(0, wall_s=201.0).released == 1
 
 
 def test_a_silent_source_holds_the_merge_for_max_hold_only() -> None:
@@ -281,7 +306,7 @@ def test_slo_verdicts_reach_the_fleet_partition_and_alert_the_same_whatever_the_
         # a session ends two minutes later: the burst's minute is complete
         later = T0_US + 120_000_000
         verdict = ScopeItem(
-            END_OF_TIME, 0, 10**9, 0, later, "*", "", "late", kind="SLO", name="availability"
+            END_OF_TIME - 1, 0, 10**9, 0, later, "*", "", "late", kind="SLO", name="availability"
         )
         delta = ScopeDelta(0, SourceMark(END_OF_TIME, True), (verdict,))
         core.offer(core.fleet_partition, delta, 0.0)
@@ -313,7 +338,7 @@ def test_held_items_are_checkpointed_in_chunks_and_shrink_with_tombstones() -> N
     finish_restore(restored, wall_s=0.0)
     assert [e[3] for e in sorted(restored.held)] == list(items)
     # source 1 catches up: all but a few are released, two chunks are deleted
-    core.offer(0, ScopeDelta(1, SourceMark(items[-6].order_us, False), ()), wall_s=0.0)
+    core.offer(0, ScopeDelta(1, SourceMark(items[-5].order_us, False), ()), wall_s=0.0)
     assert core.release(0, wall_s=0.0).released == len(items) - 5
     shrunk = [r for r in checkpoint_records(state) if r[0].startswith(b"pending|")]
     assert [value is None for _, value in shrunk] == [False, True, True]

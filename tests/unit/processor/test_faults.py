@@ -5,7 +5,7 @@ from __future__ import annotations
 import redis
 from confluent_kafka import KafkaError, KafkaException
 
-from streams.processor.faults import Backoff, Fault, classify, describe
+from streams.processor.faults import Backoff, Fault, classify, describe, producer_fenced
 
 
 def kafka(
@@ -37,6 +37,14 @@ def test_fencing_fatal_errors_and_bugs_are_fatal() -> None:
     assert classify(kafka(KafkaError.TOPIC_AUTHORIZATION_FAILED)) is Fault.FATAL
     assert classify(OverflowError("int too large")) is Fault.FATAL
     assert classify(KeyError("x")) is Fault.FATAL
+
+
+def test_a_fenced_producer_is_told_apart_for_the_loops_to_take_their_id_back() -> None:
+    assert producer_fenced(kafka(KafkaError._FENCED, fatal=True))
+    assert producer_fenced(kafka(KafkaError.PRODUCER_FENCED))
+    assert not producer_fenced(kafka(KafkaError.UNKNOWN_MEMBER_ID, fatal=True))
+    assert not producer_fenced(kafka(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+    assert not producer_fenced(TimeoutError("slow"))
 
 
 def test_describe_is_one_line_with_the_kafka_error_name() -> None:
