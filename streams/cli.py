@@ -16,6 +16,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from streams import stack, workers
+from streams.commands.ingest import ingest as ingest_command
 from streams.settings import Settings
 
 # tables stay readable when the output is a file or a CI log, not only in a terminal
@@ -27,6 +28,7 @@ app = typer.Typer(
 )
 topics_app = typer.Typer(help="Governor's topics: list them as the broker reports, create them.")
 app.add_typer(topics_app, name="topics")
+app.command("ingest")(ingest_command)
 
 log = logging.getLogger("governor")
 

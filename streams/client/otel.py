@@ -11,13 +11,17 @@ Every event goes through the native client's :class:`Session` (``start``, ``llm_
 ``tool_call``, ``evaluation``, ``finish``), so seq, event ids, buffering and decisions are exactly
 those of the native client. Needs the ``governor[otel]`` extra (``opentelemetry-sdk``).
 
-Mapping (span → StepEvent):
+Mapping (span → StepEvent; the pure functions are :mod:`streams.ingest.mapping`, shared with
+the OTLP receiver ``governor ingest``):
 
-- ``gen_ai.conversation.id`` (else the parent span's) → ``session_id``
-- ``invoke_agent`` span start / end → SESSION_START / SESSION_END (OK; ERROR with ``error_type``;
-  KILLED when the agent was killed)
-- ``chat``, ``text_completion``, ``generate_content`` spans → LLM_CALL (``operation`` = the span's)
-- ``execute_tool`` spans → TOOL_CALL
+- ``gen_ai.conversation.id``, else ``session.id``, else ``mcp.session.id``, else the parent
+  span's conversation, else the trace id → ``session_id`` (each fallback counted in
+  :attr:`GovernorSpanProcessor.fallbacks`; a span is never dropped for want of one)
+- ``invoke_agent`` / ``invoke_workflow`` span start / end → SESSION_START / SESSION_END (OK;
+  ERROR with ``error_type``; KILLED when the agent was killed)
+- ``chat``, ``text_completion``, ``generate_content``, ``embeddings`` spans → LLM_CALL
+  (``operation`` = the span's)
+- ``execute_tool``, ``retrieval`` and MCP client ``tools/call`` spans → TOOL_CALL
 - span events ``gen_ai.evaluation.result`` → EVALUATION at the event's timestamp
   (``gen_ai.evaluation.name``, ``gen_ai.evaluation.score.value``)
 - span start time, end minus start → ``start_time_us``, ``duration_us``
@@ -52,281 +56,107 @@ SDK, so **pure OTel emission cannot stop an agent by itself**: steps are recorde
 KILL is in force. Agent code that wants to obey calls :meth:`GovernorSpanProcessor.check`
 (or ``await check_async``) with its conversation id before each step: it raises
 :class:`SessionKilled`, waits on THROTTLE, blocks on PAUSE, exactly as the native client does.
-Problems (spans without a conversation, internal errors) are counted in
+Problems (spans without a model, internal errors) are counted in
 :attr:`GovernorSpanProcessor.problems` and logged, never raised.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.trace import SpanKind as OtelSpanKind
 from opentelemetry.trace import StatusCode
 
-from streams.client.errors import SessionKilled
 from streams.client.governor import Governor, Session
+from streams.ingest.mapping import (
+    AGENT_OPERATIONS,
+    EVALUATION_EVENT,
+    EXECUTE_TOOL,
+    INVOKE_AGENT,
+    LLM_OPERATIONS,
+    OTHER_ERROR,
+    ROLES,
+    UNKNOWN_MODEL,
+    ConversationSource,
+    SpanEvent,
+    SpanFacts,
+    SpanKind,
+    StepClass,
+    classify,
+    conversation_id,
+    conversation_of,
+    error_type,
+    evaluations,
+    llm_call_fields,
+    message_segments,
+    operation,
+    session_fields,
+    session_outcome,
+    step_outcome,
+    tool_call_fields,
+)
+
+#: the pure mapping lives in streams.ingest.mapping (shared with ``governor ingest``); these
+#: names stay importable from here
+__all__ = [
+    "AGENT_OPERATIONS",
+    "EVALUATION_EVENT",
+    "EXECUTE_TOOL",
+    "INVOKE_AGENT",
+    "LLM_OPERATIONS",
+    "OTHER_ERROR",
+    "ROLES",
+    "UNKNOWN_MODEL",
+    "GovernorSpanProcessor",
+    "SpanEvent",
+    "SpanFacts",
+    "conversation_id",
+    "error_type",
+    "evaluations",
+    "facts_of",
+    "llm_call_fields",
+    "message_segments",
+    "operation",
+    "session_fields",
+    "session_outcome",
+    "step_outcome",
+    "tool_call_fields",
+]
 
 log = logging.getLogger("governor.client.otel")
 
-INVOKE_AGENT = "invoke_agent"
-EXECUTE_TOOL = "execute_tool"
-LLM_OPERATIONS = frozenset({"chat", "text_completion", "generate_content"})
-EVALUATION_EVENT = "gen_ai.evaluation.result"
-#: semconv: ``error.type`` is ``_OTHER`` when no better value is known
-OTHER_ERROR = "_OTHER"
-UNKNOWN_MODEL = "unknown"
-
-#: message role (semconv ``gen_ai.*.messages``) → SegmentRole
-ROLES = {
-    "system": "SYSTEM",
-    "developer": "SYSTEM",
-    "user": "USER",
-    "assistant": "ASSISTANT",
-    "tool": "TOOL_RESULT",
+_KINDS = {
+    OtelSpanKind.INTERNAL: SpanKind.INTERNAL,
+    OtelSpanKind.SERVER: SpanKind.SERVER,
+    OtelSpanKind.CLIENT: SpanKind.CLIENT,
+    OtelSpanKind.PRODUCER: SpanKind.PRODUCER,
+    OtelSpanKind.CONSUMER: SpanKind.CONSUMER,
 }
-
-
-@dataclass(frozen=True)
-class SpanEvent:
-    name: str
-    timestamp_ns: int
-    attributes: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class SpanFacts:
-    """What the mapping needs of a finished span (pure data, so the mapping is testable)."""
-
-    attributes: Mapping[str, Any]
-    start_ns: int
-    end_ns: int
-    error: bool = False
-    events: tuple[SpanEvent, ...] = ()
-
-    @property
-    def start_us(self) -> int:
-        return self.start_ns // 1000
-
-    @property
-    def end_us(self) -> int:
-        return self.end_ns // 1000
-
-    @property
-    def duration_ms(self) -> float:
-        return max(0, self.end_ns - self.start_ns) / 1_000_000
+#: what the processor turns into steps (the rest is ignored, as before)
+_STEP_CLASSES = frozenset({StepClass.AGENT, StepClass.LLM, StepClass.TOOL, StepClass.MCP_TOOL})
 
 
 def facts_of(span: ReadableSpan) -> SpanFacts:
     start = span.start_time or 0
+    context = span.context
     return SpanFacts(
         attributes=dict(span.attributes or {}),
         start_ns=start,
         end_ns=span.end_time or start,
         error=span.status.status_code is StatusCode.ERROR,
         events=tuple(SpanEvent(e.name, e.timestamp, dict(e.attributes or {})) for e in span.events),
+        trace_id=f"{context.trace_id:032x}" if context else "",
+        span_id=f"{context.span_id:016x}" if context else "",
+        parent_span_id=f"{span.parent.span_id:016x}" if span.parent else "",
+        kind=_KINDS.get(span.kind, SpanKind.INTERNAL),
+        name=span.name,
     )
-
-
-# --- pure attribute mapping ------------------------------------------------------------------
-
-
-def _str(attrs: Mapping[str, Any], *keys: str) -> str | None:
-    for key in keys:
-        value = attrs.get(key)
-        if isinstance(value, str) and value:
-            return value
-    return None
-
-
-def _int(attrs: Mapping[str, Any], *keys: str) -> int | None:
-    for key in keys:
-        value = attrs.get(key)
-        # bool is an int to Python, never a token count
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return int(value)
-    return None
-
-
-def _float(attrs: Mapping[str, Any], *keys: str) -> float | None:
-    for key in keys:
-        value = attrs.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    return None
-
-
-def conversation_id(attrs: Mapping[str, Any]) -> str | None:
-    return _str(attrs, "gen_ai.conversation.id")
-
-
-def operation(attrs: Mapping[str, Any]) -> str | None:
-    return _str(attrs, "gen_ai.operation.name")
-
-
-def session_fields(attrs: Mapping[str, Any], *, agent_span: bool) -> dict[str, str | None]:
-    """Keyword arguments of ``Governor.session`` from the span that opens the session."""
-    model_version = _str(attrs, "governor.model_version")
-    if model_version is None and agent_span:
-        model_version = _str(attrs, "gen_ai.request.model")
-    return {
-        "category": _str(attrs, "governor.category"),
-        "prompt_version": _str(attrs, "governor.prompt_version"),
-        "model_version": model_version,
-        "tool_schema_version": _str(attrs, "governor.tool_schema_version"),
-    }
-
-
-def error_type(facts: SpanFacts) -> str | None:
-    """``error.type``, else the recorded exception's type, else ``_OTHER``; None if it went well."""
-    declared = _str(facts.attributes, "error.type")
-    if declared is not None:
-        return declared
-    if not facts.error:
-        return None
-    for event in reversed(facts.events):
-        if event.name == "exception":
-            recorded = _str(event.attributes, "exception.type")
-            if recorded is not None:
-                # the SDK records the qualified name; the native client reports the class name
-                return recorded.rsplit(".", 1)[-1]
-    return OTHER_ERROR
-
-
-def step_outcome(facts: SpanFacts) -> tuple[str, str | None]:
-    kind = error_type(facts)
-    return ("OK", None) if kind is None else ("ERROR", kind)
-
-
-def session_outcome(facts: SpanFacts, *, killed: bool) -> tuple[str, str | None]:
-    """SESSION_END status of an ``invoke_agent`` span, as ``Session.finish`` would judge it."""
-    status, kind = step_outcome(facts)
-    if killed or kind == SessionKilled.__name__:
-        return "KILLED", None
-    return status, kind
-
-
-def _part_text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, default=str, sort_keys=True)
-
-
-def _part_segments(part: Any, role: str) -> list[tuple[str, str]]:
-    if isinstance(part, str):
-        return [(role, part)] if part else []
-    if not isinstance(part, Mapping):
-        return []
-    kind = part.get("type")
-    if kind == "tool_call":
-        arguments = part.get("arguments")
-        return [] if arguments is None else [("TOOL_ARGUMENTS", _part_text(arguments))]
-    if kind == "tool_call_response":
-        response = part.get("response")
-        return [] if response is None else [("TOOL_RESULT", _part_text(response))]
-    # text and reasoning parts carry "content"; OpenAI-style blocks carry "text"; blobs and
-    # uris carry no text to scan
-    text = part.get("content", part.get("text"))
-    return [(role, text)] if isinstance(text, str) and text else []
-
-
-def _message_segments(message: Any, role: str) -> list[tuple[str, str]]:
-    if not isinstance(message, Mapping) or ("role" not in message and "parts" not in message):
-        # a bare part: gen_ai.system_instructions is a list of parts, not of messages
-        return _part_segments(message, role)
-    role = ROLES.get(str(message.get("role", "")).lower(), role)
-    # semconv >= 1.37 has "parts"; older instrumentations send "content" (text or blocks)
-    parts = message.get("parts", message.get("content"))
-    if isinstance(parts, str | Mapping):
-        parts = [parts]
-    if not isinstance(parts, list):
-        return []
-    return [segment for part in parts for segment in _part_segments(part, role)]
-
-
-def message_segments(raw: Any, default_role: str) -> list[tuple[str, str]]:
-    """Content segments of a ``gen_ai.*.messages`` / ``gen_ai.system_instructions`` value.
-
-    Lenient on purpose: text that cannot be parsed is kept whole under ``default_role``, because
-    the segments exist to be scanned for PII and dropping them would hide what was sent.
-    """
-    if raw is None:
-        return []
-    value = raw
-    if isinstance(raw, str):
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            return [(default_role, raw)] if raw else []
-    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
-        return [s for message in value for s in _message_segments(message, default_role)]
-    return _message_segments(value, default_role)
-
-
-def llm_call_fields(facts: SpanFacts) -> dict[str, Any]:
-    """Keyword arguments of ``Session.llm_call`` for an LLM span (chat, text_completion, ...)."""
-    attrs = facts.attributes
-    status, kind = step_outcome(facts)
-    content = [
-        *message_segments(attrs.get("gen_ai.system_instructions"), "SYSTEM"),
-        *message_segments(attrs.get("gen_ai.input.messages"), "USER"),
-        *message_segments(attrs.get("gen_ai.output.messages"), "ASSISTANT"),
-    ]
-    # the native client counts unknown usage as 0 tokens; so does the adapter
-    input_tokens = _int(attrs, "gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens")
-    output_tokens = _int(attrs, "gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens")
-    return {
-        "model": _str(attrs, "gen_ai.request.model", "gen_ai.response.model") or UNKNOWN_MODEL,
-        "provider": _str(attrs, "gen_ai.provider.name", "gen_ai.system"),
-        "input_tokens": input_tokens or 0,
-        "output_tokens": output_tokens or 0,
-        "cache_read_input_tokens": _int(
-            attrs, "gen_ai.usage.cache_read.input_tokens", "gen_ai.usage.cache_read_input_tokens"
-        ),
-        "reasoning_output_tokens": _int(
-            attrs, "gen_ai.usage.reasoning.output_tokens", "gen_ai.usage.reasoning_output_tokens"
-        ),
-        "operation": operation(attrs) or "chat",
-        "duration_ms": facts.duration_ms,
-        "start_us": facts.start_us,
-        "status": status,
-        "error_type": kind,
-        "content": content,
-    }
-
-
-def tool_call_fields(facts: SpanFacts) -> dict[str, Any]:
-    """Keyword arguments of ``Session.tool_call`` for an ``execute_tool`` span."""
-    attrs = facts.attributes
-    status, kind = step_outcome(facts)
-    return {
-        "name": _str(attrs, "gen_ai.tool.name") or "unknown",
-        "call_id": _str(attrs, "gen_ai.tool.call.id"),
-        "args": attrs.get("gen_ai.tool.call.arguments"),
-        "result": attrs.get("gen_ai.tool.call.result"),
-        "duration_ms": facts.duration_ms,
-        "start_us": facts.start_us,
-        "status": status,
-        "error_type": kind,
-    }
-
-
-def evaluations(facts: SpanFacts) -> list[dict[str, Any]]:
-    """Keyword arguments of ``Session.evaluation``, one per ``gen_ai.evaluation.result`` event
-    with a name and a numeric score (a label-only result has no score to record)."""
-    found = []
-    for event in facts.events:
-        if event.name != EVALUATION_EVENT:
-            continue
-        name = _str(event.attributes, "gen_ai.evaluation.name")
-        score = _float(event.attributes, "gen_ai.evaluation.score.value")
-        if name is not None and score is not None:
-            found.append({"name": name, "score": score, "start_us": event.timestamp_ns // 1000})
-    return found
 
 
 # --- the processor ---------------------------------------------------------------------------
@@ -348,6 +178,9 @@ class GovernorSpanProcessor(SpanProcessor):
     ) -> None:
         self.gov = gov
         self.problems: Counter[str] = Counter()
+        #: spans whose conversation came from a fallback (session.id, mcp.session.id, the
+        #: trace id), by source
+        self.fallbacks: Counter[str] = Counter()
         self._max_open_spans = max_open_spans
         self._remembered = remembered_conversations
         # one lock for everything: Session is not thread-safe (seq) and the work under it is
@@ -410,20 +243,39 @@ class GovernorSpanProcessor(SpanProcessor):
 
     # --- mapping spans -----------------------------------------------------------------------
 
+    def _conversation(self, attrs: Mapping[str, Any], parent: str | None, trace: int) -> str:
+        """The span's conversation: its attributes (gen_ai.conversation.id, session.id,
+        mcp.session.id), else its parent span's, else its trace id; each fallback counted in
+        :attr:`fallbacks` (never dropped)."""
+        named = conversation_of(attrs)
+        if named is not None:
+            value, source = named
+        elif parent is not None:
+            return parent
+        else:
+            value, source = f"{trace:032x}", ConversationSource.TRACE_ID
+        if source is not ConversationSource.CONVERSATION_ID:
+            self.fallbacks[source] += 1
+        return value
+
     def _on_start(self, span: Span) -> None:
         attrs = span.attributes or {}
-        conversation = conversation_id(attrs)
+        agent = operation(attrs) in AGENT_OPERATIONS
         with self._lock:
-            if conversation is None and span.parent is not None:
-                conversation = self._span_conversation.get(span.parent.span_id)
-            if conversation is None:
-                return
+            parent = (
+                self._span_conversation.get(span.parent.span_id)
+                if span.parent is not None
+                else None
+            )
+            if conversation_of(attrs) is None and parent is None and not agent:
+                return  # not yet known: a GenAI span is placed when it ends
+            conversation = self._conversation(attrs, parent, span.context.trace_id)
             if len(self._span_conversation) < self._max_open_spans:
                 self._span_conversation[span.context.span_id] = conversation
             else:
                 # spans that never end would otherwise grow this forever
                 self._problem("too_many_open_spans", "not tracking a span's conversation")
-            if operation(attrs) == INVOKE_AGENT and conversation not in self._sessions:
+            if agent and conversation not in self._sessions:
                 self._open(
                     conversation,
                     session_fields(attrs, agent_span=True),
@@ -433,34 +285,38 @@ class GovernorSpanProcessor(SpanProcessor):
 
     def _on_end(self, span: ReadableSpan) -> None:
         facts = facts_of(span)
+        step = classify(facts)
         op = operation(facts.attributes)
         with self._lock:
             span_id = span.context.span_id if span.context else None
             inherited = self._span_conversation.pop(span_id, None) if span_id else None
-            is_step = op in LLM_OPERATIONS or op in (EXECUTE_TOOL, INVOKE_AGENT)
             evaluated = evaluations(facts)
-            if not is_step and not evaluated:
+            if step not in _STEP_CLASSES and not evaluated:
                 return
-            conversation = conversation_id(facts.attributes) or inherited
-            if conversation is None:
-                self._problem("no_conversation", f"a {op or 'span'} span has no conversation id")
-                return
+            agent = step is StepClass.AGENT
+            # placed at its start (counted there), unless it named its own conversation since
+            own = conversation_id(facts.attributes)
+            if inherited is not None and own in (None, inherited):
+                conversation = inherited
+            else:
+                trace = span.context.trace_id if span.context else 0
+                conversation = self._conversation(facts.attributes, None, trace)
             session = self._sessions.get(conversation) or self._open(
                 conversation,
-                session_fields(facts.attributes, agent_span=op == INVOKE_AGENT),
+                session_fields(facts.attributes, agent_span=agent),
                 facts.start_us,
-                owner=span_id if op == INVOKE_AGENT else None,
+                owner=span_id if agent else None,
             )
-            if op in LLM_OPERATIONS:
+            if step is StepClass.LLM:
                 fields = llm_call_fields(facts)
                 if fields["model"] == UNKNOWN_MODEL:
                     self._problem("no_model", f"a {op} span has no gen_ai.request.model")
                 session.llm_call(obey=False, **fields)
-            elif op == EXECUTE_TOOL:
+            elif step in (StepClass.TOOL, StepClass.MCP_TOOL):
                 session.tool_call(obey=False, **tool_call_fields(facts))
             for evaluation in evaluated:
                 session.evaluation(**evaluation)
-            if op == INVOKE_AGENT and self._owner.get(conversation) in (None, span_id):
+            if agent and self._owner.get(conversation) in (None, span_id):
                 status, kind = session_outcome(facts, killed=session.killed_by is not None)
                 session.finish(end_us=facts.end_us, status=status, error_type=kind)
                 self._close(conversation, session)

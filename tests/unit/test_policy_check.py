@@ -30,7 +30,7 @@ def test_a_valid_bundle_is_listed_without_warnings(tmp_path: Path) -> None:
     code, output = check(copy(tmp_path))
     assert code == 0, output
     assert "session-budget" in output
-    assert "8 model prices" in output
+    assert "10 model prices" in output
     assert "SLOs: availability, latency, quality, compliance, degradation" in output
     assert "warning" not in output
 

@@ -357,12 +357,12 @@ def test_lazy_sessions_inherited_conversations_errors_kill_and_next_turns(
 
     with pytest.raises(SessionKilled):
         killed_agent()
-    # a GenAI span outside any conversation is counted, not raised
+    # a GenAI span outside any conversation becomes its trace's session (the fallback counted)
     with tracer.start_as_current_span("chat", attributes={"gen_ai.operation.name": "chat"}):
         pass
     assert processor.force_flush()
 
-    events = _events(topics, 2 + 2 * 3 + 3 + 2)
+    events = _events(topics, 2 + 2 * 3 + 3 + 2 + 2)
     by_session: dict[str, list[dict[str, Any]]] = {}
     for event in events:
         by_session.setdefault(event["session_id"], []).append(event)
@@ -397,7 +397,10 @@ def test_lazy_sessions_inherited_conversations_errors_kill_and_next_turns(
         ("SESSION_START", "OK"),
         ("SESSION_END", "KILLED"),
     ]
-    assert processor.problems == {"no_conversation": 1, "no_model": 2}
+    assert processor.problems == {"no_model": 3}
+    assert processor.fallbacks == {"trace_id": 1}
+    orphan = [s for s in by_session if len(s) == 32]
+    assert [e["kind"] for e in by_session[orphan[0]]] == ["SESSION_START", "LLM_CALL"]
 
 
 def test_the_processor_never_raises_into_the_sdk(

@@ -1,0 +1,465 @@
+"""OTLP spans and log records → StepEvents, statelessly (pure, no I/O).
+
+Each request is mapped on its own: nothing is remembered between requests, so any number of
+``governor ingest`` processes can share the load. What the in-process span processor learns
+from open spans, this mapping takes from the request itself:
+
+- **Identity.** Tenant: resource attribute ``governor.tenant`` (else the span's), else the
+  receiver's default tenant; without one the span is refused (partial success), never guessed.
+  Agent: ``governor.agent``, else ``service.name``; version: ``governor.agent_version``, else
+  ``service.version``.
+- **Session.** The conversation id chain of :mod:`streams.ingest.mapping`
+  (``gen_ai.conversation.id`` → ``session.id`` → ``mcp.session.id``), else the nearest ancestor
+  span *in the same request* that names one, else the trace id. Every fallback is counted per
+  source (a Prometheus counter): a span is never dropped for want of a conversation. An SDK's
+  batch usually holds a whole short trace; a Collector in front of the receiver should run the
+  ``groupbytrace`` processor so that every trace arrives whole.
+- **Steps.** An agent span (``invoke_agent``/``invoke_workflow``) gives SESSION_START at its
+  start. A session that is its trace (no conversation id: the trace-id fallback) ends with its
+  root agent span: SESSION_END, OK or ERROR. A named conversation can have more turns (more
+  traces), and the worker refuses events after a SESSION_END, so the receiver does not end it:
+  the worker closes it as TIMEOUT once idle; a failed agent span gives an ERROR event instead.
+  LLM spans give LLM_CALL, tool/retrieval/MCP ``tools/call`` spans TOOL_CALL,
+  ``gen_ai.evaluation.result`` span events and log records EVALUATION. An MCP ``tools/call``
+  span whose parent is an ``execute_tool`` span is the same call: it is ignored (counted).
+- **Parents.** An agent span in its own conversation whose parent span (in the request)
+  belongs to another session records that session on its SESSION_START, attribute
+  ``governor.parent_session_id``: the link a roll-up of cost over agents that call agents needs.
+- **Idempotence.** Event ids are UUIDv5 of (trace id, span id, role) — a log record's of its
+  content — so a re-sent span gives the same events; :mod:`streams.ingest.seq` gives a re-sent
+  event its first seq, which the worker then skips as a duplicate.
+
+The events here have no ``seq`` yet: :mod:`streams.ingest.seq` numbers them per session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from streams.ingest.mapping import (
+    CACHE_CREATION_ATTRIBUTE,
+    EVALUATION_EVENT,
+    ConversationSource,
+    SpanFacts,
+    StepClass,
+    cache_creation_tokens,
+    classify,
+    conversation_of,
+    evaluation_fields,
+    evaluations,
+    is_mcp_tool_call,
+    llm_call_fields,
+    mcp_server,
+    operation,
+    session_fields,
+    session_outcome,
+    text_attr,
+    tool_call_fields,
+    unscored_evaluations,
+)
+from streams.ingest.otlp import OtlpLog, OtlpSpan
+
+#: the namespace of every event id the receiver derives (uuid5)
+EVENT_NAMESPACE = uuid.UUID("6f1c2a0e-5b7d-4c1e-9a63-0d9e4b2f7a15")
+TENANT_ATTRIBUTE = "governor.tenant"
+AGENT_ATTRIBUTE = "governor.agent"
+AGENT_VERSION_ATTRIBUTE = "governor.agent_version"
+#: on SESSION_START: the session of the agent that called this one (multi-agent sessions)
+PARENT_SESSION_ATTRIBUTE = "governor.parent_session_id"
+_ZERO_TRACE = "0" * 32
+NO_TENANT = (
+    f"no tenant: set the resource attribute {TENANT_ATTRIBUTE} (or start governor ingest "
+    "with --tenant)"
+)
+_ZERO_SPAN = "0" * 16
+
+
+@dataclass(frozen=True)
+class Identity:
+    tenant_id: str
+    agent_id: str
+    agent_version: str | None
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A StepEvent without its seq (``event`` has every other field of the schema)."""
+
+    session_id: str
+    event_id: str
+    event: dict[str, Any]
+    #: the span or log record it came from (for a partial-success message)
+    item: str = ""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An item refused: ``reason`` is a short code (a metric label), ``detail`` for people."""
+
+    item: str
+    reason: str
+    detail: str
+
+    def describe(self) -> str:
+        return f"{self.item}: {self.detail}"
+
+
+@dataclass
+class Mapped:
+    """What one request became."""
+
+    drafts: list[Draft] = field(default_factory=list)
+    refused: list[Refusal] = field(default_factory=list)
+    #: items that are no step on purpose, by reason (not_genai, create_agent, mcp_server_span)
+    ignored: Counter[str] = field(default_factory=Counter)
+    #: GenAI items whose session came from a fallback, by source
+    fallbacks: Counter[str] = field(default_factory=Counter)
+    #: items that became at least one event
+    accepted: int = 0
+
+    def refusal_message(self, limit: int = 20) -> str:
+        """The partial-success message: every refused item (up to ``limit``) and why."""
+        if not self.refused:
+            return ""
+        shown = "; ".join(r.describe() for r in self.refused[:limit])
+        more = len(self.refused) - limit
+        return shown + (f"; and {more} more" if more > 0 else "")
+
+
+def event_id(*parts: str) -> str:
+    return str(uuid.uuid5(EVENT_NAMESPACE, "/".join(parts)))
+
+
+def identity_of(
+    resource: Mapping[str, Any], attrs: Mapping[str, Any], default_tenant: str | None
+) -> Identity | None:
+    """Who sent an item; None when no tenant is named and the receiver has no default."""
+    tenant = text_attr(resource, TENANT_ATTRIBUTE) or text_attr(attrs, TENANT_ATTRIBUTE)
+    tenant = tenant or default_tenant
+    if tenant is None:
+        return None
+    agent = text_attr(resource, AGENT_ATTRIBUTE, "service.name") or "unknown_service"
+    version = text_attr(resource, AGENT_VERSION_ATTRIBUTE, "service.version")
+    return Identity(tenant, agent, version)
+
+
+def _valid_ids(facts: SpanFacts) -> str | None:
+    """Why the span's ids cannot key events, or None."""
+    if len(facts.trace_id) != 32 or facts.trace_id == _ZERO_TRACE:
+        return f"trace id {facts.trace_id or '(empty)'!r} is not 16 non-zero bytes"
+    if len(facts.span_id) != 16 or facts.span_id == _ZERO_SPAN:
+        return f"span id {facts.span_id or '(empty)'!r} is not 8 non-zero bytes"
+    return None
+
+
+def _segments(pairs: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
+    return [{"role": role, "text": text} for role, text in pairs]
+
+
+def _as_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, default=str, sort_keys=True)
+
+
+class _Conversations:
+    """Resolves each span's session within one request (the ancestor chain, the trace id)."""
+
+    def __init__(self, spans: Sequence[SpanFacts]) -> None:
+        self._by_id = {(s.trace_id, s.span_id): s for s in spans}
+        self._memo: dict[tuple[str, str], tuple[str, ConversationSource]] = {}
+
+    def parent_is_tool(self, facts: SpanFacts) -> bool:
+        """Whether the span's parent, in this request, is an execute_tool/retrieval span."""
+        parent = self._by_id.get((facts.trace_id, facts.parent_span_id))
+        return parent is not None and classify(parent) is StepClass.TOOL
+
+    def parent_session(self, facts: SpanFacts, session_id: str) -> str | None:
+        """The session of the span's parent, when it is in this request and another session
+        (an agent called by another agent's conversation)."""
+        parent = self._by_id.get((facts.trace_id, facts.parent_span_id))
+        if parent is None:
+            return None
+        parent_session, _source = self.of(parent)
+        return parent_session if parent_session != session_id else None
+
+    def of(self, facts: SpanFacts) -> tuple[str, ConversationSource]:
+        key = (facts.trace_id, facts.span_id)
+        found = self._memo.get(key)
+        if found is not None:
+            return found
+        chain: list[tuple[str, str]] = []
+        current: SpanFacts | None = facts
+        resolved: tuple[str, ConversationSource] | None = None
+        while current is not None and len(chain) < 256:
+            current_key = (current.trace_id, current.span_id)
+            if current_key in self._memo:
+                resolved = self._memo[current_key]
+                break
+            named = conversation_of(current.attributes)
+            if named is not None:
+                self._memo[current_key] = named
+                resolved = named
+                break
+            chain.append(current_key)
+            parent = (current.trace_id, current.parent_span_id)
+            current = self._by_id.get(parent) if current.parent_span_id else None
+        if resolved is None:
+            resolved = (facts.trace_id, ConversationSource.TRACE_ID)
+        # the spans below the one that named it inherit its conversation
+        inherited = (
+            resolved
+            if resolved[1] is ConversationSource.TRACE_ID
+            else (resolved[0], ConversationSource.PARENT)
+        )
+        for chain_key in chain:
+            self._memo[chain_key] = inherited
+        return self._memo.get(key, resolved)
+
+
+def _base(
+    session_id: str, ident: Identity, kind: str, eid: str, start_us: int, duration_us: int
+) -> dict[str, Any]:
+    return {
+        "event_id": eid,
+        "session_id": session_id,
+        "tenant_id": ident.tenant_id,
+        "agent_id": ident.agent_id,
+        "agent_version": ident.agent_version,
+        "kind": kind,
+        "start_time_us": start_us,
+        "duration_us": max(0, duration_us),
+        "status": "OK",
+        "category": None,
+        "prompt_version": None,
+        "model_version": None,
+        "tool_schema_version": None,
+        "content": [],
+        "attributes": {},
+    }
+
+
+def _span_events(
+    facts: SpanFacts,
+    step: StepClass,
+    session_id: str,
+    source: ConversationSource,
+    ident: Identity,
+    item: str,
+    parent_session: str | None = None,
+) -> list[Draft]:
+    trace, span = facts.trace_id, facts.span_id
+    duration_us = (facts.end_ns - facts.start_ns) // 1000
+    drafts: list[Draft] = []
+
+    def add(role: str, event: dict[str, Any]) -> None:
+        drafts.append(Draft(session_id, event["event_id"], event, item))
+
+    attrs = facts.attributes
+    if step is StepClass.AGENT:
+        eid = event_id(trace, span, "start")
+        start = _base(session_id, ident, "SESSION_START", eid, facts.start_us, 0)
+        start.update(session_fields(attrs, agent_span=True))
+        start["operation"] = operation(attrs)
+        if parent_session is not None:
+            start["attributes"] = {PARENT_SESSION_ATTRIBUTE: parent_session}
+        add("start", start)
+    elif step is StepClass.LLM:
+        fields = llm_call_fields(facts)
+        eid = event_id(trace, span, "step")
+        event = _base(session_id, ident, "LLM_CALL", eid, facts.start_us, duration_us)
+        event.update(
+            status=fields["status"],
+            error_type=fields["error_type"],
+            operation=fields["operation"],
+            model=fields["model"],
+            provider=fields["provider"],
+            input_tokens=fields["input_tokens"],
+            output_tokens=fields["output_tokens"],
+            cache_read_input_tokens=fields["cache_read_input_tokens"],
+            reasoning_output_tokens=fields["reasoning_output_tokens"],
+            cost_micros=None,
+            content=_segments(fields["content"]),
+        )
+        created = cache_creation_tokens(attrs)
+        if created is not None:
+            # no StepEvent field yet: counted in input_tokens (semconv), kept as an attribute
+            event["attributes"] = {CACHE_CREATION_ATTRIBUTE: str(created)}
+        add("step", event)
+    elif step in (StepClass.TOOL, StepClass.MCP_TOOL):
+        fields = tool_call_fields(facts)
+        eid = event_id(trace, span, "step")
+        event = _base(session_id, ident, "TOOL_CALL", eid, facts.start_us, duration_us)
+        content = []
+        if fields["args"] is not None:
+            content.append({"role": "TOOL_ARGUMENTS", "text": _as_text(fields["args"])})
+        if fields["result"] is not None:
+            content.append({"role": "TOOL_RESULT", "text": _as_text(fields["result"])})
+        event.update(
+            status=fields["status"],
+            error_type=fields["error_type"],
+            operation=operation(attrs) or "execute_tool",
+            tool_name=fields["name"],
+            tool_call_id=fields["call_id"],
+            content=content,
+        )
+        if is_mcp_tool_call(attrs):
+            event["attributes"] = {
+                "mcp.method.name": "tools/call",
+                "mcp.server": mcp_server(attrs),
+                **(
+                    {"mcp.session.id": str(attrs["mcp.session.id"])}
+                    if attrs.get("mcp.session.id")
+                    else {}
+                ),
+            }
+        add("step", event)
+    for index, evaluation in enumerate(evaluations(facts)):
+        eid = event_id(trace, span, f"evaluation/{index}")
+        event = _base(session_id, ident, "EVALUATION", eid, evaluation["start_us"], 0)
+        event.update(evaluation_name=evaluation["name"], evaluation_score=evaluation["score"])
+        add(f"evaluation/{index}", event)
+    if step is StepClass.AGENT:
+        status, kind = session_outcome(facts, killed=False)
+        if source is ConversationSource.TRACE_ID and not facts.parent_span_id:
+            eid = event_id(trace, span, "end")
+            end = _base(session_id, ident, "SESSION_END", eid, facts.end_us, duration_us)
+            end.update(status=status, error_type=kind)
+            add("end", end)
+        elif kind is not None:
+            eid = event_id(trace, span, "error")
+            error = _base(session_id, ident, "ERROR", eid, facts.end_us, 0)
+            error.update(status="ERROR", error_type=kind, attributes={"span": facts.name[:200]})
+            add("error", error)
+    return drafts
+
+
+def map_spans(spans: Sequence[OtlpSpan], default_tenant: str | None) -> Mapped:
+    """Every span of one request → drafts, refusals and counts."""
+    out = Mapped()
+    conversations = _Conversations([span.facts for span in spans])
+    for span in spans:
+        facts, resource = span.facts, span.resource
+        step = classify(facts)
+        item = f"span {facts.span_id or '?'} ({facts.name[:80] or 'unnamed'})"
+        scored = bool(evaluations(facts))
+        if step is StepClass.NOT_GENAI and not scored:
+            out.ignored["not_genai"] += 1
+            continue
+        if step is StepClass.UNKNOWN_OPERATION:
+            op = operation(facts.attributes)
+            out.refused.append(
+                Refusal(item, "unknown_operation", f"unknown gen_ai.operation.name {op!r}")
+            )
+            continue
+        if step is StepClass.IGNORED and not scored:
+            reason = operation(facts.attributes) or "ignored"
+            if is_mcp_tool_call(facts.attributes):
+                reason = "mcp_server_span"
+            out.ignored[reason] += 1
+            continue
+        if step is StepClass.MCP_TOOL and not scored and conversations.parent_is_tool(facts):
+            # an agent framework's execute_tool span around its MCP client call: one call
+            out.ignored["mcp_inside_execute_tool"] += 1
+            continue
+        bad_ids = _valid_ids(facts)
+        if bad_ids is not None:
+            out.refused.append(Refusal(item, "invalid_id", bad_ids))
+            continue
+        ident = identity_of(resource, facts.attributes, default_tenant)
+        if ident is None:
+            out.refused.append(
+                Refusal(
+                    item,
+                    "no_tenant",
+                    NO_TENANT,
+                )
+            )
+            continue
+        if facts.start_ns <= 0:
+            out.refused.append(Refusal(item, "no_time", "the span has no start time"))
+            continue
+        session_id, source = conversations.of(facts)
+        if source is not ConversationSource.CONVERSATION_ID:
+            out.fallbacks[source] += 1
+        unscored = unscored_evaluations(facts)
+        if unscored:
+            out.ignored["evaluation_without_score"] += unscored
+        parent = (
+            conversations.parent_session(facts, session_id) if step is StepClass.AGENT else None
+        )
+        out.drafts.extend(_span_events(facts, step, session_id, source, ident, item, parent))
+        out.accepted += 1
+    return out
+
+
+def _log_event_id(log: OtlpLog) -> str:
+    digest = hashlib.sha256(
+        json.dumps(
+            [log.time_ns, log.trace_id, log.span_id, log.event_name, log.attributes, log.body],
+            default=str,
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:32]
+    return event_id("log", digest)
+
+
+def map_logs(logs: Sequence[OtlpLog], default_tenant: str | None) -> Mapped:
+    """``gen_ai.evaluation.result`` log records → EVALUATION drafts; other records ignored."""
+    out = Mapped()
+    for log in logs:
+        item = f"log record {log.index}"
+        if log.event_name != EVALUATION_EVENT:
+            out.ignored["not_genai"] += 1
+            continue
+        # the semconv event carries its result in attributes; some senders use a map body
+        attrs = dict(log.body) if isinstance(log.body, dict) else {}
+        attrs.update(log.attributes)
+        fields = evaluation_fields(attrs, log.time_ns)
+        if fields is None:
+            out.refused.append(
+                Refusal(
+                    item,
+                    "evaluation_without_score",
+                    "a gen_ai.evaluation.result needs gen_ai.evaluation.name and a numeric "
+                    "gen_ai.evaluation.score.value",
+                )
+            )
+            continue
+        if log.time_ns <= 0:
+            out.refused.append(Refusal(item, "no_time", "the log record has no time"))
+            continue
+        ident = identity_of(log.resource, attrs, default_tenant)
+        if ident is None:
+            out.refused.append(
+                Refusal(
+                    item, "no_tenant", f"no tenant: set the resource attribute {TENANT_ATTRIBUTE}"
+                )
+            )
+            continue
+        named = conversation_of(attrs)
+        if named is not None:
+            session_id, source = named
+        elif log.trace_id and log.trace_id != _ZERO_TRACE:
+            session_id, source = log.trace_id, ConversationSource.TRACE_ID
+        else:
+            out.refused.append(
+                Refusal(
+                    item,
+                    "no_conversation",
+                    "no gen_ai.conversation.id, session.id or mcp.session.id, and no trace id",
+                )
+            )
+            continue
+        if source is not ConversationSource.CONVERSATION_ID:
+            out.fallbacks[source] += 1
+        eid = _log_event_id(log)
+        event = _base(session_id, ident, "EVALUATION", eid, fields["start_us"], 0)
+        event.update(evaluation_name=fields["name"], evaluation_score=fields["score"])
+        out.drafts.append(Draft(session_id, eid, event, item))
+        out.accepted += 1
+    return out
