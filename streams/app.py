@@ -169,7 +169,8 @@ def build_app(settings: Settings, brokers: int = 1) -> faust.App:
     )
     pii_health = attach_pii(app, settings, pii)
     read_model = SessionReadModel(redis_client(settings), settings.redis_key_prefix)
-    history = PolicyHistory(settings, watch.last_good_dir)
+    # issue 13: the bundle in force also goes to gov.policies signed, for the clients' checks
+    history = PolicyHistory(settings, watch.last_good_dir, signing_key)
     lag = LagMonitor(settings, metrics)
     parts = WorkerParts(
         settings,
@@ -287,6 +288,7 @@ def apply_policies(
             policy_set.version,
             policy_set.digest,
         )
+        parts.history.accepted(policy_set)  # issue 13: clients get the new prices/PII rules
         return
     log.info(
         "policies v%s (%s) in force, was v%s (%s): %s",

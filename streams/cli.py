@@ -785,7 +785,8 @@ def _limit(policy: Any) -> str:
     if kind == "step_rate":
         return f"{policy.max_steps} steps per {policy.window}"
     if kind == "tools":
-        return f"deny {', '.join(policy.deny) or '-'}; allow {', '.join(policy.allow)}"
+        arguments = "".join(f"; deny {p.tool} args /{p.pattern}/" for p in policy.deny_arguments)
+        return f"deny {', '.join(policy.deny) or '-'}; allow {', '.join(policy.allow)}{arguments}"
     if kind == "loop":
         return f"{policy.max_repeats} identical tool calls"
     if kind == "max_duration":
@@ -798,21 +799,39 @@ def _limit(policy: Any) -> str:
 @policy_app.command("history")
 def policy_history(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable answer.")] = False,
+    events: Annotated[
+        int,
+        typer.Option(
+            "--events",
+            min=0,
+            help="Latest events read per partition of gov.events to find which policy version "
+            "each client reports using (clients with checks put it on every event); 0 skips.",
+        ),
+    ] = 2000,
 ) -> None:
     """Every policy version the worker accepted (gov.policies): digest, when, policy ids, and
-    which one is in force (asked of the running worker)."""
+    which one is in force (asked of the running worker); then which version each client
+    reports using on its latest events."""
     from confluent_kafka import KafkaException
 
-    from streams.policy_history import history_answer, load_policy_versions
+    from streams.policy_history import (
+        client_reports,
+        clients_answer,
+        history_answer,
+        load_policy_versions,
+        read_event_tail,
+    )
     from streams.times import format_instant
     from streams.worker import fetch_json
 
     s = settings()
     try:
         versions = load_policy_versions(s)
+        tail = read_event_tail(s, events) if events else []
     except KafkaException as exc:
         raise _fail(f"cannot read gov.policies from Kafka at {s.bootstrap}: {exc}") from exc
     answer = history_answer(versions, fetch_json(f"{_worker_url(s)}/policies", timeout_s=3))
+    answer["clients"] = clients_answer(client_reports(tail), len(tail))
     if as_json:
         _emit_json(answer)
         return
@@ -832,6 +851,32 @@ def policy_history(
     console.print(table)
     if not answer["worker_reachable"]:
         console.print(f"no worker answers on {s.web_host}:{s.web_port}: in force unknown")
+    _print_client_versions(answer["clients"], format_instant)
+
+
+def _print_client_versions(clients: dict[str, Any], format_instant: Any) -> None:
+    """The clients part of ``policy history``: one row per client seen in the events read."""
+    if not clients["clients"]:
+        console.print(
+            f"no client reports a policy version in the {clients['events_scanned']:,} latest "
+            "events (clients report it with Governor(checks=True))"
+        )
+        return
+    scanned = clients["events_scanned"]
+    table = Table(title=f"policy version reported by clients ({scanned:,} events)")
+    for column in ("tenant", "agent", "client", "version", "source", "last seen (UTC)", "events"):
+        table.add_column(column)
+    for row in clients["clients"]:
+        table.add_row(
+            row["tenant_id"],
+            row["agent_id"],
+            row["client_id"],
+            row["policy_version"],
+            row["source"],
+            format_instant(row["last_seen_us"]),
+            f"{row['events']:,}",
+        )
+    console.print(table)
 
 
 @policy_app.command("rollback")

@@ -169,14 +169,22 @@ class KeyRing:
         return len(self._keys)
 
     def verify(self, decision: Mapping[str, Any]) -> DropReason | None:
-        signature = decision.get("signature") or b""
+        return self.verify_payload(
+            decision.get("key_id"), decision.get("signature"), signing_payload(decision)
+        )
+
+    def verify_payload(
+        self, key_id: str | None, signature: bytes | None, payload: bytes
+    ) -> DropReason | None:
+        """Why ``signature`` over ``payload`` is refused, or None when a trusted key made it
+        (decisions, and the policy sets on gov.policies)."""
         if not signature:
             return DropReason.UNSIGNED
-        key = self._keys.get(decision.get("key_id") or "")
+        key = self._keys.get(key_id or "")
         if key is None:
             return DropReason.UNKNOWN_KEY
         try:
-            key.verify(signature, signing_payload(decision))
+            key.verify(signature, payload)
         except InvalidSignature:
             return DropReason.BAD_SIGNATURE
         return None

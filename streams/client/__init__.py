@@ -5,8 +5,10 @@ from streams.client.emitter import EmitterStats
 from streams.client.errors import (
     BudgetExhausted,
     GovernorError,
+    InputBlocked,
     PauseTimeout,
     SessionKilled,
+    StepBlocked,
     ToolBlocked,
 )
 from streams.client.governor import Governor, Session, Step
@@ -16,10 +18,12 @@ __all__ = [
     "EmitterStats",
     "Governor",
     "GovernorError",
+    "InputBlocked",
     "PauseTimeout",
     "Reservation",
     "Session",
     "SessionKilled",
     "Step",
+    "StepBlocked",
     "ToolBlocked",
 ]

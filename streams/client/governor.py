@@ -13,6 +13,16 @@ tenant: KILL raises :class:`SessionKilled`, THROTTLE waits, PAUSE blocks until R
 cancels that step at once; the step is recorded as CANCELLED. Each decision a session applies is
 reported once, on the session's next event (for a KILL, its SESSION_END), as the attributes of
 :func:`streams.control.acted_attributes`: decision id, action, when, and how long it waited.
+
+With ``Governor(checks=True)`` the client also evaluates, before each step and in this process,
+every policy that needs no fleet-wide state (:mod:`streams.client.checks`: denied tools, loops,
+the session budget with the next call's estimated cost, maximum duration, session step rate,
+PII rules on tool arguments and LLM input), with the worker's signed set from gov.policies
+(:mod:`streams.client.policies`). A refused step raises :class:`StepBlocked` (or
+:class:`ToolBlocked` / :class:`InputBlocked` for PII) before the tool or model runs and is
+recorded as BLOCKED naming the policy. An LLM step also reserves its estimated cost on the
+agent's and tenant's budgets in Redis (:mod:`streams.client.reservations`), settled with the
+actual cost when it is recorded. Every event then carries the set's version.
 """
 
 from __future__ import annotations
@@ -23,16 +33,35 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 
+from streams.client import checks
 from streams.client.budget import Budgets, Reservation
+from streams.client.checks import ClientPolicies
 from streams.client.emitter import Emitter
-from streams.client.errors import PauseTimeout, SessionKilled, ToolBlocked
+from streams.client.errors import (
+    InputBlocked,
+    PauseTimeout,
+    SessionKilled,
+    StepBlocked,
+    ToolBlocked,
+)
 from streams.client.pii import PiiGuard
+from streams.client.policies import (
+    BLOCKED_POLICY_ATTR,
+    CLIENT_ID_ATTR,
+    POLICY_SOURCE_ATTR,
+    POLICY_VERSION_ATTR,
+    PolicyCache,
+    PolicyFeed,
+    empty_policies,
+    local_policies,
+)
+from streams.client.reservations import Budget, FleetReservations, Held, NoRoom, fleet_budgets
 from streams.client.subscriber import ControlSubscriber
 from streams.codec import Codecs, DecodeError
 from streams.control import (
@@ -46,9 +75,12 @@ from streams.control import (
     session_target,
     tenant_target,
 )
+from streams.pipeline.accounting import SessionState, new_state
+from streams.policy_history import PolicyVersion
 from streams.settings import Settings
 
 log = logging.getLogger("governor.client")
+T = TypeVar("T")
 
 Content = Iterable[tuple[str, str] | Mapping[str, str]]
 WarnCallback = Callable[["Session", dict[str, Any]], None]
@@ -76,7 +108,11 @@ def _in_event_loop() -> bool:
 
 
 class Governor:
-    """One agent process's connection to Governor (one tenant, one agent)."""
+    """One agent process's connection to Governor (one tenant, one agent).
+
+    ``checks=True`` turns on the client-side checks before each step (module docstring) with
+    the worker's signed set from gov.policies, waiting at most ``policy_wait_s`` at start for
+    it (the last good set on disk, else the local policies folder, is in force until then)."""
 
     def __init__(
         self,
@@ -93,6 +129,8 @@ class Governor:
         obey: bool = True,
         pii_guard: bool | None = None,
         redact: bool = False,
+        checks: bool = False,
+        policy_wait_s: float = 2.0,
     ) -> None:
         base = settings or Settings.from_env()
         self.settings = base.replace(
@@ -114,6 +152,8 @@ class Governor:
         self.book = DecisionBook(
             tenant, public_keys if public_keys is not None else self._trusted_keys()
         )
+        #: the same keys sign decisions and the policy sets on gov.policies
+        self.keyring = self.book.keyring
         self.changed = threading.Condition()
         self._sessions: dict[str, Session] = {}
         self._sessions_lock = threading.Lock()
@@ -123,6 +163,18 @@ class Governor:
         self.budgets = Budgets(self._redis, self.settings.redis_key_prefix)
         self.redis_errors = 0
         self._subscriber: ControlSubscriber | None = None
+        #: client-side checks before each step (module docstring), and the set they use
+        self.checks = checks
+        self.client_id = uuid.uuid4().hex[:12]
+        self.check_stats: dict[str, int] = {"checked": 0, "refused": 0, "throttled": 0}
+        self.policy_set: ClientPolicies = empty_policies()
+        self._policy_attributes: dict[str, str] = {}
+        self._policy_feed: PolicyFeed | None = None
+        #: agent/tenant budgets reserved in Redis before each LLM step (client/reservations.py)
+        self.reservations = FleetReservations(self._redis, self.settings.redis_key_prefix)
+        self._fleet: tuple[ClientPolicies | None, tuple[Budget, ...]] = (None, ())
+        if checks:
+            self._start_policies(self.keyring, policy_wait_s)
         if obey:
             self._load_decisions([tenant_target(tenant), agent_target(tenant, agent)])
             self._subscriber = ControlSubscriber(
@@ -135,6 +187,62 @@ class Governor:
                 on_reconnect=self._reload_decisions,
             )
             self._subscriber.start()
+
+    # --- the policy set of the client-side checks -----------------------------------------
+
+    def _start_policies(self, keyring: KeyRing, wait_s: float) -> None:
+        """The cached signed set, else the local folder; then gov.policies' ``current``."""
+        self._policy_cache = PolicyCache(
+            self.settings.state_dir / "client-policies", self.codecs.policy_version
+        )
+        cached = self._policy_cache.load(keyring)
+        self._use_policies(cached[1] if cached else local_policies(self.settings.policies_dir))
+        self._policy_feed = PolicyFeed(
+            self.settings.bootstrap,
+            self.settings.topic("policies"),
+            self.codecs.policy_version,
+            keyring,
+            self._on_policies,
+            known_digest=self.policy_set.bundle_digest if cached else "",
+        )
+        self._policy_feed.start()
+        if wait_s > 0 and not self._policy_feed.caught_up.wait(wait_s):
+            log.warning(
+                "%s not read within %.1fs: enforcing the %s set v%s until it is",
+                self.settings.topic("policies"),
+                wait_s,
+                self.policy_set.source,
+                self.policy_set.version,
+            )
+
+    def _use_policies(self, policies: ClientPolicies) -> None:
+        self.policy_set = policies
+        if policies.pii is not None and self.pii.policy is not None:  # pii_guard=False: off
+            self.pii.use_policy(policies.pii)
+        self._policy_attributes = {
+            POLICY_VERSION_ATTR: policies.label,
+            POLICY_SOURCE_ATTR: policies.source,
+            CLIENT_ID_ATTR: self.client_id,
+        }
+
+    def _on_policies(self, record: PolicyVersion, policies: ClientPolicies) -> None:
+        """A new verified set from gov.policies (the feed's thread): in force from the next
+        step, and the last good copy on disk."""
+        self._use_policies(policies)
+        try:
+            self._policy_cache.save(record)
+        except OSError as exc:
+            log.warning("cannot keep the policy set on disk (%s): %s", self._policy_cache.path, exc)
+        log.info("client policies %s (%s) in force", policies.label, policies.source)
+
+    def fleet_budgets(self) -> tuple[Budget, ...]:
+        """The agent- and tenant-scoped budgets of this agent under the set in force."""
+        policies = self.policy_set
+        known, budgets = self._fleet
+        if known is not policies:
+            budgets = fleet_budgets(policies.policies, self.tenant, self.agent)
+            self._fleet = (policies, budgets)
+        return budgets
 
     def _trusted_keys(self) -> KeyRing:
         if self.settings.control_public_keys:
@@ -270,11 +378,18 @@ class Governor:
             "decisions_accepted": self.book.accepted,
             "decisions_dropped": dict(self.book.drops),
             "redis_errors": self.redis_errors,
+            "checks": dict(self.check_stats),
+            "policy_version": self.policy_set.label if self.checks else None,
+            "policy_source": self.policy_set.source if self.checks else None,
+            "policy_sets_refused": dict(self._policy_feed.refused) if self._policy_feed else {},
+            "reservations": dict(self.reservations.counts),
         }
 
     def close(self, timeout_s: float = 10.0) -> None:
         if self._subscriber is not None:
             self._subscriber.stop()
+        if self._policy_feed is not None:
+            self._policy_feed.stop()
         self.emitter.close(timeout_s)
         self._redis.close()
 
@@ -313,6 +428,12 @@ class Session:
         self._reported: set[str] = set()
         self._running: set[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]] = set()
         self._started_us = 0
+        #: the worker's view of this session, folded from what it emitted (client checks)
+        self._state: SessionState | None = None
+        #: the projection the checks fold the next step into, reused (checks.scratch)
+        self._trial: SessionState | None = None
+        #: the fleet-wide reservation of the LLM step checked last, settled when it is recorded
+        self._held: Held | None = None
         self._common = {
             "session_id": session_id,
             "tenant_id": gov.tenant,
@@ -339,6 +460,9 @@ class Session:
         acted, self._acted = self._acted, []
         if acted:
             fields["attributes"] = {**(fields.get("attributes") or {}), **acted_attributes(acted)}
+        gov = self.gov
+        if gov.checks:
+            fields["attributes"] = {**(fields.get("attributes") or {}), **gov._policy_attributes}
         self.seq += 1
         event = {
             **self._common,
@@ -350,8 +474,153 @@ class Session:
             "status": status,
             **fields,
         }
-        self.gov.emit(event)
+        gov.emit(event)
+        if gov.checks:
+            if self._state is None:
+                self._state = new_state(event)
+            checks.observe(self._state, event, gov.policy_set.prices, gov.policy_set.version)
+            if kind == "LLM_CALL" and self._held is not None:
+                held, self._held = self._held, None
+                cost = 0 if status == "BLOCKED" else checks.cost_micros(gov.policy_set, event)
+                gov.reservations.settle(held, cost, gov.now_us())
         return event
+
+    # --- client-side checks --------------------------------------------------------------
+
+    def _gate(self, kind: str, fields: dict[str, Any], ran: bool = False) -> float:
+        """Refuse the step ``fields`` describe (as emitted after running) if a policy would act
+        on it: BLOCKED is recorded and StepBlocked raised. Returns seconds to wait first (a
+        THROTTLE the step would draw), 0 when it may run at once. ``ran``: the step already
+        ran (``llm_call`` reporting after the fact), so its BLOCKED record keeps its usage."""
+        gov = self.gov
+        if not gov.checks:
+            return 0.0
+        gov.check_stats["checked"] += 1
+        policies = gov.policy_set
+        name = fields.get("tool_name") if kind == "TOOL_CALL" else fields.get("model")
+        self._gate_pii(kind, name, fields, ran)
+        now = gov.now_us()
+        state = self._state
+        if state is None:
+            state = new_state({**self._common, "start_time_us": now})
+        step = {
+            **self._common,
+            "event_id": "",
+            "seq": self.seq + 1,
+            "kind": kind,
+            "start_time_us": now,
+            "duration_us": 0,
+            "status": "OK",
+            **fields,
+        }
+        if self._trial is None:
+            self._trial = new_state({**self._common, "start_time_us": now})
+        verdict = checks.verdict(policies, state, step, self._trial)
+        refused = verdict.refused
+        if refused is not None:
+            gov.check_stats["refused"] += 1
+            self._emit_blocked(kind, fields, refused.policy_id, "PolicyBlocked", ran)
+            raise StepBlocked(kind, name, refused.policy_id, refused.action, refused.reason)
+        for warning in verdict.warnings:
+            log.info("session %s: %s (%s)", self.session_id, warning.reason, warning.policy_id)
+        if verdict.throttles:
+            gov.check_stats["throttled"] += 1
+        delay = verdict.delay_s
+        if kind == "LLM_CALL":
+            delay = max(delay, self._reserve(step, fields, name, now, ran))
+        return delay
+
+    def _reserve(
+        self, step: dict[str, Any], fields: dict[str, Any], name: str | None, now: int, ran: bool
+    ) -> float:
+        """Reserve the step's estimated cost on the agent's and tenant's budgets (Redis): no
+        room refuses it (kill/pause policies) or waits the throttle delay (throttle)."""
+        gov = self.gov
+        budgets = gov.fleet_budgets()
+        if not budgets:
+            return 0.0
+        if self._held is not None:  # checked before and never recorded: give it back
+            gov.reservations.settle(self._held, 0, now)
+            self._held = None
+        try:
+            self._held = gov.reservations.reserve(
+                budgets, checks.cost_micros(gov.policy_set, step), now
+            )
+            deny = next((b for b in budgets if b.on_unavailable == "deny"), None)
+            if self._held is None and deny is not None:  # Redis did not answer
+                gov.check_stats["refused"] += 1
+                self._emit_blocked("LLM_CALL", fields, deny.policy_id, "BudgetUnavailable", ran)
+                reason = "Redis does not answer and the policy says on_unavailable: deny"
+                raise StepBlocked("LLM_CALL", name, deny.policy_id, "DENY", reason)
+        except NoRoom as exc:
+            policy = next(
+                p for p in gov.policy_set.policies.policies if p.id == exc.budget.policy_id
+            )
+            action = policy.action.upper()
+            if action in checks.REFUSING:
+                gov.check_stats["refused"] += 1
+                self._emit_blocked("LLM_CALL", fields, policy.id, "BudgetExhausted", ran)
+                raise StepBlocked("LLM_CALL", name, policy.id, action, str(exc)) from exc
+            if action == "THROTTLE":
+                gov.check_stats["throttled"] += 1
+                return float(policy.throttle_delay_ms) / 1000
+        return 0.0
+
+    def _gate_pii(self, kind: str, name: str | None, fields: dict[str, Any], ran: bool) -> None:
+        """The PII rules on what the step sends (tool arguments; the model's input)."""
+        content = fields.get("content") or []
+        policy = self.gov.pii.policy
+        if not content or not checks.pii_may_refuse(policy, kind):
+            return
+        roles = checks.INPUT_ROLES.get(kind, ())
+        found = [
+            (c["role"], self.gov.pii.found([c["text"]])) for c in content if c["role"] in roles
+        ]
+        tool = name if kind == "TOOL_CALL" else None
+        refused = checks.pii_refusal(policy, kind, tool, found)
+        if refused:
+            self.gov.check_stats["refused"] += 1
+            self._emit_blocked(kind, fields, "pii", "PiiBlocked", ran)
+            if kind == "TOOL_CALL":
+                raise ToolBlocked(name or "unknown", refused)
+            raise InputBlocked(name or "unknown", refused)
+
+    def _emit_blocked(
+        self, kind: str, fields: dict[str, Any], policy_id: str, error_type: str, ran: bool
+    ) -> None:
+        """The refused step, as BLOCKED: what it would have been, without usage it never had
+        (unless it ``ran``)."""
+        dropped = ("attributes",) if ran else _USAGE
+        blocked = {k: v for k, v in fields.items() if k not in dropped}
+        attributes = {**(fields.get("attributes") or {}), BLOCKED_POLICY_ATTR: policy_id}
+        self.emit(kind, status="BLOCKED", error_type=error_type, attributes=attributes, **blocked)
+
+    def guard_llm(
+        self,
+        *,
+        model: str,
+        provider: str | None = None,
+        content: Content | None = None,
+        input_tokens: int | None = None,
+        max_output_tokens: int | None = None,
+        estimated_cost_usd: float | None = None,
+    ) -> float:
+        """Check an LLM call before it runs (adapters that record it after the fact): raises
+        :class:`StepBlocked` / :class:`InputBlocked` (recorded as BLOCKED) when a policy refuses
+        it; returns seconds a THROTTLE asks to wait first. The session budget is checked with
+        the estimate: ``input_tokens`` (else counted from ``content``) at the input price plus
+        ``max_output_tokens`` at the output price, or ``estimated_cost_usd``."""
+        return self._gate(
+            "LLM_CALL",
+            _llm_estimate(
+                model,
+                provider,
+                _segments(content),
+                input_tokens,
+                max_output_tokens,
+                estimated_cost_usd,
+            ),
+        )
 
     def llm_call(
         self,
@@ -375,9 +644,25 @@ class Session:
         """Record a finished LLM call (after the policy check for this step).
 
         ``obey=False`` records a call that already ran without applying the decision in force:
-        adapters that report after the fact check before the step instead."""
+        adapters that report after the fact check before the step instead (``guard_llm``).
+
+        With client checks, the call is checked with its reported usage before it is recorded:
+        a refusal records it as BLOCKED *with* that usage (it ran: its spend is real) and raises
+        :class:`StepBlocked`. Use ``with s.llm(...)`` or ``guard_llm`` to refuse a call before
+        it costs anything."""
         if obey:
             self.check()
+            if self.gov.checks:
+                estimate: dict[str, Any] = {
+                    "model": model,
+                    "provider": provider,
+                    "input_tokens": input_tokens,
+                    "output_tokens": output_tokens,
+                    "cache_read_input_tokens": cache_read_input_tokens,
+                    "cost_micros": None if cost_usd is None else round(cost_usd * 1_000_000),
+                    "content": _segments(content),
+                }
+                _sleep(self._gate("LLM_CALL", estimate, ran=True))
         if reservation is not None:
             reservation.settle(cost_usd or 0.0)
         return self.emit(
@@ -449,7 +734,21 @@ class Session:
     ) -> None:
         """Refuse a tool call whose arguments the PII policy blocks, before it runs: records it
         as BLOCKED and raises :class:`ToolBlocked`. For adapters that record tool calls after
-        the fact (``tool_call(obey=False)``) and check before the step."""
+        the fact (``tool_call(obey=False)``) and check before the step.
+
+        With client checks it runs every check of a tool step (denied tools, loops, duration,
+        step rate, PII rules): a refusal is recorded as BLOCKED and raises
+        :class:`StepBlocked`; a THROTTLE the step would draw is waited here."""
+        if self.gov.checks:
+            content = [("TOOL_ARGUMENTS", _as_text(args))] if args is not None else []
+            fields = {
+                "tool_name": name,
+                "tool_call_id": call_id,
+                "operation": "execute_tool",
+                "content": _segments(content),
+            }
+            _sleep(self._gate("TOOL_CALL", fields))
+            return
         if args is None:
             return
         self._refuse_blocked_tool(
@@ -490,10 +789,21 @@ class Session:
         )
 
     def llm(
-        self, *, model: str, provider: str | None = None, content: Content | None = None
+        self,
+        *,
+        model: str,
+        provider: str | None = None,
+        content: Content | None = None,
+        input_tokens: int | None = None,
+        max_output_tokens: int | None = None,
+        estimated_cost_usd: float | None = None,
     ) -> Step:
-        """Time an LLM call yourself: ``with s.llm(model=...) as step: ...; step.usage(...)``."""
-        return Step(
+        """Time an LLM call yourself: ``with s.llm(model=...) as step: ...; step.usage(...)``.
+
+        With client checks the call is checked before the block runs; the session budget with
+        the estimate (see :meth:`guard_llm`): pass ``max_output_tokens`` (what you ask the
+        model for) so the budget can never be exceeded."""
+        step = Step(
             self,
             "LLM_CALL",
             model=model,
@@ -501,6 +811,8 @@ class Session:
             operation="chat",
             content=_segments(content),
         )
+        step.estimate = (input_tokens, max_output_tokens, estimated_cost_usd)
+        return step
 
     def tool(self, *, name: str, args: Any = None, call_id: str | None = None) -> Step:
         """Time a tool call yourself: ``with s.tool(name=...) as step: step.result(...)``."""
@@ -694,6 +1006,44 @@ class Session:
         self.finish(exc)
 
 
+_USAGE = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "reasoning_output_tokens",
+    "cost_micros",
+    "attributes",
+)
+
+
+def _sleep(seconds: float) -> None:
+    if seconds > 0:
+        time.sleep(seconds)
+
+
+def _llm_estimate(
+    model: str,
+    provider: str | None,
+    content: list[dict[str, str]],
+    input_tokens: int | None,
+    max_output_tokens: int | None,
+    estimated_cost_usd: float | None,
+) -> dict[str, Any]:
+    """An LLM step as it would be recorded if it ran, from what is known before it runs."""
+    if input_tokens is None:
+        input_tokens = checks.estimated_input_tokens(
+            [c["text"] for c in content if c["role"] != "ASSISTANT"]
+        )
+    return {
+        "model": model,
+        "provider": provider,
+        "input_tokens": input_tokens,
+        "output_tokens": max_output_tokens or 0,
+        "cost_micros": None if estimated_cost_usd is None else round(estimated_cost_usd * 1e6),
+        "content": content,
+    }
+
+
 def _delay_s(decision: Mapping[str, Any]) -> float:
     return float(decision.get("parameters", {}).get("delay_ms", "1000")) / 1000
 
@@ -727,6 +1077,8 @@ class Step:
         self._start_us = 0
         self._t0 = 0.0
         self._task: tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None = None
+        #: an LLM step's (input tokens, max output tokens, estimated cost USD) for the checks
+        self.estimate: tuple[int | None, int | None, float | None] = (None, None, None)
 
     def usage(
         self,
@@ -753,13 +1105,23 @@ class Step:
         """The tool's result (a TOOL_RESULT segment, scanned for PII)."""
         self.fields["content"].append({"role": "TOOL_RESULT", "text": _as_text(value)})
 
+    def stream(self, chunks: Iterable[T]) -> Iterator[T]:
+        """Yield ``chunks`` (a streamed model answer, a tool's iterator), checking before each
+        one that no KILL arrived meanwhile: :class:`SessionKilled` is raised at that yield
+        point and the step is recorded CANCELLED. Sync code has no other place to be stopped
+        in the middle of a step (async steps are cancelled at once)."""
+        session = self.session
+        for chunk in chunks:
+            session._raise_if_killed(session._decision())
+            yield chunk
+
     def _open(self) -> None:
         self._start_us = self.session.gov.now_us()
         self._t0 = time.perf_counter()
 
     def _close(self, exc: BaseException | None, cancelled: bool = False) -> None:
         duration_us = round((time.perf_counter() - self._t0) * 1_000_000)
-        if cancelled:
+        if cancelled or isinstance(exc, SessionKilled):
             status, error_type = "CANCELLED", "SessionKilled"
         elif exc is not None:
             status, error_type = "ERROR", type(exc).__name__
@@ -774,14 +1136,27 @@ class Step:
             **self.fields,
         )
 
-    def _guard(self) -> None:
-        """A tool call whose arguments the PII policy blocks is refused before it runs."""
+    def _guard(self) -> float:
+        """A tool call whose arguments the PII policy blocks is refused before it runs; with
+        client checks, any step a policy refuses. Returns seconds a THROTTLE asks to wait."""
+        session = self.session
+        if session.gov.checks:
+            fields = self.fields
+            if self.kind == "LLM_CALL":
+                fields = {
+                    **fields,
+                    **_llm_estimate(
+                        fields["model"], fields.get("provider"), fields["content"], *self.estimate
+                    ),
+                }
+            return session._gate(self.kind, fields)
         if self.kind == "TOOL_CALL":
-            self.session._refuse_blocked_tool(self.fields)
+            session._refuse_blocked_tool(self.fields)
+        return 0.0
 
     def __enter__(self) -> Step:
         self.session.check()
-        self._guard()
+        _sleep(self._guard())
         self._open()
         return self
 
@@ -795,7 +1170,9 @@ class Step:
 
     async def __aenter__(self) -> Step:
         await self.session.check_async()
-        self._guard()
+        delay = self._guard()
+        if delay > 0:
+            await asyncio.sleep(delay)
         task = asyncio.current_task()
         if task is not None:
             self._task = (asyncio.get_running_loop(), task)

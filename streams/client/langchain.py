@@ -8,6 +8,10 @@ a KILL raises :class:`SessionKilled` out of the chain *before* the model or tool
 the handler sets ``raise_error = True``; THROTTLE waits and PAUSE blocks, as in the native client.
 When a run ends it is recorded through the session (``llm_call`` / ``tool_call``), so events are
 identical to the native client's. Needs the ``governor[langchain]`` extra (``langchain-core``).
+With ``Governor(checks=True)`` the client's own checks run there too (``guard_llm`` in
+``on_chat_model_start`` / ``on_llm_start``, ``guard_tool`` in ``on_tool_start``): a denied tool, a
+call over the session budget (estimated with the invocation's ``max_tokens``) or PII the rules
+block raises :class:`StepBlocked` out of the chain before the model or tool runs.
 
 - chat model / LLM runs → LLM_CALL: model from the invocation params (``model``, ``model_name``,
   ``model_id``, ``deployment_name``), else the serialized kwargs, else LangChain's
@@ -29,7 +33,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -273,20 +277,28 @@ class GovernorCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         self.session.check()
+        fields: dict[str, Any] | None = None
         try:
             name = (serialized or {}).get("name") or kwargs.get("name") or UNKNOWN
             call_id = kwargs.get("tool_call_id")
-            self._begin(
-                run_id,
-                "tool",
-                {
-                    "name": str(name),
-                    "args": inputs if inputs is not None else input_str,
-                    "call_id": call_id if isinstance(call_id, str) else None,
-                },
-            )
+            fields = {
+                "name": str(name),
+                "args": inputs if inputs is not None else input_str,
+                "call_id": call_id if isinstance(call_id, str) else None,
+            }
+            self._begin(run_id, "tool", fields)
         except Exception as exc:
             self._problem("record_failed", exc)
+        if fields is not None and self.session.gov.checks:
+            tool = fields
+
+            def guard() -> float:
+                self.session.guard_tool(
+                    name=tool["name"], args=tool["args"], call_id=tool["call_id"]
+                )
+                return 0.0  # guard_tool waits a THROTTLE itself
+
+            self._guard(run_id, guard)
 
     def on_tool_end(
         self,
@@ -347,23 +359,45 @@ class GovernorCallbackHandler(BaseCallbackHandler):
         kwargs: Mapping[str, Any],
         content: list[tuple[str, str]],
     ) -> None:
+        params = kwargs.get("invocation_params")
+        fields: dict[str, Any] | None = None
         try:
-            params = kwargs.get("invocation_params")
             provider = self.provider or (metadata or {}).get("ls_provider")
-            self._begin(
-                run_id,
-                "llm",
-                {
-                    "model": model_name(
-                        params if isinstance(params, Mapping) else None, serialized, metadata
-                    ),
-                    "provider": provider if isinstance(provider, str) else None,
-                    "operation": operation,
-                    "content": content,
-                },
-            )
+            fields = {
+                "model": model_name(
+                    params if isinstance(params, Mapping) else None, serialized, metadata
+                ),
+                "provider": provider if isinstance(provider, str) else None,
+                "operation": operation,
+                "content": content,
+            }
+            self._begin(run_id, "llm", fields)
         except Exception as exc:
             self._problem("record_failed", exc)
+        if fields is not None and self.session.gov.checks:
+            max_tokens = params.get("max_tokens") if isinstance(params, Mapping) else None
+            self._guard(
+                run_id,
+                lambda: self.session.guard_llm(
+                    model=fields["model"] or UNKNOWN,
+                    provider=fields["provider"],
+                    content=content,
+                    max_output_tokens=max_tokens if isinstance(max_tokens, int) else None,
+                ),
+            )
+
+    def _guard(self, run_id: UUID, guard: Callable[[], float]) -> None:
+        """Client checks before a run (``Governor(checks=True)``): a refusal is recorded as
+        BLOCKED by the session and raised into LangChain (``raise_error``), so the model or tool
+        never runs; a THROTTLE it would draw is waited here."""
+        try:
+            delay = guard()
+        except Exception:
+            with self._lock:
+                self._runs.pop(run_id, None)  # refused: it will not end
+            raise
+        if delay > 0:
+            time.sleep(delay)
 
     def _begin(self, run_id: UUID, kind: str, fields: dict[str, Any]) -> None:
         run = _Run(kind, self.session.gov.now_us(), time.perf_counter(), fields)

@@ -235,6 +235,14 @@ class GovernorSpanProcessor(SpanProcessor):
         """:meth:`check` for async agents."""
         await self._obeying(conversation_id).check_async()
 
+    def check_tool(self, conversation_id: str, name: str, args: Any = None) -> None:
+        """:meth:`check`, then (with ``Governor(checks=True)``) the client's checks of the tool
+        call before ``execute_tool`` runs: a denied tool, a loop or PII the rules block raises
+        :class:`StepBlocked` and is recorded BLOCKED (issue 13)."""
+        session = self._obeying(conversation_id)
+        session.check()
+        session.guard_tool(name=name, args=args)
+
     def _obeying(self, conversation_id: str) -> Session:
         open_session = self.session(conversation_id)
         # before its first span a conversation has no session yet; an unstarted one reads the

@@ -57,6 +57,22 @@ class PiiGuard:
                     blocked.append(match.entity_type)
         return sorted(set(blocked))
 
+    def use_policy(self, policy: PiiPolicy) -> None:
+        """Put the worker's PII rules (from the client's policy set) in force; the guard is
+        on for them (client checks refuse what they block or kill)."""
+        if self.policy is not None and policy.entities != self.policy.entities:
+            self._scanner = None
+        self.policy = policy
+
+    def found(self, texts: Sequence[str]) -> list[str]:
+        """Entity types found in ``texts`` at or above the policy's minimum score."""
+        if self.policy is None:
+            return []
+        min_score = self.policy.min_score
+        return sorted(
+            {m.entity_type for t in texts for m in self.scanner().scan(t) if m.score >= min_score}
+        )
+
     def refused(self, tool: str, content: Sequence[Mapping[str, str]]) -> list[str]:
         """Entity types the policy blocks in the TOOL_ARGUMENTS segments of a tool call's
         ``content``; none while the guard is off. Every way of recording a tool call asks this

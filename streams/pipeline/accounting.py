@@ -184,6 +184,8 @@ class StepDelta:
     error_type: str | None = None
     unpriced: bool = False
     retry: bool = False
+    #: a tool call's arguments (its first TOOL_ARGUMENTS text): tools policies may deny by them
+    arguments: str | None = None
     started: bool = False  #: this event started the session
     ended: bool = False  #: this event ended the session
 
@@ -321,6 +323,7 @@ def _step(state: SessionState, event: dict[str, Any], delta: StepDelta, prices: 
             _count(state.tool_errors, tool)
         arguments = (c["text"] for c in event.get("content") or () if c["role"] == "TOOL_ARGUMENTS")
         args = next(arguments, "")
+        delta.arguments = args or None
         # a digest, not the arguments: state is checkpointed to Kafka and must never hold PII
         key = f"{tool}\0{hashlib.blake2b(args.encode(), digest_size=12).hexdigest()}"
         state.repeat_count = state.repeat_count + 1 if key == state.repeat_key else 1

@@ -38,6 +38,8 @@ FILE_MODEL_CONFIG = ConfigDict(extra="forbid", frozen=True, strict=True, allow_i
 Version = Annotated[int, Field(ge=1, le=MAX_VERSION)]
 Count = Annotated[int, Field(ge=1, le=MAX_COUNT)]
 DelayMs = Annotated[int, Field(ge=0, le=MAX_DELAY_MS)]
+#: the throttle delay of a policy that names none
+DEFAULT_THROTTLE_DELAY_MS = 1000
 
 
 @functools.lru_cache(maxsize=256)
@@ -111,6 +113,9 @@ class BudgetPolicy(PolicyBase):
     warn_at: Annotated[float, Field(gt=0, lt=1)] | None = 0.8
     action: Action = "kill"
     throttle_delay_ms: DelayMs = 1000
+    #: agent/tenant scope, client-side reservations in Redis: what a step does when Redis does
+    #: not answer (the worker enforces the budget after the fact either way)
+    on_unavailable: Literal["allow", "deny"] = "allow"
 
     _window = field_validator("window")(classmethod(lambda cls, v: _check_duration(v)))
 
@@ -138,18 +143,59 @@ class StepRatePolicy(PolicyBase):
     _window = field_validator("window")(classmethod(lambda cls, v: _check_rate_window(v)))
 
 
+#: a denied-arguments pattern is a regular expression of at most this many characters
+MAX_PATTERN_CHARS = 1000
+
+
+class ArgumentPattern(BaseModel):
+    """Calls of the tools matching ``tool`` (glob) whose arguments (the text the client sends,
+    JSON for structured arguments) match ``pattern`` (a Python regular expression, searched)."""
+
+    model_config = FILE_MODEL_CONFIG
+    tool: str = "*"
+    pattern: Annotated[str, Field(min_length=1, max_length=MAX_PATTERN_CHARS)]
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"{value!r} is not a regular expression: {exc}") from exc
+        return value
+
+    def matches(self, tool: str, arguments: str) -> bool:
+        return (
+            fnmatch.fnmatchcase(tool, self.tool)
+            and _regex(self.pattern).search(arguments) is not None
+        )
+
+
+@functools.lru_cache(maxsize=1024)
+def _regex(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
 class ToolPolicy(PolicyBase):
-    """Tools allowed and denied by glob; deny wins."""
+    """Tools allowed and denied by glob, and calls denied by their arguments; deny wins."""
 
     kind: Literal["tools"]
     allow: list[str] = ["*"]
     deny: list[str] = []
+    #: calls refused by what their arguments hold (``rm -rf``, ``DROP TABLE``), any allowed tool
+    deny_arguments: list[ArgumentPattern] = []
     action: Action = "kill"
 
     def permits(self, tool: str) -> bool:
         if any(fnmatch.fnmatchcase(tool, g) for g in self.deny):
             return False
         return any(fnmatch.fnmatchcase(tool, g) for g in self.allow)
+
+    def denied_arguments(self, tool: str, arguments: str | None) -> ArgumentPattern | None:
+        """The first pattern the call's ``arguments`` match, if any."""
+        if not arguments:
+            return None
+        return next((p for p in self.deny_arguments if p.matches(tool, arguments)), None)
 
 
 class LoopPolicy(PolicyBase):
@@ -330,7 +376,9 @@ def _act(policy: Any, target: str, reason: str, level: int = 2, **extra: Any) ->
     action = policy.action.upper()
     params = {}
     if action == "THROTTLE":
-        params["delay_ms"] = str(policy.throttle_delay_ms)
+        # tools, loop, max_duration and unpriced_model policies may say throttle but have no
+        # throttle_delay_ms of their own: they take the others' default
+        params["delay_ms"] = str(getattr(policy, "throttle_delay_ms", DEFAULT_THROTTLE_DELAY_MS))
     return Outcome(policy.id, target, action, reason, level, params, extra.get("ttl_s"))
 
 
@@ -383,6 +431,11 @@ def decide_session(policies: PolicySet, state: Any, delta: Any, facts: Facts) ->
         for policy in applicable.get("tools", ()):
             if not policy.permits(delta.name):
                 outcomes.append(_act(policy, session, f"tool {delta.name!r} is not allowed"))
+            elif policy.deny_arguments:
+                denied = policy.denied_arguments(delta.name, delta.arguments)
+                if denied is not None:
+                    reason = f"tool {delta.name!r} with arguments matching {denied.pattern!r}"
+                    outcomes.append(_act(policy, session, reason))
         for policy in applicable.get("loop", ()):
             if state.repeat_count >= policy.max_repeats:
                 reason = f"{state.repeat_count} identical calls of {delta.name!r} in a row"

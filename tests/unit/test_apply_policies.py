@@ -78,8 +78,9 @@ def test_a_price_pii_or_slo_change_swaps_them_without_a_new_policy_version(
     assert parts.pii.scanner == "the first scanner", "same entities: no new scanner"
     assert parts.runner.slos is second.slos
     assert parts.runner.slo_changes == 1
-    # the enforcement files did not change: nothing to record in gov.policies or audit
-    assert parts.accepted == []
+    # the enforcement files did not change: nothing to audit; the history is told again only so
+    # the signed bundle clients enforce (gov.policies "current", issue 13) has the new prices
+    assert parts.accepted == [first.policies.digest]
     assert parts.runner.audits == []
     # default: allow is a warning, logged when the bundle goes in force
     assert [r.getMessage() for r in caplog.records if "pii.yaml" in r.getMessage()]
