@@ -91,7 +91,8 @@ class Settings:
     #: the scope stage merges source partitions in watermark order; a partition read to its
     #: end stops holding the merge once it has been quiet this long (wall time): records
     #: produced just before may still be on their way to it
-    scope_grace_s: float = 1.0
+    #: (keep it above 1.5 s: a partition not heard from for that long is not quiet)
+    scope_grace_s: float = 2.0
     #: an evaluated session is good when every evaluation score reaches this
     quality_threshold: float = 0.7
     #: an event's start time may lie this far after its broker record time (clock skew) ...

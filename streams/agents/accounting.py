@@ -41,6 +41,7 @@ from streams.engine import (
 )
 from streams.metrics import WorkerMetrics
 from streams.pipeline.scope import (
+    IDLE_REPORT_S,
     AuditRequest,
     ScopeDelta,
     ScopeItem,
@@ -150,6 +151,8 @@ class AccountingRunner(TransactionalLoop):
         self._scope_items: dict[int, list[ScopeItem]] = defaultdict(list)
         self._scope_audits: list[ScopeItem] = []
         self._reported: dict[int, SourceMark] = {}
+        #: when each source's mark was last sent (monotonic): "read to its end" is said again
+        self._reported_at: dict[int, float] = {}
         #: committed offset of each partition when it was assigned (its position until the
         #: first record is consumed)
         self._start_offsets: dict[int, int] = {}
@@ -178,11 +181,18 @@ class AccountingRunner(TransactionalLoop):
 
     def _checkpoint_due(self) -> bool:
         """Commit early while the scope stage waits for items: tenant decisions are only as
-        quick as this commit (its readers see committed records only)."""
-        return (
-            bool(self._scope_items)
+        quick as this commit (its readers see committed records only); and when a partition
+        read to its end is to be reported so again (the scope stage trusts that only fresh)."""
+        now = time.monotonic()
+        if (
+            self._scope_items
             and self.engine.policies.spans_sessions
-            and time.monotonic() - self._scope_since >= self.settings.scope_commit_interval_s
+            and now - self._scope_since >= self.settings.scope_commit_interval_s
+        ):
+            return True
+        return any(
+            mark.idle and now - self._reported_at.get(p, 0.0) >= IDLE_REPORT_S
+            for p, mark in self._reported.items()
         )
 
     def _committed(self) -> None:
@@ -423,7 +433,15 @@ class AccountingRunner(TransactionalLoop):
         owned source partition says about itself (to every scope partition: each one merges
         all sources)."""
         marks = self._source_marks()
-        changed = {p: m for p, m in marks.items() if self._reported.get(p) != m}
+        now = time.monotonic()
+        # a mark is sent when it changes, and "read to its end" again every IDLE_REPORT_S:
+        # the scope stage counts a source quiet only while its owner keeps saying so
+        changed = {
+            p: m
+            for p, m in marks.items()
+            if self._reported.get(p) != m
+            or (m.idle and now - self._reported_at.get(p, 0.0) >= IDLE_REPORT_S)
+        }
         count = self._scope_partitions
         for source in sorted(set(self._scope_items) | set(changed)):
             mark = marks.get(source)
@@ -440,6 +458,7 @@ class AccountingRunner(TransactionalLoop):
                     delta = ScopeDelta(source, mark, chunk)
                     self._txn_produce(self._scope_topic, None, delta.encode(), partition=target)
             self._reported[source] = mark
+            self._reported_at[source] = now
         if self._scope_audits:
             grouped = defaultdict(list)
             for item in self._scope_audits:

@@ -18,8 +18,9 @@ same id, whatever the events' disorder within a partition, with no allowance to 
 session closed for silence comes at its deadline: its source keeps the watermark it reports
 below that deadline until the item is sent.
 
-A source read to its end and quiet for ``grace_s`` of wall time (nothing came from it since)
-counts as far as the fleet is for an item that has itself waited ``grace_s`` (records that
+A source read to its end and quiet for ``grace_s`` of wall time (nothing came from it since,
+and its owner keeps saying so: a dead owner's last word is not taken for long) counts as far as
+the fleet is for an item that has itself waited ``grace_s`` (records that
 reached the quiet source just before may not be reported yet); with every source quiet
 everything held goes once it has waited that long. A source that stays
 silent without having read to its end (its worker died) holds the merge for at most
@@ -56,7 +57,13 @@ RATE_HORIZON_US = MAX_RATE_WINDOW_S * 1_000_000
 DEFAULT_MAX_HOLD_S = 30.0
 #: how long (wall time) a source read to its end must stay quiet before it stops holding the
 #: merge: records produced just before may still be on their way to it
-DEFAULT_GRACE_S = 1.0
+DEFAULT_GRACE_S = 2.0
+#: a source's owner says again that it is read to its end this often (stage 1) ...
+IDLE_REPORT_S = 0.5
+#: ... and a source is quiet only while it has: "read to its end" from an owner that died is
+#: no longer true once records come (its new owner reports them after the group's timeout).
+#: Shorter than any grace: a busy partition whose owner dies never turns quiet
+QUIET_HEARD_S = 1.5
 #: items per changelog record of the held items
 PENDING_CHUNK = 1000
 #: pruning trails the latest event time by this much (events arrive out of time order)
@@ -212,6 +219,9 @@ class ScopeState:
     #: wall time (s) since each source has been read to its end with nothing new (not
     #: checkpointed: after a restore a source is quiet again only after the grace)
     idle_since: dict[int, float] = field(default_factory=dict)
+    #: wall time (s) each source's owner last reported (not checkpointed: after a restore no
+    #: source is quiet before its owner has reported again)
+    heard_at: dict[int, float] = field(default_factory=dict)
     #: during a restore: the held items' chunks by index (see ``finish_restore``)
     restoring: dict[int, list[ScopeItem]] = field(default_factory=dict)
 
@@ -303,6 +313,7 @@ class ScopeCore:
         if mark.idle:
             state.idle_since.setdefault(delta.source, wall_s)
         state.sources[delta.source] = mark
+        state.heard_at[delta.source] = wall_s
         state.mark(StateKind.SOURCE, delta.source)
         for item in delta.items:
             heapq.heappush(state.held, (item.key, next(self._arrivals), wall_s, item))
@@ -345,14 +356,20 @@ class ScopeCore:
         """Merge keys below which no source can still send an item (what a source sends next
         is at or past its watermark): the least watermark of every source, and of the sources
         still reading, where a source read to its end and quiet for ``grace_s`` of wall time
-        counts as far as the fleet is (the latest watermark). A source never heard from holds
+        (its owner saying so again within ``QUIET_HEARD_S``) counts as far as the fleet is
+        (the latest watermark). A source never heard from holds
         everything. Also: whether every source is quiet (nothing can be on its way)."""
         marks = [state.sources.get(s) for s in range(self.source_count)]
         if any(m is None for m in marks):
             return -1, -1, False
         known = [m for m in marks if m is not None]
         fleet = max(m.watermark_us for m in known)
-        quiet = {s for s, since in state.idle_since.items() if wall_s - since >= self.grace_s}
+        heard = state.heard_at
+        quiet = {
+            s
+            for s, since in state.idle_since.items()
+            if wall_s - since >= self.grace_s and wall_s - heard.get(s, -1e18) <= QUIET_HEARD_S
+        }
         reading = [m.watermark_us for s, m in enumerate(known) if not (m.idle and s in quiet)]
         every = min(m.watermark_us for m in known)
         return every, min(reading, default=fleet), not reading

@@ -71,13 +71,15 @@ _FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED}
 
 
 def producer_fenced(exc: BaseException) -> bool:
-    """Whether a transactional producer was fenced. Each loop's transactional id is its own
+    """Whether a transactional producer was fenced, or is in the fatal state fencing leaves
+    it in (every later call fails with ``_FATAL``). Each loop's transactional id is its own
     process's (``workers.INSTANCE_ID``), so nobody else can hold it: the coordinator aborted
     a transaction that outlived ``transaction.timeout.ms`` (the process was paused) and
     bumped the epoch. The loop takes its id back with a new producer (as Kafka Streams
-    resets its producer) and redoes the work from the last commit."""
+    resets its producer) and redoes the work from the last commit; a new producer that fails
+    again is a fatal fault (see ``TransactionalLoop._renew_producer``)."""
     error = kafka_error(exc)
-    return error is not None and error.code() in _FENCED
+    return error is not None and (error.code() in _FENCED or error.code() == KafkaError._FATAL)
 
 
 #: Redis error replies that mean "not now" (an outage to wait out); any other reply says the

@@ -21,6 +21,7 @@ A stage subclasses :class:`TransactionalLoop` and implements the hooks at the bo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -31,6 +32,7 @@ from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
     KafkaError,
+    KafkaException,
     Message,
     Producer,
     TopicPartition,
@@ -55,6 +57,8 @@ PRODUCE_STALL_S = 30.0
 #: outlives it (the process was paused) is aborted and its producer fenced, which the loop
 #: recovers from with a new producer (``_renew_producer``)
 TRANSACTION_TIMEOUT_MS = 10_000
+#: producers a loop renews without a commit in between before it gives up (fatal)
+MAX_RENEWALS = 3
 #: the loop's states, as /healthz and /readyz report them
 STARTING, RESTORING, RUNNING, RECOVERING, STOPPED = (
     "starting",
@@ -118,6 +122,8 @@ class TransactionalLoop:
         self._calls: list[Callable[[], None]] = []
         #: set by a rebalance callback whose checkpoint failed: rewind before the next batch
         self._rewind_needed = False
+        #: producers renewed since the last commit (see _renew_producer)
+        self._renewals = 0
         self._callback_error: BaseException | None = None
         #: assigned partitions paused until the main loop has restored them
         self._to_restore: list[TopicPartition] = []
@@ -159,7 +165,12 @@ class TransactionalLoop:
     def _renew_producer(self, exc: BaseException) -> None:
         """Our transaction outlived its timeout (a pause) and the coordinator fenced the
         producer: a new one takes the id back; what the aborted transaction held is redone
-        from the last commit (the rewind that follows)."""
+        from the last commit (the rewind that follows). A producer renewed this many times
+        without a commit in between has another problem: that is fatal."""
+        self._renewals += 1
+        if self._renewals > MAX_RENEWALS:
+            self.error = exc
+            fatal(f"the {self.stage} loop (its producer failed {self._renewals} times)", exc)
         log.warning(
             "%s: the producer was fenced (%s): the open transaction outlived its %d s timeout "
             "(a pause?); taking the transactional id back with a new producer",
@@ -169,7 +180,8 @@ class TransactionalLoop:
         )
         self._in_txn = False
         self._forget_txn()
-        self.producer.purge(in_queue=True, in_flight=True)
+        with contextlib.suppress(KafkaException):  # a fatal producer may refuse even this
+            self.producer.purge(in_queue=True, in_flight=True)
         self.producer = self._new_producer()
         self.producer.init_transactions(30)
 
@@ -391,6 +403,7 @@ class TransactionalLoop:
                 positions, self.consumer.consumer_group_metadata(), 30
             )
         self.producer.commit_transaction(60)
+        self._renewals = 0
         self._in_txn = False
         self._consumed = False
         self._calls_in_txn = []

@@ -172,9 +172,13 @@ def test_a_quiet_source_counts_as_far_as_the_fleet_and_the_tail_goes_when_all_ar
     core.offer(0, ScopeDelta(1, SourceMark(20_000_000, False), (early, late)), wall_s=0.0)
     # read to its end, but not yet quiet for the grace: source 0 holds at its own watermark
     assert core.release(0, wall_s=1.0).released == 0
-    # quiet now: it counts as far as source 1 is
+    # quiet now (its owner says so again): it counts as far as source 1 is
+    core.offer(0, ScopeDelta(0, SourceMark(1_000_000, True), ()), wall_s=1.5)
     assert core.release(0, wall_s=2.0).released == 1
     core.offer(0, ScopeDelta(1, SourceMark(20_000_000, True), ()), wall_s=2.5)
+    for wall_s in (2.5, 3.5, 4.0):  # both owners keep saying so
+        for source, watermark in ((0, 1_000_000), (1, 20_000_000)):
+            core.offer(0, ScopeDelta(source, SourceMark(watermark, True), ()), wall_s)
     assert core.release(0, wall_s=4.4).released == 0
     assert core.release(0, wall_s=4.5).released == 1  # every source quiet: the tail goes
 
@@ -196,8 +200,25 @@ def test_an_item_passes_a_quiet_source_only_after_waiting_the_grace_itself() -> 
     # and without a wake-up: an item past the quiet source goes once it has waited the grace
     later = ScopeItem(35_000_000, 1, 1, 0, 35_000_000, "acme", "bot", "s1", "e3", "LLM_CALL")
     core.offer(0, ScopeDelta(1, SourceMark(40_000_000, False), (later,)), wall_s=200.0)
+    core.offer(0, ScopeDelta(0, SourceMark(30_000_000, True), ()), wall_s=200.0)  # still quiet
     assert core.release(0, wall_s=200.9).released == 0
     assert core.release(0, wall_s=201.0).released == 1
+
+
+def test_a_quiet_source_whose_owner_stops_saying_so_holds_the_merge_again() -> None:
+    """ "Read to its end" from an owner that died is not true for long: records keep coming to
+    the partition, and its next owner reports them only after the group's timeout."""
+    core = ScopeCore(policy_set(), 2, max_hold_s=30.0, grace_s=1.0)
+    core.offer(0, ScopeDelta(0, SourceMark(1_000_000, True), ()), wall_s=0.0)
+    first = ScopeItem(10_000_000, 1, 0, 0, 10_000_000, "acme", "bot", "s1", "e1", "LLM_CALL")
+    core.offer(0, ScopeDelta(1, SourceMark(20_000_000, False), (first,)), wall_s=1.0)
+    core.offer(0, ScopeDelta(0, SourceMark(1_000_000, True), ()), wall_s=1.5)
+    assert core.release(0, wall_s=2.0).released == 1  # quiet, and heard 0.5 s ago
+    second = ScopeItem(15_000_000, 1, 1, 0, 15_000_000, "acme", "bot", "s1", "e2", "LLM_CALL")
+    core.offer(0, ScopeDelta(1, SourceMark(20_000_000, False), (second,)), wall_s=2.0)
+    assert core.release(0, wall_s=3.5).released == 0  # not heard from for 2 s
+    result = core.release(0, wall_s=32.0)
+    assert (result.released, result.forced) == (1, 1)
 
 
 def test_a_silent_source_holds_the_merge_for_max_hold_only() -> None:

@@ -42,6 +42,8 @@ def test_fencing_fatal_errors_and_bugs_are_fatal() -> None:
 def test_a_fenced_producer_is_told_apart_for_the_loops_to_take_their_id_back() -> None:
     assert producer_fenced(kafka(KafkaError._FENCED, fatal=True))
     assert producer_fenced(kafka(KafkaError.PRODUCER_FENCED))
+    # what every call of a fenced producer fails with afterwards
+    assert producer_fenced(kafka(KafkaError._FATAL, fatal=True))
     assert not producer_fenced(kafka(KafkaError.UNKNOWN_MEMBER_ID, fatal=True))
     assert not producer_fenced(kafka(KafkaError.TOPIC_AUTHORIZATION_FAILED))
     assert not producer_fenced(TimeoutError("slow"))
