@@ -19,8 +19,10 @@ from typing import Any
 
 from streams.settings import Settings
 
-#: per step; a session of a billion steps is not an agent, it is a bug
-MAX_SEQ = 1_000_000_000
+#: per step. The largest legitimate ones are those of a resumed session, which continues
+#: from the wall clock in milliseconds (about 1.8e12 now, see ``Governor.session(resume=)``);
+#: a thousand times that is a bug
+MAX_SEQ = 10**15
 MAX_TOKENS = 1_000_000_000
 #: one million USD in one step
 MAX_COST_MICROS = 1_000_000_000_000

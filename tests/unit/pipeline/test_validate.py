@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -32,6 +33,8 @@ def test_a_good_event_passes() -> None:
     good = [
         ev(2, "LLM_CALL", model="gpt-4o", input_tokens=10, cost_micros=5),
         ev(3, "EVALUATION", evaluation_name="q", evaluation_score=0.4),
+        # a resumed session's seq: the wall clock in ms
+        {**ev(4, "LLM_CALL", model="gpt-4o"), "seq": time.time_ns() // 1_000_000},
     ]
     for event in good:
         assert validate_event(event, b"s1", RECORD_US, BOUNDS) is None
