@@ -65,6 +65,8 @@ RATE_HORIZON_US = MAX_RATE_WINDOW_S * 1_000_000
 #: a session that ended this long ago (event time) is forgotten, its guard too: late duplicates
 #: come from client retries and rewinds, both minutes behind, never a day
 CLOSED_GUARD_RETENTION_US = 24 * HOUR_US
+#: ``PartitionState.next_deadline_us`` of a partition without open sessions
+NONE_OPEN = 1 << 62
 
 
 class StateKind(StrEnum):
@@ -109,6 +111,10 @@ class PartitionState:
     #: the watermark's hour when buckets and histograms were last expired (not checkpointed:
     #: the first tick after a restore expires them)
     expired_at_hour: int = -1
+    #: at most the earliest timeout deadline of the open sessions (NONE_OPEN: none open;
+    #: None: not known, computed when asked). Not checkpointed: the tick sets it exactly, each
+    #: event lowers it, so checkpoints need not scan every session for it
+    next_deadline_us: int | None = None
 
     def mark(self, kind: StateKind, key: Any) -> None:
         self.dirty.add((kind, key))
@@ -357,6 +363,8 @@ class Engine:
             result.duplicates += 1
             return None
         remember_event_id(state, digest)
+        if part.next_deadline_us is not None and not state.ended:
+            part.next_deadline_us = min(part.next_deadline_us, self.timeout_deadline_us(state))
         result.applied += 1
         part.mark(StateKind.SESSION, session_id)
         if delta.event_time_us > part.watermark_us:
@@ -573,19 +581,24 @@ class Engine:
         result = BatchResult()
         now = part.watermark_us
         evicted: set[str] = set()
+        upcoming = NONE_OPEN
         for session_id, state in list(part.sessions.items()):
-            if not state.ended and self.timeout_deadline_us(state) < now:
+            deadline = self.timeout_deadline_us(state)
+            if not state.ended and deadline >= now:
+                upcoming = min(upcoming, deadline)
+            elif not state.ended:
                 close_timed_out(state)
                 part.mark(StateKind.SESSION, session_id)
                 opened = self._finish(part, state, result)
                 if not self.local_scope:
                     self._timeout_items(part, state, opened, result.scope_items)
-            elif state.ended and (state.end_time_us or 0) < now - self.finished_retention_us:
+            elif (state.end_time_us or 0) < now - self.finished_retention_us:
                 part.closed[session_id] = (state.last_seq, state.end_time_us or 0)
                 del part.sessions[session_id]
                 part.mark(StateKind.SESSION, session_id)
                 part.mark(StateKind.CLOSED, session_id)
                 evicted.add(f"session:{session_id}")
+        part.next_deadline_us = upcoming
         self._expire_enforced(part, now, evicted)
         self._expire_rates(part, now)
         # buckets and histograms are hourly and kept whole hours or days: one expires when the
@@ -627,8 +640,12 @@ class Engine:
         part = self.partitions.get(partition)
         if part is None:
             return None
-        last = min((s.last_event_us for s in part.sessions.values() if not s.ended), default=None)
-        return None if last is None else last + self.idle_timeout_us
+        if part.next_deadline_us is None:
+            part.next_deadline_us = min(
+                (self.timeout_deadline_us(s) for s in part.sessions.values() if not s.ended),
+                default=NONE_OPEN,
+            )
+        return None if part.next_deadline_us >= NONE_OPEN else part.next_deadline_us
 
     def _timeout_items(
         self, part: PartitionState, state: SessionState, opened: bool, items: list[ScopeItem]

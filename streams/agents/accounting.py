@@ -483,9 +483,9 @@ class AccountingRunner(TransactionalLoop):
             part = self.engine.partitions.get(partition)
             watermark = part.watermark_us if part is not None else 0
             deadline = self.engine.next_timeout_us(partition)
-            closing = deadline is not None and deadline < watermark
+            closing = False
             if deadline is not None and deadline < watermark:
-                watermark = deadline - 1
+                watermark, closing = deadline - 1, True
             tp = TopicPartition(topic, partition)
             # nothing consumed since the assignment: the position is where it started
             position = positions.get(partition, -1)

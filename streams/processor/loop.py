@@ -222,11 +222,7 @@ class TransactionalLoop:
                 except BaseException as exc:
                     if self._stopping.is_set():
                         raise
-                    if producer_fenced(exc):
-                        self._renew_producer(exc)
-                    elif classify(exc) is not Fault.TRANSIENT:
-                        self.error = exc
-                        fatal(f"the {self.stage} loop", exc)
+                    self._triage(exc, f"the {self.stage} loop")
                     self._recover(exc, backoff)
             self.checkpoint()
         except BaseException as exc:  # on the way out: a stop that could not checkpoint
@@ -313,12 +309,17 @@ class TransactionalLoop:
                 self._rewind()
                 return
             except BaseException as again:
-                if producer_fenced(again):
-                    self._renew_producer(again)
-                elif classify(again) is not Fault.TRANSIENT:
-                    self.error = again
-                    fatal(f"the {self.stage} loop's recovery", again)
+                self._triage(again, f"the {self.stage} loop's recovery")
                 self.last_fault = describe(again)
+
+    def _triage(self, exc: BaseException, where: str) -> None:
+        """A fenced producer is renewed, a transient fault is retried (by the caller); the
+        rest ends the process."""
+        if producer_fenced(exc):
+            self._renew_producer(exc)
+        elif classify(exc) is not Fault.TRANSIENT:
+            self.error = exc
+            fatal(where, exc)
 
     def _rewind(self) -> None:
         """Undo everything since the last commit: abort the transaction, restore the owned
