@@ -17,6 +17,8 @@ setup: $(BIN)/.installed
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	@# the distribution was called "governor" before it became fleet-governor (issue 14)
+	$(BIN)/pip uninstall -q -y governor 2>/dev/null || true
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $@
 

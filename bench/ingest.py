@@ -36,6 +36,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from bench.common import bench_stack
 from streams.client.governor import Governor
+from streams.kafka_config import client_config
 from streams.settings import Settings
 
 SPANS_PER_SESSION = 10
@@ -157,7 +158,7 @@ def post_all(port: int, bodies: list[tuple[bytes, int]], connections: int, compr
 
 
 def topic_records(settings: Settings) -> int:
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": "bench-count"})
+    consumer = Consumer({**client_config(settings), "group.id": "bench-count"})
     topic = settings.topic("events")
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions

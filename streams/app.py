@@ -11,10 +11,12 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import faust
+from aiohttp import web as aiohttp_web
 from cryptography.hazmat.primitives import serialization
 from faust.web import Request, Response, View
 from mode import Service
@@ -27,6 +29,8 @@ from streams.agents.sessions import attach_read_model
 from streams.codec import Codecs
 from streams.control import SigningKey, ensure_signing_key
 from streams.engine import Engine
+from streams.http_auth import OPEN_PATHS, check, is_mutating, parse_tokens
+from streams.kafka_config import faust_credentials
 from streams.metrics import WorkerMetrics, worker_metrics
 from streams.pii.ledger import PiiLedger
 from streams.pii.scanner import PiiScanner
@@ -85,6 +89,8 @@ def faust_config(settings: Settings, brokers: int = 1) -> dict[str, Any]:
         # hold a restarted one back for the default 60 s
         "broker_session_timeout": 10.0,
         "broker_heartbeat_interval": 2.0,
+        # SASL/TLS of the worker's Faust agents (aiokafka), from GOVERNOR_KAFKA_*
+        "broker_credentials": faust_credentials(settings),
     }
 
 
@@ -232,7 +238,47 @@ def build_app(settings: Settings, brokers: int = 1) -> faust.App:
     parts.pii_health = pii_health
     _views(app, parts)
     _health_views(app, parts)
+    _guard(app, settings)
     return app
+
+
+def _guard(app: faust.App, settings: Settings) -> None:
+    """Bearer tokens on the web port (streams/http_auth.py): every mutating request (any
+    method but GET/HEAD/OPTIONS: rollback and what later issues add; the alert webhook is
+    guarded like a read) needs an admin token; reads need any role's token with
+    GOVERNOR_API_AUTH_READS; /healthz, /readyz and /metrics stay open for probes and
+    scrapers."""
+    tokens = parse_tokens(settings.api_tokens)
+
+    @aiohttp_web.middleware
+    async def guard(
+        request: aiohttp_web.Request,
+        handler: Callable[[aiohttp_web.Request], Awaitable[aiohttp_web.StreamResponse]],
+    ) -> aiohttp_web.StreamResponse:
+        mutating = is_mutating(request.method, request.path)
+        if mutating or request.path not in OPEN_PATHS:
+            answer = check(
+                request.headers.get("Authorization"),
+                tokens,
+                mutating=mutating,
+                bound_host=settings.web_host,
+                reads_need_token=settings.api_auth_reads,
+            )
+            if not answer.ok:
+                # the method, the path and why: never the header
+                log.warning(
+                    "HTTP %s %s refused (%d): %s",
+                    request.method,
+                    request.path,
+                    answer.status,
+                    answer.error,
+                )
+                return aiohttp_web.json_response(
+                    answer.body(), status=answer.status, headers=answer.headers
+                )
+        return await handler(request)
+
+    app.web.web_app.middlewares.append(guard)  # type: ignore[attr-defined]
 
 
 def source_partitions(settings: Settings) -> int:

@@ -13,9 +13,11 @@ from typing import Annotated, Any, NamedTuple, TypedDict
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from streams import stack, workers
+from streams.commands.gateway import gateway as gateway_command
 from streams.commands.ingest import ingest as ingest_command
 from streams.settings import Settings
 
@@ -29,12 +31,16 @@ app = typer.Typer(
 topics_app = typer.Typer(help="Governor's topics: list them as the broker reports, create them.")
 app.add_typer(topics_app, name="topics")
 app.command("ingest")(ingest_command)
+app.command("gateway")(gateway_command)
 
 log = logging.getLogger("governor")
 
 
 def settings() -> Settings:
-    return Settings.from_env()
+    try:
+        return Settings.from_env()
+    except ValueError as exc:  # a wrong GOVERNOR_* value: the message names it and the fix
+        raise _fail(str(exc)) from exc
 
 
 def _fail(message: str) -> typer.Exit:
@@ -444,6 +450,44 @@ def topics_create() -> None:
     topics_list()
 
 
+@topics_app.command("acls")
+def topics_acls(
+    agent: Annotated[
+        str, typer.Option(help="Principal of the agents' clients (User:NAME or NAME).")
+    ] = "agent",
+    worker: Annotated[str, typer.Option(help="Principal of the workers.")] = "worker",
+    reader: Annotated[
+        str, typer.Option(help="Principal of read-only tools (dashboards, ask, audit verify).")
+    ] = "reader",
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+) -> None:
+    """Print the Kafka ACLs the agent, worker and reader roles need, derived from the topic
+    list (so new topics are covered): as a table and as kafka-acls.sh command lines to run as
+    a super user (admin.properties: that user's client settings). Prints only; creates
+    nothing. The agent may write gov.events and read gov.control and gov.policies, nothing
+    else: above all it may not write gov.control."""
+    from streams.kafka_acls import kafka_acls_command, role_acls
+
+    s = settings()
+    acls = role_acls(s, agent=agent, worker=worker, reader=reader)
+    commands = [kafka_acls_command(acl, s.bootstrap) for acl in acls]
+    if as_json:
+        _emit_json({"acls": [acl.as_dict() for acl in acls], "commands": commands})
+        return
+    table = Table(title=f"ACLs for the topics under {s.topic_prefix!r}")
+    for column in ("role", "principal", "resource", "name", "pattern", "operations", "why"):
+        table.add_column(column)
+    for acl in acls:
+        table.add_row(
+            acl.role, acl.principal, acl.resource, acl.name, acl.pattern,
+            ", ".join(acl.operations), acl.why,
+        )  # fmt: skip
+    console.print(table)
+    console.print("\n# create them (as a super user):")
+    for line in commands:
+        console.print(line, soft_wrap=True, markup=False, highlight=False)
+
+
 def _retention(ms: str) -> str:
     if not ms:
         return ""
@@ -585,10 +629,10 @@ def policy_check(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable report.")] = False,
 ) -> None:
-    """Validate the folder as the worker loads it: the policies, prices.yaml, pii.yaml and
-    slo.yaml as one bundle. Prints the set, each problem as file:line: field: reason, and a
-    warning for what is accepted but likely not meant (every tool denied, nothing enforced,
-    a policy disabled, a default turned off).
+    """Validate the folder as the worker loads it: the policies, prices.yaml, pii.yaml,
+    slo.yaml and gateway.yaml as one bundle. Prints the set, each problem as file:line: field:
+    reason, and a warning for what is accepted but likely not meant (every tool denied,
+    nothing enforced, a policy disabled, a default turned off).
 
     Exits 1 when anything is refused (the worker would keep its last good bundle), 0 when the
     bundle is valid, warnings or not.
@@ -625,7 +669,9 @@ def policy_check(
         )
     console.print(table)
     console.print(
-        f"{len(bundle.prices.models)} model prices, PII: {len(bundle.pii.entities)} entities "
+        f"{len(bundle.prices.models)} model prices"
+        f"{' + genai-prices' if bundle.prices.fallback is not None else ''}, "
+        f"PII: {len(bundle.pii.entities)} entities "
         f"({len(bundle.pii.rules)} rules, default {bundle.pii.default}), "
         f"SLOs: {', '.join(s.name for s in bundle.slos) or 'none'}",
         highlight=False,
@@ -777,7 +823,9 @@ def _applies_to(policy: Any) -> str:
 def _limit(policy: Any) -> str:
     kind = policy.kind
     if kind == "budget":
-        window = "" if policy.scope == "session" else f" per {policy.window}"
+        window = {"session": "", "session_tree": " per session tree"}.get(
+            policy.scope, f" per {policy.window}"
+        )
         warn = f", warn at {policy.warn_at:.0%}" if policy.warn_at else ""
         return f"${policy.limit_usd:,.2f}{window}{warn}"
     if kind == "concurrency":
@@ -887,17 +935,20 @@ def policy_rollback(
 ) -> None:
     """Put an earlier policy version back in force: the running worker writes its files from
     gov.policies into the policies folder, applies them at once and audits a ROLLBACK."""
-    from streams.worker import post_json
+    from streams.worker import auth_fix, post_json
 
     s = settings()
     payload = {"to_version": to_version, "reason": reason, "by": _who(by)}
-    reply = post_json(f"{_worker_url(s)}/policies/rollback", payload)
+    url = f"{_worker_url(s)}/policies/rollback"
+    reply = post_json(url, payload, token=s.api_token)
     if reply is None:
         raise _fail(
             f"no worker answers on {s.web_host}:{s.web_port}; a rollback needs the running "
             "worker (start: governor worker)"
         )
     status, answer = reply
+    if status in (401, 403):
+        raise _fail(auth_fix(status, url))
     if status != 200:
         problems = "".join(f"\n  {p}" for p in answer.get("problems", []))
         raise _fail(f"{answer.get('error', f'HTTP {status}')}{problems}")
@@ -1021,7 +1072,8 @@ def ask_cost(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
             p = periods.get(period, {})
             cells.append(
                 f"avg {_money(p.get('avg_usd'))}  p50 {_money(p.get('p50_usd'))}  "
-                f"p99 {_money(p.get('p99_usd'))}  n={p.get('sessions', 0):,}"
+                f"p99 {_money(p.get('p99_usd'))}  max {_money(p.get('max_usd'))}  "
+                f"n={p.get('sessions', 0):,}"
             )
         table.add_row(scope, *cells)
     console.print(table)
@@ -1031,12 +1083,23 @@ def ask_cost(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 def ask_top_cost(
     pct: Annotated[float, typer.Option(help="Top share of sessions, in percent.")] = 1.0,
     since: Annotated[str, typer.Option(help="Sessions that ended in the last ...")] = "24h",
+    tree: Annotated[
+        bool,
+        typer.Option(
+            "--tree",
+            help="Rank session trees (a session and the sub-agent sessions it started, "
+            "recursively) by their total cost instead of single sessions.",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """The most expensive sessions and what made them expensive, next to the median session."""
-    answer = _answers().top_cost(pct=pct, since=since)
+    answer = _answers().top_cost(pct=pct, since=since, tree=tree)
     if as_json:
         _emit_json(answer)
+        return
+    if tree:
+        console.print(render_trees(answer, pct, since))
         return
     table = Table(title=f"top {pct:g}% of {answer['sessions']:,} sessions by cost ({since})")
     for column in (
@@ -1065,6 +1128,72 @@ def ask_top_cost(
             _money(s["tool_cost_usd"]),
         )
     console.print(table)
+
+
+@ask_app.command("tree")
+def ask_tree(
+    session_id: Annotated[str, typer.Argument(help="The session at the top of the tree.")],
+    since: Annotated[str, typer.Option(help="Sessions that ended in the last ...")] = "7d",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """One session and every sub-agent session below it, with cost, tokens and steps rolled
+    up over the tree (sessions link to the session that started them:
+    ``Governor.session(parent=...)``, OTel parent spans, ``governor.parent_session_id``)."""
+    try:
+        answer = _answers().session_tree(session_id, since=since)
+    except LookupError as exc:
+        raise _fail(str(exc)) from exc
+    if as_json:
+        _emit_json(answer)
+        return
+    console.print(render_tree(answer))
+
+
+def render_trees(answer: dict[str, Any], pct: float, since: str) -> Table:
+    """``ask top-cost --tree`` as a table: one row per tree, its root's agent and its totals."""
+    table = Table(
+        title=f"top {pct:g}% of {answer['trees']:,} session trees ({answer['sessions']:,} "
+        f"sessions) by total cost ({since})"
+    )
+    for column in ("root session", "agent", "tree cost", "own cost", "sessions", "depth",
+                   "steps", "tokens in/out", "agents"):  # fmt: skip
+        table.add_column(column)
+    rows = [*answer["top"], *([answer["median"]] if answer["median"] else [])]
+    for i, s in enumerate(rows):
+        t = s["tree"]
+        name = "median" if answer["median"] and i == len(rows) - 1 else s["session_id"][:13]
+        agents = ", ".join(a.split("/", 1)[-1] for a in t["agents"][:4])
+        table.add_row(
+            name + (" ↑" if t["parent_outside"] else ""),
+            f"{s['tenant_id']}/{s['agent_id']}",
+            _money(t["cost_usd"]),
+            _money(s["cost_usd"]),
+            str(t["sessions"]),
+            str(t["depth"]),
+            str(t["steps"]),
+            f"{t['input_tokens']:,}/{t['output_tokens']:,}",
+            agents + (" …" if len(t["agents"]) > 4 else ""),
+        )
+    return table
+
+
+def render_tree(answer: dict[str, Any]) -> Table:
+    tree = answer["tree"]
+    table = Table(
+        title=f"session {answer['session']['session_id']}: {tree['sessions']} sessions, "
+        f"{_money(tree['cost_usd'])} in total, {tree['steps']} steps ({answer['since']})"
+    )
+    for column in ("session", "agent", "cost", "steps", "retries"):
+        table.add_column(column)
+    for s in answer["members"]:
+        table.add_row(
+            s["session_id"][:13],
+            f"{s['tenant_id']}/{s['agent_id']}",
+            _money(s["cost_usd"]),
+            str(s["steps"]),
+            str(s["retries"]),
+        )
+    return table
 
 
 @ask_app.command("outcomes")
@@ -1401,31 +1530,139 @@ def replay(
     console.print(f"a fresh worker on it: {env} governor worker", highlight=False, soft_wrap=True)
 
 
+# --- prices ------------------------------------------------------------------------------
+
+prices_app = typer.Typer(
+    help="Model prices: policies/prices.yaml overrides, then the genai-prices package's table."
+)
+app.add_typer(prices_app, name="prices")
+
+
+@prices_app.command("check")
+def prices_check(
+    model: Annotated[
+        str, typer.Argument(help="The model as events name it (gen_ai.request.model).")
+    ],
+    input_tokens: Annotated[
+        int,
+        typer.Option(
+            "--input", min=0, help="Input tokens, cached and cache-written ones included."
+        ),
+    ] = 1_000_000,
+    output_tokens: Annotated[int, typer.Option("--output", min=0, help="Output tokens.")] = 0,
+    cache_read: Annotated[
+        int, typer.Option("--cache-read", min=0, help="Input tokens read from the prompt cache.")
+    ] = 0,
+    cache_write: Annotated[
+        int, typer.Option("--cache-write", min=0, help="Input tokens written to the prompt cache.")
+    ] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable result.")] = False,
+) -> None:
+    """What one call of MODEL would cost as the worker prices it, and where the price came from
+    (an override in prices.yaml, or genai-prices with its version). Exits 1 when the model is
+    unpriced (its calls are flagged and counted, never $0): add it to prices.yaml."""
+    import json as json_lib
+
+    from pydantic import ValidationError
+
+    from streams.pipeline.pricing import load_prices, quote
+
+    s = settings()
+    path = s.policies_dir / "prices.yaml"
+    if cache_read + cache_write > input_tokens:
+        raise _fail(
+            f"--cache-read {cache_read} + --cache-write {cache_write} exceed --input "
+            f"{input_tokens}: cached tokens are part of the input tokens"
+        )
+    try:
+        table = load_prices(path)
+    except FileNotFoundError as exc:
+        raise _fail(f"no price table at {path}: set GOVERNOR_POLICIES_DIR") from exc
+    except ValidationError as exc:
+        raise _fail(f"{path} is invalid: governor policy check {s.policies_dir} names it") from exc
+    result = quote(table, model, input_tokens, output_tokens, cache_read, cache_write)
+    if as_json:
+        console.print_json(json_lib.dumps(result.as_dict()))
+    elif result.cost_micros is None:
+        console.print(
+            f"[red]{model}: unpriced[/]: neither {path} nor genai-prices knows it; its calls are "
+            "flagged and counted. Add it under per_million_tokens in prices.yaml.",
+            highlight=False,
+        )
+    else:
+        table_out = Table("tokens", "count", "USD / 1M", box=None)
+        for kind, key, count in (
+            ("input (uncached)", "input", input_tokens - cache_read - cache_write),
+            ("cache read", "cache_read", cache_read),
+            ("cache write", "cache_write", cache_write),
+            ("output", "output", output_tokens),
+        ):
+            table_out.add_row(kind, f"{count:,}", result.per_million[key])
+        console.print(table_out)
+        console.print(
+            f"{model}: [bold]${result.cost_usd:,.6f}[/] (from {result.source})", highlight=False
+        )
+    if result.cost_micros is None:
+        raise typer.Exit(code=1)
+
+
 # --- audit -------------------------------------------------------------------------------
 
-audit_app = typer.Typer(help="The tamper-evident audit trail (hash-chained per tenant).")
+audit_app = typer.Typer(
+    help="The tamper-evident audit trail: hash-chained per tenant, heads and every N-th "
+    "record signed with the worker's Ed25519 key."
+)
 app.add_typer(audit_app, name="audit")
+
+
+def _read_anchors(spec: str) -> list[Any]:
+    """``--anchor``: a file written by ``governor audit anchor --json``, or that JSON itself."""
+    from streams.audit import AnchorError, parse_anchors
+
+    path = Path(spec)
+    text = spec if spec.lstrip().startswith(("{", "[")) else None
+    if text is None:
+        if not path.is_file():
+            raise _fail(f"--anchor {spec}: no such file; give the file or the JSON itself")
+        text = path.read_text()
+    try:
+        return parse_anchors(text)
+    except AnchorError as exc:
+        raise _fail(f"--anchor {spec}: {exc}") from exc
 
 
 @audit_app.command("verify")
 def audit_verify(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable result.")] = False,
+    anchor: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--anchor",
+            help="An anchor kept outside Kafka (a file or the JSON of `governor audit anchor "
+            "--json`); the trail must still hold its record with the same hash. Repeatable.",
+        ),
+    ] = None,
 ) -> None:
-    """Re-hash every chain of gov.audit and compare with the recorded heads.
+    """Re-hash every chain of gov.audit, check its signatures and compare with the signed heads.
 
     Names the tenant, chain_seq and offset of every edited, removed, reordered or truncated
-    record, and the partition, offset and reason of any record that is not an AuditRecord;
-    exits 1 when the trail is broken.
+    record, of every head or record whose signature is missing or does not verify with the
+    trusted public keys (the keys folder, or GOVERNOR_CONTROL_PUBLIC_KEYS), of every anchor the
+    trail no longer holds, and the partition, offset and reason of any record that is not an
+    AuditRecord; exits 1 when the trail is broken.
     """
     import json as json_lib
 
     from confluent_kafka import KafkaException
 
-    from streams.audit import verify_audit_topic
+    from streams.audit import NoTrustedKeys, verify_audit_topic
 
     s = settings()
+    anchors = [a for spec in anchor or [] for a in _read_anchors(spec)]
     try:
-        result = verify_audit_topic(s)
+        result = verify_audit_topic(s, anchors=anchors)
+    except NoTrustedKeys as exc:
+        raise _fail(str(exc)) from exc
     except KafkaException as exc:
         raise _fail(f"cannot read the audit trail at {s.bootstrap}: {exc}") from exc
     if as_json:
@@ -1447,9 +1684,58 @@ def audit_verify(
                 markup=False,
             )
         verdict = "[red]BROKEN[/]" if result.breaks else "[green]intact[/]"
-        console.print(f"{result.records:,} records in {result.tenants} chains: {verdict}")
+        keys = ", ".join(result.keys)
+        anchored = f", {result.anchors} anchors" if result.anchors else ""
+        console.print(
+            f"{result.records:,} records in {result.tenants} chains (keys {keys}{anchored}): "
+            f"{verdict}"
+        )
     if result.breaks:
         raise typer.Exit(code=1)
+
+
+@audit_app.command("anchor")
+def audit_anchor(
+    tenant: Annotated[
+        str | None, typer.Option(help="Only this tenant's chain (default: every chain).")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="The anchor(s) as JSON, to keep outside Kafka.")
+    ] = False,
+) -> None:
+    """Print a signed anchor of each chain: tenant, chain_seq, head hash, time, key id and the
+    worker's signature (its head in gov.audit.heads, checked against the trail first).
+
+    Keep the JSON outside Kafka (a ticket, a WORM bucket, a notary); later
+    `governor audit verify --anchor FILE` proves the trail still holds that record unchanged,
+    even if the chain and its heads were rewritten together since. Refuses a broken chain.
+    """
+    import json as json_lib
+    from dataclasses import asdict
+
+    from confluent_kafka import KafkaException
+
+    from streams.audit import AnchorError, NoTrustedKeys, current_anchors
+    from streams.times import format_instant
+
+    s = settings()
+    try:
+        anchors = current_anchors(s, tenant)
+    except (AnchorError, NoTrustedKeys) as exc:
+        raise _fail(str(exc)) from exc
+    except KafkaException as exc:
+        raise _fail(f"cannot read the audit trail at {s.bootstrap}: {exc}") from exc
+    if as_json:
+        rows = [asdict(a) for a in anchors]
+        console.print_json(json_lib.dumps(rows[0] if tenant else rows))
+        return
+    table = Table("tenant", "seq", "head hash", "signed at", "key", box=None)
+    for a in anchors:
+        table.add_row(a.tenant_id, str(a.chain_seq), a.hash, format_instant(a.time_us), a.key_id)
+    console.print(table)
+    console.print(
+        "keep the --json output outside Kafka; check it with governor audit verify --anchor"
+    )
 
 
 # --- incidents -----------------------------------------------------------------------------
@@ -1467,6 +1753,14 @@ def incident_timeline(
         str | None,
         typer.Option(help="Read the session's events here (a gov.replay.<id> topic, say)."),
     ] = None,
+    tree: Annotated[
+        bool,
+        typer.Option(
+            "--tree",
+            help="Also the sub-agent sessions it started, recursively (those that ended in "
+            "the last 7 days, from the read-model), with totals rolled up over the tree.",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable timeline.")] = False,
 ) -> None:
     """One session in time order: its steps, the decisions in force and when the client acted
@@ -1475,21 +1769,35 @@ def incident_timeline(
     from confluent_kafka import KafkaException
 
     from streams.query.session_records import SessionNotFound, TopicNotFound, session_timeline
-    from streams.query.timeline import describe_totals, timeline_table
+    from streams.query.timeline import describe_totals, timeline_table, tree_table, tree_totals
 
     s = settings()
+    below: list[str] = []
+    if tree:
+        try:
+            members = _answers().session_tree(session, since="7d")["members"]
+        except LookupError as exc:
+            raise _fail(f"{exc}; without --tree the timeline reads the events topic") from exc
+        below = [m["session_id"] for m in members[1:]]
     try:
         timeline = session_timeline(s, session, events_topic=events_topic)
+        descendants = [session_timeline(s, d, events_topic=events_topic) for d in below]
     except (SessionNotFound, TopicNotFound) as exc:
         raise _fail(str(exc)) from exc
     except KafkaException as exc:
         raise _fail(f"cannot read Kafka at {s.bootstrap}: {exc}") from exc
     if as_json:
-        _emit_json(timeline.to_dict())
+        answer = timeline.to_dict()
+        if tree:
+            answer["descendants"] = [d.to_dict() for d in descendants]
+            answer["tree_totals"] = tree_totals([timeline, *descendants]).to_dict()
+        _emit_json(answer)
         return
     console.print(timeline_table(timeline))
     for line in describe_totals(timeline):
         console.print(line, markup=False, highlight=False)
+    if tree:
+        console.print(tree_table([timeline, *descendants]))
 
 
 @contextmanager
@@ -1761,7 +2069,7 @@ def readmodel_rebuild(
     except RebuildInterrupted as exc:
         raise _fail(str(exc)) from None
     except redis.RedisError as exc:
-        raise _fail(f"Redis at {s.redis_url} cannot be reached: {describe(exc)}") from None
+        raise _fail(f"Redis at {s.redis_url_display} cannot be reached: {describe(exc)}") from None
     except (KafkaException, TimeoutError) as exc:
         raise _fail(f"Kafka at {s.bootstrap} cannot be reached: {describe(exc)}") from None
     finally:
@@ -1792,8 +2100,41 @@ def readmodel_rebuild(
     console.print(f"rebuilt in {seconds:.1f}s", highlight=False)
 
 
+#: top-level modules of the extras, and the install line that brings each (the base install is
+#: the light agent client: `pip install fleet-governor`)
+EXTRA_OF_MODULE = {
+    **dict.fromkeys(
+        ("faust", "mode", "aiokafka", "aiohttp", "prometheus_client", "uvloop", "google"),
+        "worker",
+    ),
+    **dict.fromkeys(("presidio_analyzer", "presidio_anonymizer", "spacy"), "pii"),
+    "opentelemetry": "otel",
+    "langchain_core": "langchain",
+}
+
+
+def missing_extra(exc: ModuleNotFoundError) -> str | None:
+    """The install line for a module an extra brings, or None when it is not one of ours."""
+    extra = EXTRA_OF_MODULE.get((exc.name or "").split(".")[0])
+    return f"pip install 'fleet-governor[{extra}]'" if extra else None
+
+
 def main() -> None:
-    app()
+    from streams.worker import ApiAuthError
+
+    try:
+        app()
+    except ApiAuthError as exc:  # a read refused by the worker's tokens: one line, the fix
+        console.print(f"[bold red]error:[/] {exc}")
+        raise SystemExit(1) from None
+    except ModuleNotFoundError as exc:  # a light install running a worker's command
+        fix = missing_extra(exc)
+        if fix is None:
+            raise
+        console.print(
+            f"[bold red]error:[/] this command needs {exc.name}, not installed: {escape(fix)}"
+        )
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

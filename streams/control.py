@@ -168,6 +168,9 @@ class KeyRing:
     def __len__(self) -> int:
         return len(self._keys)
 
+    def key_ids(self) -> list[str]:
+        return sorted(self._keys)
+
     def verify(self, decision: Mapping[str, Any]) -> DropReason | None:
         return self.verify_payload(
             decision.get("key_id"), decision.get("signature"), signing_payload(decision)

@@ -15,6 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from streams.kafka_config import client_config
 from streams.settings import Settings
 from streams.worker import WorkerProcess
 
@@ -112,7 +113,7 @@ def run_demo(
             rate=rate, truth_path=settings.state_dir / "demo-truth.jsonl",
         )  # fmt: skip
         if corrupt:
-            producer = Producer({"bootstrap.servers": settings.bootstrap})
+            producer = Producer(client_config(settings))
             for n in range(corrupt):
                 producer.produce(settings.topic("events"), b"not avro at all #%d" % n, b"bad")
             producer.flush(10)

@@ -42,6 +42,7 @@ from streams.pipeline.aggregates import (
     expired,
     tenant_scope,
 )
+from streams.pipeline.bypass import client_bypass
 from streams.pipeline.policy import (
     MAX_RATE_WINDOW_S,
     Facts,
@@ -51,7 +52,7 @@ from streams.pipeline.policy import (
     decide_session,
 )
 from streams.pipeline.pricing import PriceTable
-from streams.pipeline.scope import FLEET, ScopeItem, decision_audit
+from streams.pipeline.scope import FLEET, ScopeItem, bypass_audit, decision_audit
 from streams.pipeline.scope import Decided as Decided
 from streams.pipeline.slo import FallbackTracker, Slo, session_verdicts
 from streams.pipeline.validate import Rejection
@@ -416,13 +417,16 @@ class Engine:
                 *common, 0, delta.event_time_us, state.tenant_id, state.agent_id,
                 state.session_id, event.get("event_id"), delta.kind, delta.name, delta.status,
                 delta.cost_micros, delta.started, closed,
+                parent_session_id=state.parent_session_id if delta.started else None,
             )
         )  # fmt: skip
-        for index, d in enumerate(decided, start=1):
+        audits = [decision_audit(d) for d in decided]
+        audits += [bypass_audit(d, d.bypass) for d in decided if d.bypass is not None]
+        for index, audit in enumerate(audits, start=1):
             items.append(
                 ScopeItem(
                     *common, index, delta.event_time_us, state.tenant_id, state.agent_id,
-                    state.session_id, audit=decision_audit(d),
+                    state.session_id, audit=audit,
                 )
             )  # fmt: skip
         if self.fallbacks is not None and delta.kind == "TOOL_CALL":
@@ -542,6 +546,7 @@ class Engine:
             issued_at_us=delta.event_time_us,
             trigger_event_id=event.get("event_id"),
             policy_version=self.policies.version,
+            bypass=client_bypass(self.policies, event, outcome),
         )
 
     def _finish(self, part: PartitionState, state: SessionState, result: BatchResult) -> bool:
@@ -713,13 +718,7 @@ def checkpoint_records(part: PartitionState) -> list[tuple[bytes, bytes | None]]
             records.append((b"b|" + orjson.dumps(list(key)), value))
         elif kind is StateKind.HISTOGRAM:
             hist = part.histograms.get(key)
-            value = (
-                None
-                if hist is None
-                else orjson.dumps(
-                    {"counts": _sparse(hist.counts), "count": hist.count, "sum_ms": hist.sum_ms}
-                )
-            )
+            value = None if hist is None else orjson.dumps(hist.to_state())
             records.append((b"h|" + orjson.dumps(list(key)), value))
         elif kind is StateKind.ENFORCED:
             entry = part.enforced.get(key)
@@ -761,10 +760,7 @@ def restore_record(part: PartitionState, key: bytes, value: bytes | None) -> Non
         if data is None:
             part.histograms.pop(hkey, None)
         else:
-            hist = Histogram(count=data["count"], sum_ms=data["sum_ms"])
-            for index, n in data["counts"].items():
-                hist.counts[int(index)] = n
-            part.histograms[hkey] = hist
+            part.histograms[hkey] = Histogram.from_state(data)
     elif kind is StateKind.ENFORCED:
         policy_id, target = orjson.loads(rest)
         if data is None:
@@ -795,7 +791,3 @@ def _totals(t: Totals) -> dict[str, int]:
         "sessions_started": t.sessions_started,
         "sessions_ended": t.sessions_ended,
     }
-
-
-def _sparse(counts: list[int]) -> dict[str, int]:
-    return {str(i): n for i, n in enumerate(counts) if n}

@@ -25,6 +25,7 @@ class WorkerMetrics:
     tokens: Counter
     unpriced_calls: Counter
     decisions: Counter
+    client_bypass: Counter
     consumer_lag: Gauge
     processing_delay: Histogram
     policy_version: Gauge
@@ -102,6 +103,14 @@ def worker_metrics() -> WorkerMetrics:
             "governor_decisions",
             "Decisions published, by action and policy",
             ["action", "policy"],
+            registry=r,
+        ),
+        client_bypass=Counter(
+            "governor_client_bypass",
+            "Steps a client let run although its checks should have refused them (audited as "
+            "CLIENT_BYPASS), by why (none: no client checks, stale: another policy version, "
+            "same: a modified client or an estimate the actual exceeded) and policy",
+            ["why", "policy"],
             registry=r,
         ),
         consumer_lag=Gauge(

@@ -34,6 +34,8 @@ from typing import Any
 
 from streams.codec import Codecs, DecodeError
 from streams.control import DropReason, KeyRing, SigningKey
+from streams.kafka_config import client_config
+from streams.pipeline.bypass import CLIENT_ID_ATTR, POLICY_SOURCE_ATTR, POLICY_VERSION_ATTR
 from streams.pipeline.policy import PolicySet
 from streams.policy_files import (
     OTHER_FILES,
@@ -402,11 +404,6 @@ class PolicyHistory:
 
 # --- which set each client reports using (issue 13) -------------------------------------------
 
-#: StepEvent attributes a client with checks puts on every event (streams.client.policies)
-POLICY_VERSION_ATTR = "governor.policy_version"
-POLICY_SOURCE_ATTR = "governor.policy_source"
-CLIENT_ID_ATTR = "governor.client_id"
-
 
 @dataclass(frozen=True)
 class ClientReport:
@@ -464,7 +461,7 @@ def read_event_tail(settings: Settings, per_partition: int) -> list[dict[str, An
     codec = Codecs.load(settings.schemas_dir).step_event
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.bootstrap,
+            **client_config(settings),
             "group.id": f"governor-policy-history-{os.getpid()}",
             "enable.auto.commit": False,
             "enable.partition.eof": True,

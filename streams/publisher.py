@@ -16,8 +16,10 @@ import orjson
 import redis
 from confluent_kafka import KafkaException, Producer
 
+from streams.client.reservations import RELEASE, RESERVATION_TTL_S, Closure
 from streams.codec import Codec, Codecs
 from streams.control import EPOCH_SLOTS, SigningKey, decision_id, decision_redis_key
+from streams.kafka_config import client_config
 from streams.processor.faults import Backoff, describe, fatal
 from streams.query.rebuild import DECISIONS, latest_decisions, marker_key
 from streams.redis_client import redis_client
@@ -53,6 +55,8 @@ return 1
 #: how far ahead of the wall clock a decision's epoch may legitimately be (event time skew)
 EPOCH_HORIZON_S = 86400.0
 MIRROR_IDLE_S = 1.0
+#: closed sessions whose reservations wait for Redis to be released, at most
+MAX_PENDING_RELEASES = 100_000
 #: how often the mirror checks that Redis still holds it (one EXISTS)
 MARKER_CHECK_S = 2.0
 
@@ -112,6 +116,16 @@ class DecisionMirror:
         self._redis = redis_client(settings)
         self._script = self._redis.register_script(MIRROR_IF_NEWER)
         self._pending: dict[str, tuple[int, bytes]] = {}
+        #: the worker's side of the clients' fleet-budget reservations (streams.client
+        #: .reservations), written with the decisions: (hash key, field) -> the worker's spend,
+        #: newest wins ...
+        self._spend: dict[tuple[str, str], int] = {}
+        #: ... and the closed sessions whose reservations and open-session places to clear
+        #: (bounded: past the bound the oldest are dropped, and lapse instead)
+        self._closures: dict[str, Closure] = {}
+        self.releases_dropped = 0
+        self.released = 0
+        self._release_script = self._redis.register_script(RELEASE)
         self._cond = threading.Condition()
         self._stopping = False
         self._on_state = on_state
@@ -126,7 +140,22 @@ class DecisionMirror:
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + len(self._spend) + len(self._closures)
+
+    def put_reservations(
+        self, spend: Mapping[tuple[str, str], int], closures: Sequence[Closure]
+    ) -> None:
+        """Queue the worker's spend per budget hash and hour, and what closed sessions
+        leave to clear (best effort, as the decisions)."""
+        if not spend and not closures:
+            return
+        with self._cond:
+            self._spend.update(spend)
+            self._closures.update((c.session_id, c) for c in closures)
+            while len(self._closures) > MAX_PENDING_RELEASES:
+                del self._closures[next(iter(self._closures))]
+                self.releases_dropped += 1
+            self._cond.notify()
 
     @property
     def alive(self) -> bool:
@@ -160,12 +189,12 @@ class DecisionMirror:
         try:
             while True:
                 with self._cond:
-                    if not self._pending and not self._stopping:
+                    if not self.pending and not self._stopping:
                         self._cond.wait(MIRROR_IDLE_S)
                     if self._stopping:
                         return
                 self.last_loop_monotonic = time.monotonic()
-                ok = self._write_pending() if self._pending else True
+                ok = self._write_pending() if self.pending else True
                 if ok and time.monotonic() - self._checked_marker_at >= MARKER_CHECK_S:
                     ok = self._ensure_built()
                 if not ok:
@@ -229,7 +258,8 @@ class DecisionMirror:
     def _write_pending(self) -> bool:
         with self._cond:
             batch = dict(self._pending)
-        if not batch:
+            spend, closures = dict(self._spend), list(self._closures.values())
+        if not batch and not spend and not closures:
             return True
         horizon = str((time.time_ns() // 1000 + int(EPOCH_HORIZON_S * 1e6)) * EPOCH_SLOTS)
         prefix = self.settings.redis_key_prefix
@@ -238,7 +268,17 @@ class DecisionMirror:
             for target, (epoch, payload) in batch.items():
                 key = decision_redis_key(prefix, target)
                 self._script(keys=[key], args=[str(epoch), payload, horizon], client=pipe)
-            pipe.execute()
+            for (key, name), micros in spend.items():
+                pipe.hset(key, name, micros)
+                pipe.expire(key, RESERVATION_TTL_S)
+            releasing = [c for c in closures if c.budget_keys]
+            for closure in releasing:
+                keys = list(closure.budget_keys)
+                self._release_script(keys=keys, args=[closure.field_prefix], client=pipe)
+            for closure in closures:
+                for key in closure.active_keys:
+                    pipe.zrem(key, closure.session_id)
+            answers = pipe.execute()
         except redis.RedisError as exc:
             self._set_state(False, describe(exc))
             return False
@@ -246,6 +286,14 @@ class DecisionMirror:
             for target, entry in batch.items():
                 if self._pending.get(target) == entry:
                     del self._pending[target]
+            for spend_key, micros in spend.items():
+                if self._spend.get(spend_key) == micros:
+                    del self._spend[spend_key]
+            for closure in closures:
+                if self._closures.get(closure.session_id) is closure:
+                    del self._closures[closure.session_id]
+        start = len(batch) + 2 * len(spend)
+        self.released += sum(int(n) for n in answers[start : start + len(releasing)])
         self.written += len(batch)
         self._set_state(True, "")
         return True
@@ -282,7 +330,7 @@ class DecisionPublisher:
         self.topic = settings.topic("control")
         self._producer = Producer(
             {
-                "bootstrap.servers": settings.bootstrap,
+                **client_config(settings),
                 "acks": "all",
                 "enable.idempotence": True,
                 "linger.ms": 0,

@@ -32,6 +32,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from streams.codec import Codecs, DecodeError, header_pairs
+from streams.kafka_config import client_config
 from streams.settings import Settings
 from streams.topics import admin_client, create_topics, new_topic, replication_for
 
@@ -175,7 +176,7 @@ def verdict(
 def _reader(settings: Settings) -> Consumer:
     return Consumer(
         {
-            "bootstrap.servers": settings.bootstrap,
+            **client_config(settings),
             # never joins or commits: a throwaway id only because the client insists on one
             "group.id": f"governor-range-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
@@ -416,7 +417,7 @@ class _Copier:
         self.errors: list[KafkaError] = []
         self.producer = Producer(
             {
-                "bootstrap.servers": settings.bootstrap,
+                **client_config(settings),
                 "acks": "all",
                 "enable.idempotence": True,
                 "linger.ms": 20,

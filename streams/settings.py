@@ -39,6 +39,21 @@ class Settings:
     #: topic); everything the worker writes stays under ``topic_prefix``
     events_topic: str | None = None
 
+    # Kafka security (streams/kafka_config.py turns these into every client's configuration):
+    #: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL
+    kafka_security_protocol: str = ""
+    #: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (SCRAM-SHA-512 when a SASL protocol names none)
+    kafka_sasl_mechanism: str = ""
+    kafka_username: str = ""
+    kafka_password: str = field(default="", repr=False)
+    #: PEM files: the CA that signed the brokers' certificates, a client certificate and key
+    kafka_ca_file: Path | None = None
+    kafka_cert_file: Path | None = None
+    kafka_key_file: Path | None = None
+    kafka_key_password: str = field(default="", repr=False)
+    #: a librdkafka properties file (key=value lines) merged into every confluent-kafka client
+    kafka_properties_file: Path | None = None
+
     # topics
     event_partitions: int = 6
     #: 0 means "as many as the cluster can hold, up to 3"
@@ -50,6 +65,13 @@ class Settings:
     app_id: str = "governor"
     web_host: str = "127.0.0.1"
     web_port: int = 6066
+    #: bearer tokens of the worker's HTTP API, per role: "admin:<token>,reader:<token>" (a
+    #: role may carry several tokens); see streams/http_auth.py for what each role may do
+    api_tokens: str = field(default="", repr=False)
+    #: read endpoints (GET) need a token too (any role); health and metrics never do
+    api_auth_reads: bool = False
+    #: the token the CLI sends to the worker (GOVERNOR_API_TOKEN, the client side)
+    api_token: str = field(default="", repr=False)
     log_level: str = "info"
 
     # the local stack (governor up)
@@ -65,11 +87,19 @@ class Settings:
     # GOVERNOR_CONTROL_PUBLIC_KEYS ("kid:base64,...") lets clients trust keys without the folder
     keys_dir: Path | None = None
     control_public_keys: str = ""
+    # the audit trail: every chain head, and every N-th record, is signed with the control key
+    # (or, when GOVERNOR_AUDIT_KEYS_DIR is set, with a separate audit key kept there)
+    audit_keys_dir: Path | None = None
+    audit_sign_every: int = 100
 
     # the client: how much it buffers while the broker is away, and how long PAUSE may block
     client_buffer_events: int = 100_000
     client_buffer_max_age_s: float = 300.0
     pause_timeout_s: float = 600.0
+    #: the client evaluates, before each step, every policy that needs no fleet-wide state
+    #: (streams.client.checks): a denied tool never runs. Off only to let the worker alone
+    #: enforce (tests of the worker's authority, a simulated fleet's ground truth)
+    client_checks: bool = True
 
     # the worker's accounting (event time)
     #: a session with no event for this long (event time) is closed as TIMEOUT
@@ -139,7 +169,14 @@ class Settings:
                 continue
             values[f.name] = _parse(f.name, str(f.type), raw)
         values.update(overrides)
-        return cls(**values)
+        settings = cls(**values)
+        # a wrong Kafka security setting is one clear error here, not a hang at first connect
+        from streams.http_auth import parse_tokens
+        from streams.kafka_config import security_from_settings
+
+        security_from_settings(settings)
+        parse_tokens(settings.api_tokens)
+        return settings
 
     def to_env(self) -> dict[str, str]:
         """The ``GOVERNOR_*`` variables that rebuild these settings in another process."""
@@ -169,6 +206,15 @@ class Settings:
     def redis_key_prefix(self) -> str:
         """Prefix of every Redis key, so several Governors can share one Redis."""
         return self.topic_prefix
+
+    @property
+    def redis_url_display(self) -> str:
+        """``redis_url`` for messages: a password in it (``redis://:secret@host``) masked."""
+        parsed = urlparse(self.redis_url)
+        if parsed.password is None:
+            return self.redis_url
+        user = f"{parsed.username}:" if parsed.username else ":"
+        return parsed._replace(netloc=f"{user}***@{parsed.hostname}:{self.redis_port}").geturl()
 
     @property
     def redis_host(self) -> str:

@@ -20,9 +20,10 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from streams.kafka_config import KafkaSecurity, connection_config
 from streams.settings import Settings, project_root
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,62 @@ class Service:
     address: str
     pid_file: Path
     log_file: Path
+
+
+@dataclass(frozen=True)
+class SecuredListener:
+    """A secured local broker: its client listener is SASL_SSL (SCRAM), the KRaft
+    ``StandardAuthorizer`` enforces ACLs, ``admin`` is the super user (the broker's own
+    principal between brokers). The controller listener stays PLAINTEXT on 127.0.0.1; its
+    principal (User:ANONYMOUS) is a super user too, as KRaft's broker-to-controller requests
+    need: no client reaches it, the client listener only accepts SASL_SSL."""
+
+    #: PEM file: the broker's private key (PKCS#8, unencrypted) and certificate chain
+    keystore: Path
+    #: PEM file: the CA that signed it (and the clients' trust anchor)
+    truststore: Path
+    admin: str
+    admin_password: str = field(repr=False)
+    #: SCRAM credentials created when the storage is formatted: (name, password)
+    users: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    mechanism: str = "SCRAM-SHA-512"
+    #: extra JVM options of the broker: by default the quick JIT only (C1), which starts a
+    #: test broker in less CPU time; pass () for a broker that runs long
+    jvm_options: tuple[str, ...] = ("-XX:TieredStopAtLevel=1",)
+
+    def admin_security(self) -> KafkaSecurity:
+        return KafkaSecurity(
+            protocol="SASL_SSL",
+            sasl_mechanism=self.mechanism,
+            username=self.admin,
+            password=self.admin_password,
+            ca_file=self.truststore,
+        )
+
+    def properties(self) -> dict[str, object]:
+        jaas = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{self.admin}" password="{self.admin_password}";'
+        )
+        return {
+            "sasl.enabled.mechanisms": self.mechanism,
+            "sasl.mechanism.inter.broker.protocol": self.mechanism,
+            f"listener.name.sasl_ssl.{self.mechanism.lower()}.sasl.jaas.config": jaas,
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": self.keystore,
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": self.truststore,
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users": f"User:{self.admin};User:ANONYMOUS",
+            "allow.everyone.if.no.acl.found": "false",
+            # topics come from `governor topics create` (or the worker), under the ACLs
+            "auto.create.topics.enable": "false",
+        }
+
+    def scram_arguments(self) -> list[str]:
+        """``kafka-storage format`` arguments creating the SCRAM credentials (KIP-900)."""
+        users = [(self.admin, self.admin_password), *self.users]
+        return [f"--add-scram={self.mechanism}=[name={n},password={p}]" for n, p in users]
 
 
 @dataclass(frozen=True)
@@ -286,9 +343,17 @@ def _java() -> str:
     return java
 
 
-def kafka_properties(settings: Settings, node: int, brokers: int, data_dir: Path) -> str:
-    """server.properties of local node ``node`` in a ``brokers``-node combined-mode cluster."""
+def kafka_properties(
+    settings: Settings,
+    node: int,
+    brokers: int,
+    data_dir: Path,
+    secured: SecuredListener | None = None,
+) -> str:
+    """server.properties of local node ``node`` in a ``brokers``-node combined-mode cluster
+    (``secured``: its client listener is SASL_SSL, with ACLs)."""
     port, controller_port = settings.kafka_ports(node)
+    listener = "SASL_SSL" if secured is not None else "PLAINTEXT"
     voters = ",".join(f"{n}@127.0.0.1:{settings.kafka_ports(n)[1]}" for n in range(1, brokers + 1))
     replication = min(3, brokers)
     min_isr = 2 if replication >= 3 else 1
@@ -296,11 +361,11 @@ def kafka_properties(settings: Settings, node: int, brokers: int, data_dir: Path
         "process.roles": "broker,controller",
         "node.id": node,
         "controller.quorum.voters": voters,
-        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+        "listeners": f"{listener}://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        "advertised.listeners": f"{listener}://127.0.0.1:{port}",
         "controller.listener.names": "CONTROLLER",
-        "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name": listener,
+        "listener.security.protocol.map": f"{listener}:{listener},CONTROLLER:PLAINTEXT",
         "log.dirs": str(data_dir),
         "num.partitions": 1,
         "default.replication.factor": replication,
@@ -318,6 +383,7 @@ def kafka_properties(settings: Settings, node: int, brokers: int, data_dir: Path
         "transaction.abort.timed.out.transaction.cleanup.interval.ms": 1000,
         "auto.create.topics.enable": "true",
         "log.segment.bytes": 64 * 1024 * 1024,
+        **(secured.properties() if secured is not None else {}),
     }
     return "".join(f"{k}={v}\n" for k, v in props.items())
 
@@ -331,14 +397,16 @@ def _port_open(address: str) -> bool:
         return False
 
 
-def _kafka_answers(bootstrap: str, brokers: int) -> bool:
+def _kafka_answers(bootstrap: str, brokers: int, security: KafkaSecurity | None = None) -> bool:
     """True once a metadata request lists all ``brokers`` nodes."""
     from confluent_kafka.admin import AdminClient
 
     if not all(_port_open(address) for address in bootstrap.split(",")):
         return False
     # log_level 0: connection refusals while a node starts are expected, not worth printing
-    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 2000, "log_level": 0})
+    admin = AdminClient(
+        connection_config(bootstrap, security, {"socket.timeout.ms": 2000, "log_level": 0})
+    )
     try:
         metadata = admin.list_topics(timeout=2)
     except Exception:
@@ -346,10 +414,13 @@ def _kafka_answers(bootstrap: str, brokers: int) -> bool:
     return len(metadata.brokers) >= brokers
 
 
-def _start_kafka(settings: Settings, brokers: int) -> list[str]:
+def _start_kafka(
+    settings: Settings, brokers: int, secured: SecuredListener | None = None
+) -> list[str]:
     libs = ensure_kafka_jars(settings)
     java = _java()
-    cluster_root = settings.state_dir / f"kafka-{brokers}node"
+    layout = f"kafka-{brokers}node" + ("-secured" if secured is not None else "")
+    cluster_root = settings.state_dir / layout
     cluster_id_file = cluster_root / "cluster.id"
     cluster_root.mkdir(parents=True, exist_ok=True)
     if not cluster_id_file.exists():
@@ -370,11 +441,16 @@ def _start_kafka(settings: Settings, brokers: int) -> list[str]:
         data_dir = node_dir / "data"
         node_dir.mkdir(parents=True, exist_ok=True)
         config = node_dir / "server.properties"
-        config.write_text(kafka_properties(settings, node, brokers, data_dir))
+        config.write_text(kafka_properties(settings, node, brokers, data_dir, secured))
+        if secured is not None:
+            config.chmod(0o600)  # it holds the super user's password
         if not (data_dir / "meta.properties").exists():
             fmt = subprocess.run(
                 [
                     java,
+                    # a one-shot tool: the quick JIT and the serial GC start it in half the time
+                    "-XX:TieredStopAtLevel=1",
+                    "-XX:+UseSerialGC",
                     "-cp",
                     classpath,
                     STORAGE_TOOL,
@@ -385,6 +461,7 @@ def _start_kafka(settings: Settings, brokers: int) -> list[str]:
                     f"--cluster-id={cluster_id}",
                     "-c",
                     str(config),
+                    *(secured.scram_arguments() if secured is not None else []),
                 ],
                 capture_output=True,
                 text=True,
@@ -399,6 +476,7 @@ def _start_kafka(settings: Settings, brokers: int) -> list[str]:
             "-XX:+UseG1GC",
             "-XX:MaxGCPauseMillis=20",
             "-Djava.awt.headless=true",
+            *(secured.jvm_options if secured is not None else ()),
             f"-Dlog4j2.configurationFile={log4j}",
             f"{STACK_MARKER}{settings.state_dir}/kafka-{node}",
             "-cp",
@@ -413,7 +491,9 @@ def _start_kafka(settings: Settings, brokers: int) -> list[str]:
     for service in services:
         _wait(
             service,
-            lambda: _kafka_answers(bootstrap, brokers),
+            lambda: _kafka_answers(
+                bootstrap, brokers, secured.admin_security() if secured is not None else None
+            ),
             settings.start_timeout_s,
             pid=live_pid(service),
         )
@@ -500,6 +580,18 @@ def up(settings: Settings, brokers: int = 1) -> list[str]:
         down(settings)
         raise
     return started
+
+
+def up_secured(settings: Settings, secured: SecuredListener) -> list[str]:
+    """Start one secured Kafka node (no Redis): SASL_SSL with SCRAM users and ACLs enforced,
+    for the secured-cluster test and for trying ACLs locally. ``down`` stops it."""
+    run_dir(settings).mkdir(parents=True, exist_ok=True)
+    layout_file(settings).write_text(json.dumps({"brokers": 1, "secured": True}) + "\n")
+    try:
+        return _start_kafka(settings, 1, secured)
+    except BaseException:
+        down(settings)
+        raise
 
 
 def stop(settings: Settings, names: Iterable[str]) -> list[str]:

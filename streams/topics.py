@@ -22,6 +22,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
+from streams.kafka_config import client_config
 from streams.settings import Settings
 
 log = logging.getLogger("governor.topics")
@@ -139,7 +140,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
 
 
 def admin_client(settings: Settings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.bootstrap, "socket.timeout.ms": 10000})
+    return AdminClient({**client_config(settings), "socket.timeout.ms": 10000})
 
 
 def cluster_size(admin: AdminClient, timeout_s: float = 10.0) -> int:
@@ -306,7 +307,7 @@ def publish_keyed(settings: Settings, topic: str, key: bytes, value: bytes) -> N
     errors: list[KafkaError] = []
     producer = Producer(
         {
-            "bootstrap.servers": settings.bootstrap,
+            **client_config(settings),
             "enable.idempotence": True,
             "acks": "all",
             "message.timeout.ms": 30_000,
@@ -355,7 +356,7 @@ def scan_partitions(
         return 0
     reader = Consumer(
         {
-            "bootstrap.servers": settings.bootstrap,
+            **client_config(settings),
             "group.id": f"governor-restore-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
@@ -410,7 +411,7 @@ class _TrueEnds:
         self.waiting: dict[int, tuple[int, int]] = {}
         self._probe = Consumer(
             {
-                "bootstrap.servers": settings.bootstrap,
+                **client_config(settings),
                 "group.id": f"governor-restore-{uuid.uuid4().hex[:8]}",
                 "isolation.level": "read_uncommitted",
                 "log_level": 3,

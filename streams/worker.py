@@ -68,10 +68,19 @@ def run_worker(settings: Settings, port_file: Path | None = None) -> None:
     import faust
 
     from streams.app import build_app
+    from streams.http_auth import parse_tokens
+    from streams.kafka_config import security_from_settings
     from streams.topics import admin_client, cluster_size
 
     settings = resolve_web_port(settings)
     print(f"worker web on {web_url(settings.web_host, settings.web_port)}", flush=True)
+    # how it connects and who may call it (never a secret)
+    tokens = parse_tokens(settings.api_tokens)
+    print(
+        f"kafka {settings.bootstrap}: {security_from_settings(settings).describe()}; "
+        f"API tokens: {', '.join(tokens.roles) or 'none (mutating requests: loopback only)'}",
+        flush=True,
+    )
     if port_file is not None:
         write_port_file(port_file, settings.web_port)
     # the accounting thread is CPU-bound; longer GIL slices spare it switches to the event loop
@@ -105,22 +114,53 @@ def _event_loop(kind: str | None) -> Any:
     return asyncio.new_event_loop()
 
 
-def fetch_json(url: str, timeout_s: float = 5.0) -> Any:
-    """GET a JSON answer; None when nothing answers."""
+class ApiAuthError(RuntimeError):
+    """The worker refused the request's token (401/403); the message says the fix."""
+
+
+def api_headers(token: str | None = None) -> dict[str, str]:
+    """``Authorization: Bearer`` with ``token``, else GOVERNOR_API_TOKEN (none if unset)."""
+    token = os.environ.get("GOVERNOR_API_TOKEN", "") if token is None else token
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def auth_fix(status: int, url: str) -> str:
+    """One line saying why the worker refused and what to do (never the token)."""
+    if status == 401:
+        return (
+            f"the worker at {url} needs a token: set GOVERNOR_API_TOKEN to a token from its "
+            "GOVERNOR_API_TOKENS (an admin token for changes)"
+        )
+    return (
+        f"the worker at {url} refused this token's role: set GOVERNOR_API_TOKEN to an admin "
+        "token from its GOVERNOR_API_TOKENS"
+    )
+
+
+def fetch_json(url: str, timeout_s: float = 5.0, token: str | None = None) -> Any:
+    """GET a JSON answer; None when nothing answers; :class:`ApiAuthError` when the worker
+    refuses the token (GOVERNOR_API_TOKEN unless ``token`` is given)."""
+    request = urllib.request.Request(url, headers=api_headers(token))
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise ApiAuthError(auth_fix(exc.code, url)) from None
+        return None
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return None
 
 
-def post_json(url: str, payload: Any, timeout_s: float = 30.0) -> tuple[int, Any] | None:
-    """POST JSON; (HTTP status, JSON answer), error statuses included; None when nothing
-    answers."""
+def post_json(
+    url: str, payload: Any, timeout_s: float = 30.0, token: str | None = None
+) -> tuple[int, Any] | None:
+    """POST JSON with the API token (GOVERNOR_API_TOKEN unless ``token`` is given); (HTTP
+    status, JSON answer), error statuses included; None when nothing answers."""
     request = urllib.request.Request(
         url,
         data=json.dumps(payload).encode(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **api_headers(token)},
         method="POST",
     )
     try:
@@ -140,7 +180,8 @@ def get_json_status(url: str, timeout_s: float = 5.0) -> tuple[int, Any] | None:
     """GET JSON; (HTTP status, JSON answer), error statuses included: a 503 from /healthz or
     /readyz is an answer (degraded), not silence. None when nothing answers."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        request = urllib.request.Request(url, headers=api_headers())
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             status, body = response.status, response.read()
     except urllib.error.HTTPError as exc:
         status, body = exc.code, exc.read()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the machine-level tools Governor's local stack and tests use, when they are missing:
-# redis-server (the Redis of the local stack), promtool (Prometheus rule checks) and
-# docker-compose (offline validation of docker-compose.yml). Java 17 and Maven must be present.
+# redis-server (the Redis of the local stack), promtool (Prometheus rule checks),
+# docker-compose (offline validation of docker-compose.yml) and openssl (the secured-broker
+# test makes its CA with it). Java 17 and Maven must be present.
 set -euo pipefail
 
 need=()
@@ -9,6 +10,7 @@ command -v redis-server >/dev/null || need+=(redis-server)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v docker-compose >/dev/null || need+=(docker-compose)
 command -v amtool >/dev/null || need+=(prometheus-alertmanager)
+command -v openssl >/dev/null || need+=(openssl)
 
 for tool in java mvn; do
   command -v "$tool" >/dev/null || { echo "setup: $tool is required (Java 17+ and Maven)" >&2; exit 1; }

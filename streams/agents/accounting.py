@@ -337,6 +337,10 @@ class AccountingRunner(TransactionalLoop):
             self._on_commit.append(
                 self.metrics.decisions.labels(outcome.action, outcome.policy_id).inc
             )
+            if decided.bypass is not None:
+                self._on_commit.append(
+                    self.metrics.client_bypass.labels(decided.bypass.why, outcome.policy_id).inc
+                )
 
     #: the scope stage of this worker, which owns the tenants' audit chains (set by the app)
     scope: Any = None

@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -31,6 +31,7 @@ from streams.control import EPOCH_SLOTS, PII_EPOCH_SLOT, session_target
 from streams.metrics import WorkerMetrics
 from streams.pii.ledger import PiiLedger
 from streams.pii.scanner import PiiScanner
+from streams.pipeline.bypass import ClientBypass, bypass_details, pii_bypass
 from streams.pipeline.pii import HOP_OF_ROLE, Match, PiiPolicy, findings
 from streams.pipeline.validate import IngestBounds, validate_event
 from streams.publisher import DecisionPublisher, make_decision
@@ -91,6 +92,9 @@ class FindingBatch:
     #: findings already sent to gov.pii
     sent: int = 0
     audited: bool = False
+    #: (tenant, event time µs, a step a client let run although its PII checks should have
+    #: refused it)
+    bypasses: list[tuple[str, int, ClientBypass]] = field(default_factory=list)
 
 
 class PiiHandler:
@@ -139,6 +143,7 @@ class PiiHandler:
         scanner = scanner or self.scanner
         policy = policy or self.policy
         records: list[dict[str, Any]] = []
+        bypasses: list[tuple[str, int, ClientBypass]] = []
         for index, payload in enumerate(payloads):
             try:
                 event = self.codecs.step_event.decode(payload)
@@ -153,9 +158,20 @@ class PiiHandler:
                     continue
             matches = scan_event(event, scanner)
             if matches:
-                records.extend(findings(event, matches, policy, self.key, self.settings.pii_key_id))
+                found = findings(event, matches, policy, self.key, self.settings.pii_key_id)
+                records.extend(found)
+                bypass = next(
+                    (
+                        b
+                        for r in found
+                        if (b := pii_bypass(event, r["handling"], r["hop"], policy.version))
+                    ),
+                    None,
+                )
+                if bypass is not None:
+                    bypasses.append((event["tenant_id"], event["start_time_us"], bypass))
         self.metrics.pii_skip_rate.set(scanner.stats.skip_rate)
-        return FindingBatch([r for r in records if r["handling"] != "ALLOW"])
+        return FindingBatch([r for r in records if r["handling"] != "ALLOW"], bypasses=bypasses)
 
     def kill(self, batch: FindingBatch) -> None:
         """Publish the batch's kills (Kafka first; the Redis copy is the publisher's)."""
@@ -195,6 +211,18 @@ class PiiHandler:
             self.metrics.pii_findings.labels(
                 record["entity_type"], record["hop"], record["handling"]
             ).inc()
+        for tenant, time_us, bypass in batch.bypasses:
+            self.audit(
+                tenant,
+                "CLIENT_BYPASS",
+                time_us,
+                f"session:{bypass.session_id}",
+                f"{bypass.action} by pii on a step the client let run ({bypass.why}: client "
+                f"{bypass.client_policy_version or 'without checks'})",
+                bypass_details(bypass),
+                f"bypass:{bypass.event_id}:pii",
+            )
+            self.metrics.client_bypass.labels(bypass.why, PII_POLICY_ID).inc()
         batch.audited = True
 
     def handle(self, payloads: Sequence[bytes]) -> list[dict[str, Any]]:

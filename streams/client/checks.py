@@ -30,12 +30,11 @@ from streams.pipeline.accounting import (
     fold,
     steps_in_window,
 )
+from streams.pipeline.bypass import REFUSING, policy_label
 from streams.pipeline.pii import HOP_OF_ROLE, PiiPolicy
 from streams.pipeline.policy import Facts, Outcome, PolicySet, decide_session
 from streams.pipeline.pricing import PriceTable
 
-#: what each action does to a step that has not run yet
-REFUSING = ("KILL", "PAUSE")
 #: the SessionState fields that decide_session reads, or that fold reads to compute them (cost,
 #: loop run, duration, step minutes): a projection onto these decides exactly like the whole
 _DECIDING = (
@@ -72,7 +71,7 @@ class ClientPolicies:
     @property
     def label(self) -> str:
         """``v<version>:<policy digest>``, what the client reports on its events."""
-        return f"v{self.policies.version}:{self.policies.digest}"
+        return policy_label(self.policies)
 
 
 @dataclass(frozen=True)
@@ -190,6 +189,7 @@ def cost_micros(client: ClientPolicies, step: Mapping[str, Any]) -> int:
         step.get("input_tokens"),
         step.get("output_tokens"),
         step.get("cache_read_input_tokens"),
+        step.get("cache_write_input_tokens"),
     )
     return priced or 0
 
@@ -236,67 +236,3 @@ def pii_may_refuse(policy: PiiPolicy | None, kind: str) -> bool:
         return True
     hops = {HOP_OF_ROLE[r] for r in INPUT_ROLES.get(kind, ())}
     return any(r.handling in ("block", "kill") and hops & set(r.hops) for r in policy.rules)
-
-
-# --- the worker's side: a step a client let through in breach (issue 13, item 5) ------------
-
-#: the session-scope kinds a client with checks refuses before the step runs
-CLIENT_KINDS = ("budget", "tools", "loop", "max_duration", "unpriced_model", "step_rate")
-
-
-@dataclass(frozen=True)
-class ClientBypass:
-    """A step that ran although the client should have refused it: what a CLIENT_BYPASS audit
-    record says beside the worker's own decision."""
-
-    policy_id: str
-    action: str
-    event_id: str
-    session_id: str
-    #: ``v<N>:<digest>`` the event says its client enforced; None: no client-side checks
-    client_policy_version: str | None
-    client_policy_source: str | None
-    client_id: str | None
-    #: ``v<N>:<digest>`` of the worker's set
-    worker_policy_version: str
-    #: none (no checks), stale (another set), same (a modified client, or an estimate the
-    #: actual usage exceeded)
-    why: str
-
-
-def client_bypass(
-    policies: PolicySet, event: Mapping[str, Any], outcome: Outcome
-) -> ClientBypass | None:
-    """The bypass ``outcome`` (decided by the worker on ``event``) reveals, if any: the step ran
-    (not BLOCKED), the outcome refuses (KILL or PAUSE) and its policy is of a kind the client
-    checks before a step."""
-    from streams.policy_history import (
-        CLIENT_ID_ATTR,
-        POLICY_SOURCE_ATTR,
-        POLICY_VERSION_ATTR,
-    )
-
-    if event.get("status") == "BLOCKED" or outcome.action not in REFUSING:
-        return None
-    if event.get("kind") not in STEP_KINDS:
-        return None
-    policy = next((p for p in policies.policies if p.id == outcome.policy_id), None)
-    if policy is None or policy.kind not in CLIENT_KINDS:
-        return None
-    if policy.kind in ("budget", "step_rate") and policy.scope != "session":
-        return None
-    attributes = event.get("attributes") or {}
-    reported = attributes.get(POLICY_VERSION_ATTR)
-    worker = f"v{policies.version}:{policies.digest}"
-    why = "none" if reported is None else ("same" if reported == worker else "stale")
-    return ClientBypass(
-        policy_id=outcome.policy_id,
-        action=outcome.action,
-        event_id=str(event.get("event_id") or ""),
-        session_id=str(event.get("session_id") or ""),
-        client_policy_version=reported,
-        client_policy_source=attributes.get(POLICY_SOURCE_ATTR),
-        client_id=attributes.get(CLIENT_ID_ATTR),
-        worker_policy_version=worker,
-        why=why,
-    )

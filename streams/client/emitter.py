@@ -18,6 +18,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from streams.kafka_config import KafkaSecurity, connection_config
+
 log = logging.getLogger("governor.client")
 
 WARN_INTERVAL_S = 10.0
@@ -47,12 +49,13 @@ class Emitter:
         buffer_events: int = 100_000,
         buffer_max_age_s: float = 300.0,
         extra_config: dict[str, Any] | None = None,
+        security: KafkaSecurity | None = None,
     ) -> None:
         self.stats = EmitterStats()
         self._lock = threading.Lock()
         self._last_warning: dict[str, float] = {}
         config: dict[str, Any] = {
-            "bootstrap.servers": bootstrap,
+            **connection_config(bootstrap, security),
             "acks": "all",
             "enable.idempotence": True,
             "linger.ms": 5,
@@ -122,9 +125,27 @@ class Emitter:
                 failed,
             )
             return
+        if err is not None and err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+            self._warn(
+                "unauthorized",
+                "events to %s refused: this client's Kafka principal may not write that topic "
+                "(TOPIC_AUTHORIZATION_FAILED; `governor topics acls` lists each role's ACLs); "
+                "events failed so far: %s",
+                topic,
+                failed,
+            )
+            return
         self._warn("failed", "events could not be delivered (%s so far): %s", failed, err)
 
     def _on_error(self, err: KafkaError) -> None:
+        if err.code() in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED):
+            self._warn(
+                "auth",
+                "Kafka refused this client's credentials (check GOVERNOR_KAFKA_USERNAME, "
+                "GOVERNOR_KAFKA_PASSWORD and GOVERNOR_KAFKA_SASL_MECHANISM): %s",
+                err.str(),
+            )
+            return
         self._warn("broker", "broker unreachable, buffering events: %s", err)
 
     def _warn(self, kind: str, message: str, *args: Any) -> None:

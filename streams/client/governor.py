@@ -14,7 +14,8 @@ cancels that step at once; the step is recorded as CANCELLED. Each decision a se
 reported once, on the session's next event (for a KILL, its SESSION_END), as the attributes of
 :func:`streams.control.acted_attributes`: decision id, action, when, and how long it waited.
 
-With ``Governor(checks=True)`` the client also evaluates, before each step and in this process,
+By default (``checks=True``; ``GOVERNOR_CLIENT_CHECKS=false`` or ``checks=False`` leaves
+enforcement to the worker alone) the client also evaluates, before each step and in this process,
 every policy that needs no fleet-wide state (:mod:`streams.client.checks`: denied tools, loops,
 the session budget with the next call's estimated cost, maximum duration, session step rate,
 PII rules on tool arguments and LLM input), with the worker's signed set from gov.policies
@@ -28,6 +29,7 @@ actual cost when it is recorded. Every event then carries the set's version.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -61,7 +63,16 @@ from streams.client.policies import (
     empty_policies,
     local_policies,
 )
-from streams.client.reservations import Budget, FleetReservations, Held, NoRoom, fleet_budgets
+from streams.client.reservations import (
+    Budget,
+    Cap,
+    FleetReservations,
+    Full,
+    Held,
+    NoRoom,
+    concurrency_caps,
+    fleet_budgets,
+)
 from streams.client.subscriber import ControlSubscriber
 from streams.codec import Codecs, DecodeError
 from streams.control import (
@@ -75,12 +86,17 @@ from streams.control import (
     session_target,
     tenant_target,
 )
-from streams.pipeline.accounting import SessionState, new_state
+from streams.kafka_config import security_from_settings
+from streams.pipeline.accounting import PARENT_SESSION_ATTR, SessionState, new_state
+from streams.pipeline.bypass import REFUSING
+from streams.pipeline.policy import PolicySet
+from streams.pipeline.pricing import preload_genai_prices
 from streams.policy_history import PolicyVersion
 from streams.settings import Settings
 
 log = logging.getLogger("governor.client")
 T = TypeVar("T")
+Derived = TypeVar("Derived")
 
 Content = Iterable[tuple[str, str] | Mapping[str, str]]
 WarnCallback = Callable[["Session", dict[str, Any]], None]
@@ -110,9 +126,11 @@ def _in_event_loop() -> bool:
 class Governor:
     """One agent process's connection to Governor (one tenant, one agent).
 
-    ``checks=True`` turns on the client-side checks before each step (module docstring) with
-    the worker's signed set from gov.policies, waiting at most ``policy_wait_s`` at start for
-    it (the last good set on disk, else the local policies folder, is in force until then)."""
+    ``checks`` (default: the ``client_checks`` setting, on) runs the client-side checks before
+    each step (module docstring) with the worker's signed set from gov.policies, waiting at
+    most ``policy_wait_s`` at start for it (the last good set on disk, else the local
+    policies folder, is in force until then), and as long again at most for genai-prices'
+    table to load (it loads in the background from the start of ``__init__``)."""
 
     def __init__(
         self,
@@ -129,7 +147,7 @@ class Governor:
         obey: bool = True,
         pii_guard: bool | None = None,
         redact: bool = False,
-        checks: bool = False,
+        checks: bool | None = None,
         policy_wait_s: float = 2.0,
     ) -> None:
         base = settings or Settings.from_env()
@@ -142,10 +160,22 @@ class Governor:
         self.on_warn = on_warn
         self.clock = clock
         self.codecs = Codecs.load(self.settings.schemas_dir)
+        # the first step must not wait for genai-prices (~0.3 s) or presidio (~1 s) to load:
+        # both load in the background (issue 14; streams/client/pii.py): the price table from
+        # here, while the connections below are made, and is waited for with the policy set;
+        # the PII detector once started (it would slow the start down, holding the GIL)
+        prices_loading = (
+            preload_genai_prices()
+            if (self.settings.client_checks if checks is None else checks)
+            else None
+        )
         self.pii = PiiGuard.build(self.settings, enabled=pii_guard, redact=redact)
         self._events_topic = self.settings.topic("events")
+        #: the Kafka security of every client here (GOVERNOR_KAFKA_*, streams/kafka_config.py)
+        self.kafka_security = security_from_settings(self.settings)
         self.emitter = Emitter(
             self.settings.bootstrap,
+            security=self.kafka_security,
             buffer_events=self.settings.client_buffer_events,
             buffer_max_age_s=self.settings.client_buffer_max_age_s,
         )
@@ -164,6 +194,7 @@ class Governor:
         self.redis_errors = 0
         self._subscriber: ControlSubscriber | None = None
         #: client-side checks before each step (module docstring), and the set they use
+        checks = self.settings.client_checks if checks is None else checks
         self.checks = checks
         self.client_id = uuid.uuid4().hex[:12]
         self.check_stats: dict[str, int] = {"checked": 0, "refused": 0, "throttled": 0}
@@ -172,9 +203,12 @@ class Governor:
         self._policy_feed: PolicyFeed | None = None
         #: agent/tenant budgets reserved in Redis before each LLM step (client/reservations.py)
         self.reservations = FleetReservations(self._redis, self.settings.redis_key_prefix)
-        self._fleet: tuple[ClientPolicies | None, tuple[Budget, ...]] = (None, ())
+        #: what this agent derives from the set in force (fleet budgets, concurrency caps)
+        self._derived: dict[str, tuple[ClientPolicies, Any]] = {}
         if checks:
             self._start_policies(self.keyring, policy_wait_s)
+            if prices_loading is not None and policy_wait_s > 0:
+                prices_loading.join(policy_wait_s)  # the rest of ~0.3 s, spent meanwhile
         if obey:
             self._load_decisions([tenant_target(tenant), agent_target(tenant, agent)])
             self._subscriber = ControlSubscriber(
@@ -185,8 +219,10 @@ class Governor:
                 self.now_us,
                 on_accept=self._on_decision,
                 on_reconnect=self._reload_decisions,
+                security=self.kafka_security,
             )
             self._subscriber.start()
+        self.pii.warm()
 
     # --- the policy set of the client-side checks -----------------------------------------
 
@@ -204,6 +240,7 @@ class Governor:
             keyring,
             self._on_policies,
             known_digest=self.policy_set.bundle_digest if cached else "",
+            security=self.kafka_security,
         )
         self._policy_feed.start()
         if wait_s > 0 and not self._policy_feed.caught_up.wait(wait_s):
@@ -235,14 +272,23 @@ class Governor:
             log.warning("cannot keep the policy set on disk (%s): %s", self._policy_cache.path, exc)
         log.info("client policies %s (%s) in force", policies.label, policies.source)
 
+    def concurrency_caps(self) -> tuple[Cap, ...]:
+        """The agent's and tenant's concurrency caps under the set in force."""
+        return self._of_set("caps", concurrency_caps)
+
     def fleet_budgets(self) -> tuple[Budget, ...]:
         """The agent- and tenant-scoped budgets of this agent under the set in force."""
+        return self._of_set("budgets", fleet_budgets)
+
+    def _of_set(self, name: str, derive: Callable[[PolicySet, str, str], Derived]) -> Derived:
+        """What this agent derives from the set in force, derived again when the set changes."""
         policies = self.policy_set
-        known, budgets = self._fleet
-        if known is not policies:
-            budgets = fleet_budgets(policies.policies, self.tenant, self.agent)
-            self._fleet = (policies, budgets)
-        return budgets
+        known = self._derived.get(name)
+        if known is None or known[0] is not policies:
+            known = self._derived[name] = (policies, derive(policies.policies, self.tenant,
+                                                            self.agent))  # fmt: skip
+        value: Derived = known[1]
+        return value
 
     def _trusted_keys(self) -> KeyRing:
         if self.settings.control_public_keys:
@@ -270,11 +316,16 @@ class Governor:
         model_version: str | None = None,
         tool_schema_version: str | None = None,
         resume: bool = False,
+        parent: Session | str | None = None,
     ) -> Session:
         """A new session (with your id, or a random one), or with ``resume=True`` the
         continuation of a session another process started: its decisions are re-read from Redis
         and its ``seq`` continues from the wall clock in milliseconds, above anything the earlier
-        process can have used, so the worker does not take the new events for duplicates."""
+        process can have used, so the worker does not take the new events for duplicates.
+
+        ``parent``: the session (or its id, from another process or agent) that started this
+        one, e.g. an orchestrator calling a sub-agent: the worker records the link and ``ask
+        top-cost --tree`` rolls cost, tokens and steps up over a session's descendants."""
         if session_id is not None:
             self._load_decisions([session_target(session_id)])
         session = Session(
@@ -285,6 +336,8 @@ class Governor:
             model_version=model_version,
             tool_schema_version=tool_schema_version,
         )
+        if parent is not None:
+            session.parent_session_id = parent if isinstance(parent, str) else parent.session_id
         if resume:
             session.seq = time.time_ns() // 1_000_000
         return session
@@ -379,6 +432,8 @@ class Governor:
             "decisions_dropped": dict(self.book.drops),
             "redis_errors": self.redis_errors,
             "checks": dict(self.check_stats),
+            #: texts the client could not check for PII: presidio ([pii]) is not installed
+            "pii_unchecked": self.pii.unchecked,
             "policy_version": self.policy_set.label if self.checks else None,
             "policy_source": self.policy_set.source if self.checks else None,
             "policy_sets_refused": dict(self._policy_feed.refused) if self._policy_feed else {},
@@ -415,6 +470,8 @@ class Session:
     ) -> None:
         self.gov = gov
         self.session_id = session_id
+        #: the session that started this one (``Governor.session(parent=...)``)
+        self.parent_session_id: str | None = None
         self.targets = (
             session_target(session_id),
             agent_target(gov.tenant, gov.agent),
@@ -434,6 +491,9 @@ class Session:
         self._trial: SessionState | None = None
         #: the fleet-wide reservation of the LLM step checked last, settled when it is recorded
         self._held: Held | None = None
+        #: the concurrency caps this session was admitted against, and when it last said so
+        self._admitted: tuple[Cap, ...] = ()
+        self._admitted_at_us = 0
         self._common = {
             "session_id": session_id,
             "tenant_id": gov.tenant,
@@ -475,6 +535,8 @@ class Session:
             **fields,
         }
         gov.emit(event)
+        if self._admitted and event["start_time_us"] - self._admitted_at_us > self._refresh_us:
+            self._refresh_admission(event["start_time_us"])
         if gov.checks:
             if self._state is None:
                 self._state = new_state(event)
@@ -544,7 +606,7 @@ class Session:
             self._held = None
         try:
             self._held = gov.reservations.reserve(
-                budgets, checks.cost_micros(gov.policy_set, step), now
+                budgets, checks.cost_micros(gov.policy_set, step), now, self.session_id
             )
             deny = next((b for b in budgets if b.on_unavailable == "deny"), None)
             if self._held is None and deny is not None:  # Redis did not answer
@@ -557,7 +619,7 @@ class Session:
                 p for p in gov.policy_set.policies.policies if p.id == exc.budget.policy_id
             )
             action = policy.action.upper()
-            if action in checks.REFUSING:
+            if action in REFUSING:
                 gov.check_stats["refused"] += 1
                 self._emit_blocked("LLM_CALL", fields, policy.id, "BudgetExhausted", ran)
                 raise StepBlocked("LLM_CALL", name, policy.id, action, str(exc)) from exc
@@ -604,23 +666,21 @@ class Session:
         input_tokens: int | None = None,
         max_output_tokens: int | None = None,
         estimated_cost_usd: float | None = None,
+        start_us: int | None = None,
     ) -> float:
         """Check an LLM call before it runs (adapters that record it after the fact): raises
         :class:`StepBlocked` / :class:`InputBlocked` (recorded as BLOCKED) when a policy refuses
         it; returns seconds a THROTTLE asks to wait first. The session budget is checked with
         the estimate: ``input_tokens`` (else counted from ``content``) at the input price plus
-        ``max_output_tokens`` at the output price, or ``estimated_cost_usd``."""
-        return self._gate(
-            "LLM_CALL",
-            _llm_estimate(
-                model,
-                provider,
-                _segments(content),
-                input_tokens,
-                max_output_tokens,
-                estimated_cost_usd,
-            ),
-        )
+        ``max_output_tokens`` at the output price, or ``estimated_cost_usd``. ``start_us``:
+        when the call starts, for adapters that report their own times (now by default)."""
+        estimate = _llm_estimate(
+            model, provider, _segments(content), input_tokens, max_output_tokens,
+            estimated_cost_usd,
+        )  # fmt: skip
+        if start_us is not None:
+            estimate["start_time_us"] = start_us
+        return self._gate("LLM_CALL", estimate)
 
     def llm_call(
         self,
@@ -640,6 +700,7 @@ class Session:
         reservation: Reservation | None = None,
         start_us: int | None = None,
         obey: bool = True,
+        cache_write_input_tokens: int | None = None,
     ) -> dict[str, Any]:
         """Record a finished LLM call (after the policy check for this step).
 
@@ -659,9 +720,12 @@ class Session:
                     "input_tokens": input_tokens,
                     "output_tokens": output_tokens,
                     "cache_read_input_tokens": cache_read_input_tokens,
+                    "cache_write_input_tokens": cache_write_input_tokens,
                     "cost_micros": None if cost_usd is None else round(cost_usd * 1_000_000),
                     "content": _segments(content),
                 }
+                if start_us is not None:  # a call reported with its own time is judged at it
+                    estimate["start_time_us"] = start_us
                 _sleep(self._gate("LLM_CALL", estimate, ran=True))
         if reservation is not None:
             reservation.settle(cost_usd or 0.0)
@@ -677,6 +741,7 @@ class Session:
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             cache_read_input_tokens=cache_read_input_tokens,
+            cache_write_input_tokens=cache_write_input_tokens,
             reasoning_output_tokens=reasoning_output_tokens,
             cost_micros=None if cost_usd is None else round(cost_usd * 1_000_000),
             content=_segments(content),
@@ -741,12 +806,14 @@ class Session:
         :class:`StepBlocked`; a THROTTLE the step would draw is waited here."""
         if self.gov.checks:
             content = [("TOOL_ARGUMENTS", _as_text(args))] if args is not None else []
-            fields = {
+            fields: dict[str, Any] = {
                 "tool_name": name,
                 "tool_call_id": call_id,
                 "operation": "execute_tool",
                 "content": _segments(content),
             }
+            if start_us is not None:
+                fields["start_time_us"] = start_us
             _sleep(self._gate("TOOL_CALL", fields))
             return
         if args is None:
@@ -942,10 +1009,73 @@ class Session:
 
     def start(self, start_us: int | None = None) -> None:
         """Emit SESSION_START (the context manager does this for you); ``start_us`` lets an
-        adapter report when the session really began (an OTel span's start)."""
+        adapter report when the session really began (an OTel span's start).
+
+        With client checks the session is first admitted against the agent's and tenant's
+        concurrency caps in Redis: a cap with no room refuses it (kill: :class:`StepBlocked`,
+        nothing emitted) or holds it back until a slot frees (throttle, pause; at most the
+        pause timeout, then :class:`PauseTimeout`)."""
+        if self.gov.checks:
+            self._admit()
         self.gov._register(self)
         self._started_us = self.gov.now_us() if start_us is None else start_us
-        self.emit("SESSION_START", start_us=self._started_us)
+        parent = self.parent_session_id
+        if parent is None:
+            self.emit("SESSION_START", start_us=self._started_us)
+        else:
+            attributes = {PARENT_SESSION_ATTR: parent}
+            self.emit("SESSION_START", start_us=self._started_us, attributes=attributes)
+
+    # --- concurrency caps (client checks) ------------------------------------------------
+
+    @property
+    def _refresh_us(self) -> int:
+        """How often an open session says it is still open: well within the staleness."""
+        return int(self.gov.settings.session_idle_timeout_s * 1_000_000 / 4)
+
+    def _admit(self) -> None:
+        gov = self.gov
+        caps = gov.concurrency_caps()
+        if not caps:
+            return
+        stale_us = int(gov.settings.session_idle_timeout_s * 1_000_000)
+        deadline = time.monotonic() + gov.settings.pause_timeout_s
+        while True:
+            now = gov.now_us()
+            try:
+                admitted = gov.reservations.admit(caps, self.session_id, now, stale_us)
+            except Full as full:
+                action = full.cap.action.upper()
+                if action == "WARN":
+                    log.warning("session %s admitted over the cap: %s", self.session_id, full)
+                    return
+                if action == "KILL":
+                    gov.check_stats["refused"] += 1
+                    raise StepBlocked(
+                        "SESSION_START", None, full.cap.policy_id, action, str(full)
+                    ) from full
+                if time.monotonic() >= deadline:
+                    raise PauseTimeout(f"held back by {full.cap.policy_id} for too long") from full
+                gov.check_stats["throttled"] += 1
+                _sleep(max(full.cap.delay_s, 0.05))
+                continue
+            if not admitted:
+                deny = next((c for c in caps if c.on_unavailable == "deny"), None)
+                if deny is not None:
+                    gov.check_stats["refused"] += 1
+                    reason = "Redis does not answer and the policy says on_unavailable: deny"
+                    raise StepBlocked("SESSION_START", None, deny.policy_id, "DENY", reason)
+                return
+            self._admitted, self._admitted_at_us = caps, now
+            return
+
+    def _refresh_admission(self, now_us: int) -> None:
+        stale_us = int(self.gov.settings.session_idle_timeout_s * 1_000_000)
+        self._admitted_at_us = now_us
+        # a session dropped as stale finds the cap full: it is open all the same, and the
+        # worker judges the cap
+        with contextlib.suppress(Full):
+            self.gov.reservations.admit(self._admitted, self.session_id, now_us, stale_us)
 
     def finish(
         self,
@@ -980,6 +1110,15 @@ class Session:
             error_type=error_type,
         )
         self.gov._unregister(self)
+        if self._admitted:
+            self.gov.reservations.leave(self._admitted, self.session_id)
+            self._admitted = ()
+
+    def forget(self) -> None:
+        """Stop tracking a session that will not be finished by this process (a proxy letting
+        an idle session go): nothing is emitted; the worker closes it after its idle timeout,
+        and only then does it stop counting against a concurrency cap."""
+        self.gov._unregister(self)
 
     def __enter__(self) -> Session:
         self.start()
@@ -1010,6 +1149,7 @@ _USAGE = (
     "input_tokens",
     "output_tokens",
     "cache_read_input_tokens",
+    "cache_write_input_tokens",
     "reasoning_output_tokens",
     "cost_micros",
     "attributes",
@@ -1088,11 +1228,15 @@ class Step:
         cache_read_input_tokens: int | None = None,
         reasoning_output_tokens: int | None = None,
         cost_usd: float | None = None,
+        cache_write_input_tokens: int | None = None,
     ) -> None:
+        """The call's usage (``cache_write_input_tokens``: the input tokens written to the
+        provider's prompt cache, priced at their own rate where the provider has one)."""
         self.fields.update(
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             cache_read_input_tokens=cache_read_input_tokens,
+            cache_write_input_tokens=cache_write_input_tokens,
             reasoning_output_tokens=reasoning_output_tokens,
             cost_micros=None if cost_usd is None else round(cost_usd * 1_000_000),
         )

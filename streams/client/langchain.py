@@ -7,7 +7,8 @@ Before every model and tool run the handler applies the decision in force (``ses
 a KILL raises :class:`SessionKilled` out of the chain *before* the model or tool runs, because
 the handler sets ``raise_error = True``; THROTTLE waits and PAUSE blocks, as in the native client.
 When a run ends it is recorded through the session (``llm_call`` / ``tool_call``), so events are
-identical to the native client's. Needs the ``governor[langchain]`` extra (``langchain-core``).
+identical to the native client's. Needs the ``fleet-governor[langchain]`` extra
+(``langchain-core``).
 With ``Governor(checks=True)`` the client's own checks run there too (``guard_llm`` in
 ``on_chat_model_start`` / ``on_llm_start``, ``guard_tool`` in ``on_tool_start``): a denied tool, a
 call over the session budget (estimated with the invocation's ``max_tokens``) or PII the rules

@@ -9,7 +9,7 @@ by adding one span processor::
 
 Every event goes through the native client's :class:`Session` (``start``, ``llm_call``,
 ``tool_call``, ``evaluation``, ``finish``), so seq, event ids, buffering and decisions are exactly
-those of the native client. Needs the ``governor[otel]`` extra (``opentelemetry-sdk``).
+those of the native client. Needs the ``fleet-governor[otel]`` extra (``opentelemetry-sdk``).
 
 Mapping (span → StepEvent; the pure functions are :mod:`streams.ingest.mapping`, shared with
 the OTLP receiver ``governor ingest``):
@@ -51,12 +51,17 @@ A span of a conversation whose ``invoke_agent`` span was never seen opens the se
 conversation that comes back after its session ended (the next turn of a chat) gets a new
 session with the same id whose seq continues, so the worker does not drop it as duplicates.
 
-Obeying: spans are reported after the fact and a span processor must never raise into the
-SDK, so **pure OTel emission cannot stop an agent by itself**: steps are recorded even while a
-KILL is in force. Agent code that wants to obey calls :meth:`GovernorSpanProcessor.check`
-(or ``await check_async``) with its conversation id before each step: it raises
-:class:`SessionKilled`, waits on THROTTLE, blocks on PAUSE, exactly as the native client does.
-Problems (spans without a model, internal errors) are counted in
+Obeying: with the client's checks (``Governor(checks=True)``, the default) the processor
+checks each LLM and tool span of a known conversation **when it starts**: the decision in force
+(KILL raises :class:`SessionKilled`, THROTTLE waits, PAUSE blocks) and the policies the client
+evaluates (a denied tool, a loop, PII the rules block, the session budget on the request's
+``gen_ai.request.max_tokens``: :class:`StepBlocked`, recorded BLOCKED). The OTel SDK lets an
+exception from ``on_start`` reach the code that starts the span, so ``with
+tracer.start_as_current_span("execute_tool ...")`` raises before its body: the tool never runs.
+A span whose conversation is only known at its end (no agent span, no conversation attribute
+at start) cannot be checked before; agent code can call :meth:`GovernorSpanProcessor.check` /
+:meth:`check_tool` with its conversation id itself. Without checks, spans are only reported
+after the fact. Problems (spans without a model, internal errors) are counted in
 :attr:`GovernorSpanProcessor.problems` and logged, never raised.
 """
 
@@ -64,6 +69,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from typing import Any
@@ -73,6 +79,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanKind as OtelSpanKind
 from opentelemetry.trace import StatusCode
 
+from streams.client.errors import GovernorError
 from streams.client.governor import Governor, Session
 from streams.ingest.mapping import (
     AGENT_OPERATIONS,
@@ -93,12 +100,14 @@ from streams.ingest.mapping import (
     conversation_of,
     error_type,
     evaluations,
+    int_attr,
     llm_call_fields,
     message_segments,
     operation,
     session_fields,
     session_outcome,
     step_outcome,
+    text_attr,
     tool_call_fields,
 )
 
@@ -178,6 +187,8 @@ class GovernorSpanProcessor(SpanProcessor):
     ) -> None:
         self.gov = gov
         self.problems: Counter[str] = Counter()
+        #: steps the client's checks refused at their span's start (they never ran)
+        self.refused = 0
         #: spans whose conversation came from a fallback (session.id, mcp.session.id, the
         #: trace id), by source
         self.fallbacks: Counter[str] = Counter()
@@ -199,9 +210,53 @@ class GovernorSpanProcessor(SpanProcessor):
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         try:
-            self._on_start(span)
+            conversation = self._on_start(span)
         except Exception as exc:  # never into the SDK: the agent must not fail because of us
             self._problem("internal_error", "span start", exc)
+            return
+        if conversation is not None and self.gov.checks:
+            self._check_before(span, conversation)
+
+    def _check_before(self, span: Span, conversation: str) -> None:
+        """The client's checks before an LLM or tool span's step runs (``Governor(checks=
+        True)``): the decision in force, then the policies. A refusal raises out of the span's
+        start, into the agent's code that starts the span (``start_as_current_span`` raises
+        before its body, so the tool or model never runs), and is recorded BLOCKED."""
+        facts = facts_of(span)
+        step = classify(facts)
+        if step not in (StepClass.LLM, StepClass.TOOL, StepClass.MCP_TOOL):
+            return
+        attrs = facts.attributes
+        try:
+            session = self._obeying(conversation)
+            session.check()
+            if step is StepClass.LLM:
+                content = [
+                    *message_segments(attrs.get("gen_ai.system_instructions"), "SYSTEM"),
+                    *message_segments(attrs.get("gen_ai.input.messages"), "USER"),
+                ]
+                delay = session.guard_llm(
+                    model=text_attr(attrs, "gen_ai.request.model") or UNKNOWN_MODEL,
+                    provider=text_attr(attrs, "gen_ai.provider.name", "gen_ai.system"),
+                    content=content or None,
+                    max_output_tokens=int_attr(attrs, "gen_ai.request.max_tokens"),
+                    start_us=facts.start_us,
+                )
+                if delay:
+                    time.sleep(delay)
+            else:
+                fields = tool_call_fields(facts)
+                session.guard_tool(
+                    name=fields["name"], args=fields["args"], start_us=facts.start_us
+                )
+        except GovernorError:
+            # the span never ends: forget it, and let the refusal stop the step
+            with self._lock:
+                self._span_conversation.pop(span.context.span_id, None)
+            self.refused += 1
+            raise
+        except Exception as exc:
+            self._problem("internal_error", "checks before a step", exc)
 
     def on_end(self, span: ReadableSpan) -> None:
         try:
@@ -266,7 +321,9 @@ class GovernorSpanProcessor(SpanProcessor):
             self.fallbacks[source] += 1
         return value
 
-    def _on_start(self, span: Span) -> None:
+    def _on_start(self, span: Span) -> str | None:
+        """Place the span in its conversation (open the session of an agent span); returns
+        the conversation, None while it is not known yet."""
         attrs = span.attributes or {}
         agent = operation(attrs) in AGENT_OPERATIONS
         with self._lock:
@@ -276,7 +333,7 @@ class GovernorSpanProcessor(SpanProcessor):
                 else None
             )
             if conversation_of(attrs) is None and parent is None and not agent:
-                return  # not yet known: a GenAI span is placed when it ends
+                return None  # not yet known: a GenAI span is placed when it ends
             conversation = self._conversation(attrs, parent, span.context.trace_id)
             if len(self._span_conversation) < self._max_open_spans:
                 self._span_conversation[span.context.span_id] = conversation
@@ -289,7 +346,9 @@ class GovernorSpanProcessor(SpanProcessor):
                     session_fields(attrs, agent_span=True),
                     (span.start_time or 0) // 1000,
                     owner=span.context.span_id,
+                    parent=parent,
                 )
+            return conversation
 
     def _on_end(self, span: ReadableSpan) -> None:
         facts = facts_of(span)
@@ -330,14 +389,22 @@ class GovernorSpanProcessor(SpanProcessor):
                 self._close(conversation, session)
 
     def _open(
-        self, conversation: str, fields: dict[str, str | None], start_us: int, owner: int | None
+        self,
+        conversation: str,
+        fields: dict[str, str | None],
+        start_us: int,
+        owner: int | None,
+        parent: str | None = None,
     ) -> Session:
+        """Open ``conversation``'s session; ``parent``: the conversation of the span that
+        started it, when another (an agent calling a sub-agent: cost rolls up over it)."""
         session = self.gov.session(
             conversation,
             category=fields.get("category"),
             prompt_version=fields.get("prompt_version"),
             model_version=fields.get("model_version"),
             tool_schema_version=fields.get("tool_schema_version"),
+            parent=parent if parent != conversation else None,
         )
         # a conversation coming back (its next turn) continues its seq: the worker skips
         # events whose seq it has already applied for this session id

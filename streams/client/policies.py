@@ -34,14 +34,13 @@ from confluent_kafka import (
 from streams.client.checks import ClientPolicies
 from streams.codec import Codec, DecodeError
 from streams.control import KeyRing
+from streams.kafka_config import KafkaSecurity, connection_config
+from streams.pipeline.bypass import CLIENT_ID_ATTR, POLICY_SOURCE_ATTR, POLICY_VERSION_ATTR
 from streams.pipeline.policy import PolicySet
 from streams.pipeline.pricing import PriceTable
 from streams.policy_files import PolicyBundle, PolicyError, load_bundle
 from streams.policy_history import (
-    CLIENT_ID_ATTR,
     CURRENT_KEY,
-    POLICY_SOURCE_ATTR,
-    POLICY_VERSION_ATTR,
     PolicyVersion,
     bundle_of,
     from_record,
@@ -159,6 +158,7 @@ class PolicyFeed:
         keyring: KeyRing,
         on_set: Callable[[PolicyVersion, ClientPolicies], None],
         known_digest: str = "",
+        security: KafkaSecurity | None = None,
     ) -> None:
         self.topic = topic
         self._codec = codec
@@ -175,7 +175,7 @@ class PolicyFeed:
         self._stopping = threading.Event()
         self._consumer = Consumer(
             {
-                "bootstrap.servers": bootstrap,
+                **connection_config(bootstrap, security),
                 "group.id": f"governor-client-policies-{uuid.uuid4().hex[:12]}",
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,

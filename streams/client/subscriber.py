@@ -12,6 +12,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from streams.codec import Codec, DecodeError
 from streams.control import DecisionBook, DropReason
+from streams.kafka_config import KafkaSecurity, connection_config
 
 log = logging.getLogger("governor.client")
 
@@ -40,6 +41,7 @@ class ControlSubscriber:
         now_us: Callable[[], int],
         on_accept: Callable[[dict[str, object]], None],
         on_reconnect: Callable[[], None],
+        security: KafkaSecurity | None = None,
     ) -> None:
         self.topic = topic
         self._codec = codec
@@ -51,7 +53,7 @@ class ControlSubscriber:
         self._stopping = threading.Event()
         self._consumer = Consumer(
             {
-                "bootstrap.servers": bootstrap,
+                **connection_config(bootstrap, security),
                 # assign() without subscribe(): the group is never joined, nothing is committed
                 "group.id": f"governor-client-{uuid.uuid4().hex[:12]}",
                 "enable.auto.commit": False,

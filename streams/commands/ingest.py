@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from streams.commands.serving import announce, run_server
 from streams.settings import Settings
 
 # the server (aiohttp, protobuf, redis.asyncio) is imported when the command runs, so that
@@ -66,23 +65,9 @@ def ingest(
         default_tenant=tenant, token=token or None, max_body_bytes=int(max_body_mb * 1_000_000)
     )
 
-    def ready(bound: int) -> None:
-        if port_file is not None:
-            port_file.write_text(f"{bound}\n")
-        url = f"http://{host}:{bound}"
-        if as_json:
-            print(json.dumps({"listening": url, "events_topic": settings.topic("events")}))
-        else:
-            print(f"ingest listening on {url} -> {settings.topic('events')}", flush=True)
+    topic = settings.topic("events")
 
-    try:
-        asyncio.run(serve(settings, config, host, port, on_ready=ready))
-    except OSError as exc:
-        typer.echo(
-            f"error: cannot listen on {host}:{port}: {exc.strerror or exc} "
-            "(pick another with --port, or 0 for a free one)",
-            err=True,
-        )
-        raise typer.Exit(code=1) from exc
-    except KeyboardInterrupt:
-        pass
+    def ready(bound: int) -> None:
+        announce("ingest", host, bound, port_file, as_json, {"events_topic": topic}, topic)
+
+    run_server(serve(settings, config, host, port, on_ready=ready), host, port)

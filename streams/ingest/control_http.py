@@ -49,6 +49,7 @@ from streams.control import (
     signing_payload,
     tenant_target,
 )
+from streams.kafka_config import client_config
 from streams.settings import Settings
 
 log = logging.getLogger("governor.ingest.control")
@@ -133,7 +134,7 @@ class ControlFeed:
         topic = self.settings.topic("control")
         consumer = Consumer(
             {
-                "bootstrap.servers": self.settings.bootstrap,
+                **client_config(self.settings),
                 "group.id": f"{self.settings.app_id}-ingest-control",
                 "enable.auto.commit": False,
                 "log_level": 3,

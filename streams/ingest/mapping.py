@@ -343,6 +343,8 @@ def llm_call_fields(facts: SpanFacts) -> dict[str, Any]:
         "cache_read_input_tokens": int_attr(
             attrs, "gen_ai.usage.cache_read.input_tokens", "gen_ai.usage.cache_read_input_tokens"
         ),
+        # part of input_tokens (semconv), priced at the cache-write rate where there is one
+        "cache_write_input_tokens": cache_creation_tokens(attrs),
         "reasoning_output_tokens": int_attr(
             attrs, "gen_ai.usage.reasoning.output_tokens", "gen_ai.usage.reasoning_output_tokens"
         ),

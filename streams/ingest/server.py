@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import signal
 import time
@@ -37,6 +36,7 @@ from prometheus_client import (
 )
 
 from streams.codec import Codec, Codecs
+from streams.http_auth import ApiTokens, check
 from streams.ingest.control_http import ControlFeed, ControlViews
 from streams.ingest.otlp import (
     DEFAULT_MAX_BODY_BYTES,
@@ -148,11 +148,12 @@ def ingest_metrics() -> IngestMetrics:
 
 
 def bearer_ok(authorization: str | None, token: str | None) -> bool:
-    """Whether an ``Authorization`` header carries ``token`` (always, when no token is set)."""
+    """Whether an ``Authorization`` header carries ``token`` (always, when no token is set);
+    the check is :mod:`streams.http_auth`'s, constant time."""
     if not token:
         return True
-    scheme, _, value = (authorization or "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip(), token)
+    answer = check(authorization, ApiTokens.single(token), mutating=True, bound_host="")
+    return answer.ok
 
 
 class Receiver:

@@ -16,6 +16,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from streams.kafka_config import client_config
 from streams.settings import Settings
 
 #: how long a request waits for the broker before it fails with 503 (the exporter retries)
@@ -64,7 +65,7 @@ class EventSink:
     def __init__(self, settings: Settings, extra_config: dict[str, Any] | None = None) -> None:
         self._producer = Producer(
             {
-                "bootstrap.servers": settings.bootstrap,
+                **client_config(settings),
                 "acks": "all",
                 "enable.idempotence": True,
                 "linger.ms": 5,

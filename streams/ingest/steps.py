@@ -43,12 +43,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streams.ingest.mapping import (
-    CACHE_CREATION_ATTRIBUTE,
     EVALUATION_EVENT,
     ConversationSource,
     SpanFacts,
     StepClass,
-    cache_creation_tokens,
     classify,
     conversation_of,
     evaluation_fields,
@@ -64,6 +62,7 @@ from streams.ingest.mapping import (
     unscored_evaluations,
 )
 from streams.ingest.otlp import OtlpLog, OtlpSpan
+from streams.pipeline.accounting import PARENT_SESSION_ATTR
 
 #: the namespace of every event id the receiver derives (uuid5)
 EVENT_NAMESPACE = uuid.UUID("6f1c2a0e-5b7d-4c1e-9a63-0d9e4b2f7a15")
@@ -71,7 +70,6 @@ TENANT_ATTRIBUTE = "governor.tenant"
 AGENT_ATTRIBUTE = "governor.agent"
 AGENT_VERSION_ATTRIBUTE = "governor.agent_version"
 #: on SESSION_START: the session of the agent that called this one (multi-agent sessions)
-PARENT_SESSION_ATTRIBUTE = "governor.parent_session_id"
 _ZERO_TRACE = "0" * 32
 NO_TENANT = (
     f"no tenant: set the resource attribute {TENANT_ATTRIBUTE} (or start governor ingest "
@@ -266,7 +264,7 @@ def _span_events(
         start.update(session_fields(attrs, agent_span=True))
         start["operation"] = operation(attrs)
         if parent_session is not None:
-            start["attributes"] = {PARENT_SESSION_ATTRIBUTE: parent_session}
+            start["attributes"] = {PARENT_SESSION_ATTR: parent_session}
         add("start", start)
     elif step is StepClass.LLM:
         fields = llm_call_fields(facts)
@@ -281,14 +279,11 @@ def _span_events(
             input_tokens=fields["input_tokens"],
             output_tokens=fields["output_tokens"],
             cache_read_input_tokens=fields["cache_read_input_tokens"],
+            cache_write_input_tokens=fields["cache_write_input_tokens"],
             reasoning_output_tokens=fields["reasoning_output_tokens"],
             cost_micros=None,
             content=_segments(fields["content"]),
         )
-        created = cache_creation_tokens(attrs)
-        if created is not None:
-            # no StepEvent field yet: counted in input_tokens (semconv), kept as an attribute
-            event["attributes"] = {CACHE_CREATION_ATTRIBUTE: str(created)}
         add("step", event)
     elif step in (StepClass.TOOL, StepClass.MCP_TOOL):
         fields = tool_call_fields(facts)

@@ -54,6 +54,12 @@ _PREFILTER = re.compile(
 )
 
 
+def may_hold_structured(text: str) -> bool:
+    """Whether ``text`` could hold a structured entity (the prefilter): when not, scanning it
+    finds nothing and presidio need not be loaded for it."""
+    return _PREFILTER.search(text) is not None
+
+
 @dataclass
 class ScanStats:
     texts: int = 0
@@ -86,7 +92,7 @@ class PiiScanner:
 
     def scan(self, text: str) -> list[Match]:
         self.stats.texts += 1
-        if not self._named and _PREFILTER.search(text) is None:
+        if not self._named and not may_hold_structured(text):
             self.stats.skipped += 1
             return []
         results = self._engine.analyze(

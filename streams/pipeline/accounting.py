@@ -81,6 +81,9 @@ class SessionState:
     event_ids: bytes = b""
     #: degradation SLI: a failed tool waiting for the session's next tool call (its fallback?)
     pending_fallback: str | None = None
+    #: the session that started this one (an agent another agent called), from its
+    #: SESSION_START's ``governor.parent_session_id``: cost and steps roll up over descendants
+    parent_session_id: str | None = None
 
     @property
     def ended(self) -> bool:
@@ -125,6 +128,9 @@ class SessionState:
 _STATE_FIELDS = tuple(f.name for f in dataclasses.fields(SessionState))
 
 MAX_TRACKED_EVENT_IDS = 256
+#: a SESSION_START attribute naming the session that started this one (client, OTel, ingest)
+PARENT_SESSION_ATTR = "governor.parent_session_id"
+MAX_PARENT_ID_CHARS = 256
 #: the longest step-rate window a policy may use, in minutes (policy.MAX_RATE_WINDOW_S)
 STEP_MINUTES_KEPT = 120
 MINUTE_US = 60_000_000
@@ -242,6 +248,9 @@ def fold(
         if state.start_time_us is None:
             state.start_time_us = start
             delta.started = True
+        parent = (event.get("attributes") or {}).get(PARENT_SESSION_ATTR)
+        if parent and parent != state.session_id:
+            state.parent_session_id = parent[:MAX_PARENT_ID_CHARS]
     elif kind == "SESSION_END":
         _end(state, event, start)
         delta.ended = True
@@ -310,7 +319,8 @@ def _step(state: SessionState, event: dict[str, Any], delta: StepDelta, prices: 
         _count(state.tokens_by_model, model, input_tokens + output_tokens)
         delta.input_tokens, delta.output_tokens = input_tokens, output_tokens
         if cost is None:
-            cost = prices.price_micros(name, input_tokens, output_tokens, cached)
+            written = event.get("cache_write_input_tokens")
+            cost = prices.price_micros(name, input_tokens, output_tokens, cached, written)
             if cost is None:
                 state.unpriced_calls += 1
                 delta.unpriced = True
@@ -385,6 +395,7 @@ def summary(state: SessionState) -> dict[str, Any]:
         "unpriced_calls": state.unpriced_calls,
         "violations": state.violations,
         "evaluations": dict(state.evaluations),
+        "parent_session_id": state.parent_session_id,
         "slowest_step": None
         if slowest is None
         else {

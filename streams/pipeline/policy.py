@@ -107,9 +107,11 @@ class BudgetPolicy(PolicyBase):
     """Spend limit of a session, or of an agent or tenant over a rolling event-time window."""
 
     kind: Literal["budget"]
-    scope: Literal["session", "agent", "tenant"]
+    #: session_tree: a session and every session it started, recursively (sub-agents), while
+    #: any of them is open (the tree is the window)
+    scope: Literal["session", "agent", "tenant", "session_tree"]
     limit_usd: Annotated[float, Field(gt=0, le=MAX_USD)]
-    window: str = "1d"  #: ignored for scope session (the session is the window)
+    window: str = "1d"  #: ignored for scopes session and session_tree
     warn_at: Annotated[float, Field(gt=0, lt=1)] | None = 0.8
     action: Action = "kill"
     throttle_delay_ms: DelayMs = 1000
@@ -128,6 +130,9 @@ class ConcurrencyPolicy(PolicyBase):
     max_active: Count
     action: Action = "throttle"
     throttle_delay_ms: DelayMs = 1000
+    #: client-side admission in Redis: what a new session does when Redis does not answer
+    #: (the worker enforces the cap after the fact either way)
+    on_unavailable: Literal["allow", "deny"] = "allow"
 
 
 class StepRatePolicy(PolicyBase):
@@ -329,6 +334,11 @@ class PolicySet:
         return {p.id: index for index, p in enumerate(self.policies)}
 
     @functools.cached_property
+    def tracks_trees(self) -> bool:
+        """Whether a ``session_tree`` budget is in force (the scope stage then keeps trees)."""
+        return any(p.kind == "budget" and p.scope == "session_tree" for p in self.policies)
+
+    @functools.cached_property
     def spans_sessions(self) -> bool:
         """Whether any policy looks beyond one session (the scope stage decides those)."""
         return any(
@@ -370,6 +380,10 @@ class Facts:
     tool_failures: Any  # Callable[[str, float], int]
     #: how far (policy id, target) has escalated already: 2 means nothing more to decide
     level: Any = None  # Callable[[str, str], int]
+    #: the tree of a session (its root, the tree's spend in micro-USD, its open sessions), or
+    #: None when not known; None here: session_tree budgets are not evaluated (one process
+    #: without the scope stage, e.g. a backtest)
+    tree: Any = None  # Callable[[str], tuple[str, int, tuple[str, ...]] | None]
 
 
 def _act(policy: Any, target: str, reason: str, level: int = 2, **extra: Any) -> Outcome:
@@ -469,7 +483,9 @@ def decide_scope(policies: PolicySet, item: Any, facts: Facts) -> list[Outcome]:
     session = f"session:{item.session_id}"
     if item.cost_micros:
         for policy in applicable.get("budget", ()):
-            if policy.scope != "session":
+            if policy.scope == "session_tree":
+                outcomes.extend(_tree_budget(policy, item, facts))
+            elif policy.scope != "session":
                 outcomes.extend(_budget(policy, item, item, facts, session))
     if item.kind == "TOOL_CALL" and item.name is not None:
         for policy in applicable.get("degradation", ()):
@@ -518,6 +534,31 @@ def _budget(policy: Any, state: Any, delta: Any, facts: Facts, session: str) -> 
         reason = f"{policy.scope} spend {_usd(spent)} reached {policy.warn_at:.0%} of {_usd(limit)}"
         return [Outcome(policy.id, target, "WARN", reason, 1, {}, ttl)]
     return []
+
+
+def _tree_budget(policy: Any, item: Any, facts: Facts) -> list[Outcome]:
+    """A budget over a session tree: past the limit, every open session of the tree is
+    stopped (each its own target, so a session that joins the tree later is stopped at its
+    first priced step); the warning goes to each once."""
+    tree = facts.tree(item.session_id) if facts.tree is not None else None
+    if tree is None:
+        return []
+    root, spent, members = tree
+    limit = usd_micros(policy.limit_usd)
+    outcomes = []
+    for member in members:
+        target = f"session:{member}"
+        level = facts.level(policy.id, target) if facts.level is not None else 0
+        if spent > limit and level < 2:
+            reason = f"session tree {root} spend {_usd(spent)} over the {_usd(limit)} limit"
+            outcomes.append(_act(policy, target, reason))
+        elif level < 1 and policy.warn_at is not None and limit * policy.warn_at <= spent <= limit:
+            reason = (
+                f"session tree {root} spend {_usd(spent)} reached {policy.warn_at:.0%} "
+                f"of {_usd(limit)}"
+            )
+            outcomes.append(Outcome(policy.id, target, "WARN", reason, 1, {}, None))
+    return outcomes
 
 
 def _step_rate(policy: Any, state: Any, facts: Facts, session: str) -> list[Outcome]:

@@ -42,9 +42,10 @@ from typing import Any
 
 import orjson
 
-from streams.audit import AuditChains, ChainHead
+from streams.audit import AuditChains, AuditRecord, ChainHead
 from streams.control import ENGINE_EPOCH_SLOTS, EPOCH_SLOTS, decision_id
 from streams.pipeline.aggregates import HOUR_US, MINUTE_US, agent_scope, bucket_start, tenant_scope
+from streams.pipeline.bypass import ClientBypass, bypass_details
 from streams.pipeline.policy import MAX_RATE_WINDOW_S, Facts, Outcome, PolicySet, decide_scope
 from streams.pipeline.slo import Slo, SloAlerting
 from streams.processor.slo_state import decode_slo_state, encode_slo_state
@@ -110,6 +111,8 @@ class ScopeItem:
     started: bool = False
     ended: bool = False  #: the session ended or was closed for silence: one fewer open
     audit: AuditRequest | None = None
+    #: on the item that started a session: the session that started it (session trees)
+    parent_session_id: str | None = None
 
     @property
     def key(self) -> tuple[int, int, int, int]:
@@ -123,6 +126,7 @@ class ScopeItem:
             self.cost_micros, self.started, self.ended,
             None if audit is None else [audit.kind, audit.time_us, audit.subject, audit.summary,
                                         audit.details, audit.record_id, audit.actor],
+            self.parent_session_id,
         ]  # fmt: skip
 
     @classmethod
@@ -130,9 +134,11 @@ class ScopeItem:
         audit = None if row[15] is None else AuditRequest(*row[15])
         (order, source, offset, index, time_us, tenant, agent, session, event_id, kind, name,
          status, cost, started, ended) = row[:15]  # fmt: skip
+        # rows written before session trees have 16 fields
+        parent = row[16] if len(row) > 16 else None
         return cls(
             order, source, offset, index, time_us, tenant, agent, session, event_id, kind, name,
-            status, cost, started, ended, audit,
+            status, cost, started, ended, audit, parent,
         )  # fmt: skip
 
 
@@ -185,6 +191,16 @@ class StateKind(StrEnum):
     HEAD = "head"
     POSITION = "position"
     SLO = "slo"
+    TREE = "tree"
+
+
+@dataclass
+class TreeSpend:
+    """A session tree's spend (micro-USD, every member's since it was tracked) and the members
+    still open."""
+
+    spend: int = 0
+    open: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -194,6 +210,11 @@ class ScopeState:
     partition: int
     #: (scope, hour start) -> spend in micro-USD
     spend: Counter[tuple[str, int]] = field(default_factory=Counter)
+    #: session trees, kept while a ``session_tree`` budget is in force: root -> the tree's
+    #: spend and its open sessions (a tree is forgotten when its last session closes) ...
+    trees: dict[str, TreeSpend] = field(default_factory=dict)
+    #: ... and each open member's root (rebuilt from ``trees`` on restore)
+    tree_of: dict[str, str] = field(default_factory=dict)
     #: scope -> open sessions
     active: Counter[str] = field(default_factory=Counter)
     #: (rate kind, id, minute start) -> count: agent steps, tool failures per tenant
@@ -239,18 +260,25 @@ class Decided:
     issued_at_us: int
     trigger_event_id: str | None
     policy_version: int
+    #: the step ran although a client with checks would have refused it (stage 1 only)
+    bypass: ClientBypass | None = None
 
 
 @dataclass
 class ScopeResult:
     decisions: list[Decided] = field(default_factory=list)
     #: audit records linked into their chains, to be written in order
-    audits: list[dict[str, Any]] = field(default_factory=list)
+    audits: list[AuditRecord] = field(default_factory=list)
     #: SLO burn-rate alerts starting or stopping (the fleet's partition only)
     alerts: list[dict[str, Any]] = field(default_factory=list)
     released: int = 0
     #: released before every source had caught up (a silent source past max_hold_s)
     forced: int = 0
+    #: (tenant, agent, hour start) whose spend changed, and (tenant, agent, session) of the
+    #: sessions closed: what the clients' fleet-budget reservations in Redis hear of
+    #: (streams.client.reservations)
+    spent: set[tuple[str, str, int]] = field(default_factory=set)
+    closed: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 class ScopeCore:
@@ -285,6 +313,7 @@ class ScopeCore:
             steps=self._steps,
             tool_failures=self._failures,
             level=self._level,
+            tree=self._tree,
         )
 
     # --- partitions ------------------------------------------------------------------------
@@ -397,10 +426,13 @@ class ScopeCore:
             for scope in (tenant, agent):
                 state.spend[(scope, hour)] += item.cost_micros
                 state.mark(StateKind.SPEND, (scope, hour))
+            result.spent.add((item.tenant_id, item.agent_id, hour))
         if item.started:
             for scope in (tenant, agent):
                 state.active[scope] += 1
             state.mark(StateKind.ACTIVE)
+        if self.policies.tracks_trees:
+            track_tree(state, item)
         if item.kind in ("LLM_CALL", "TOOL_CALL"):
             minute = bucket_start(item.time_us, MINUTE_US)
             keys = [("agent", f"{item.tenant_id}/{item.agent_id}", minute)]
@@ -418,6 +450,8 @@ class ScopeCore:
                     self._chain(state, chains, item.tenant_id, decision_audit(decided), result)
             self._state = self._item = None
         if item.ended:
+            leave_tree(state, item.session_id)
+            result.closed.append((item.tenant_id, item.agent_id, item.session_id))
             for scope in (tenant, agent):
                 state.active[scope] -= 1
                 if state.active[scope] <= 0:
@@ -445,7 +479,7 @@ class ScopeCore:
         state.mark(StateKind.HEAD, tenant_id)
         result.audits.append(record)
 
-    def audit(self, partition: int, tenant_id: str, request: AuditRequest) -> dict[str, Any]:
+    def audit(self, partition: int, tenant_id: str, request: AuditRequest) -> AuditRecord:
         """Link a record into a chain this worker owns (a policy change, say) at once."""
         state = self.state(partition)
         chains = AuditChains(state.heads)
@@ -507,6 +541,14 @@ class ScopeCore:
         item = self._item
         return self._rate("tool", f"{item.tenant_id}/{tool}", window_s) if item else 0
 
+    def _tree(self, session_id: str) -> tuple[str, int, tuple[str, ...]] | None:
+        state = self._state
+        root = state.tree_of.get(session_id) if state is not None else None
+        if state is None or root is None:
+            return None
+        tree = state.trees[root]
+        return root, tree.spend, tuple(sorted(tree.open))
+
     def _rate(self, kind: str, key: str, window_s: float) -> int:
         state, item = self._state, self._item
         if state is None or item is None:
@@ -567,6 +609,55 @@ def decision_audit(decided: Decided) -> AuditRequest:
     )
 
 
+def track_tree(state: ScopeState, item: ScopeItem) -> None:
+    """Count ``item`` in its session tree: a session's start joins the tree of the session
+    that started it (or begins its own), a cost adds to its tree's spend."""
+    if item.started and item.session_id not in state.tree_of:
+        parent = item.parent_session_id
+        root = state.tree_of.get(parent, parent) if parent else item.session_id
+        tree = state.trees.get(root)
+        if tree is None:
+            tree = state.trees[root] = TreeSpend()
+        tree.open.add(item.session_id)
+        state.tree_of[item.session_id] = root
+        state.mark(StateKind.TREE, root)
+    if item.cost_micros:
+        member_of = state.tree_of.get(item.session_id)
+        if member_of is not None:
+            state.trees[member_of].spend += item.cost_micros
+            state.mark(StateKind.TREE, member_of)
+
+
+def leave_tree(state: ScopeState, session_id: str) -> None:
+    """A session closed: it leaves its tree, and the tree is forgotten with its last session."""
+    root = state.tree_of.pop(session_id, None)
+    if root is None:
+        return
+    tree = state.trees[root]
+    tree.open.discard(session_id)
+    if not tree.open:
+        del state.trees[root]
+    state.mark(StateKind.TREE, root)
+
+
+def bypass_audit(decided: Decided, bypass: ClientBypass) -> AuditRequest:
+    """The CLIENT_BYPASS record beside a decision: the step it was decided on ran although
+    the client's checks should have refused it, and which policy version the client reported."""
+    signed_id = decision_id(decided.outcome.policy_id, decided.outcome.target, decided.epoch)
+    reported = bypass.client_policy_version or "no client checks"
+    return AuditRequest(
+        kind="CLIENT_BYPASS",
+        time_us=decided.issued_at_us,
+        subject=f"session:{bypass.session_id}",
+        summary=(
+            f"{bypass.action} by {bypass.policy_id} on a step the client let run "
+            f"({bypass.why}: client {reported}, worker {bypass.worker_policy_version})"
+        ),
+        details={"decision_id": signed_id, **bypass_details(bypass)},
+        record_id=f"bypass:{signed_id}",
+    )
+
+
 # --- checkpoint records ------------------------------------------------------------------------
 
 
@@ -609,6 +700,9 @@ def checkpoint_records(state: ScopeState) -> list[tuple[bytes, bytes | None]]:
             value = None if head is None else orjson.dumps([head.chain_seq, head.hash])
         elif kind is StateKind.SLO:
             value = encode_slo_state(state.alerting)
+        elif kind is StateKind.TREE:
+            tree = state.trees.get(key)
+            value = None if tree is None else orjson.dumps([tree.spend, sorted(tree.open)])
         else:
             value = orjson.dumps([state.position_us, state.event_us])
         records.append((_key(kind, key), value))
@@ -638,6 +732,8 @@ def restore_record(state: ScopeState, key: bytes, value: bytes | None, wall_s: f
         _put(state.heads, raw, None if data is None else ChainHead(data[0], data[1]))
     elif kind is StateKind.SLO:
         state.alerting = decode_slo_state(value) if value is not None else SloAlerting()
+    elif kind is StateKind.TREE:
+        _put(state.trees, raw, None if data is None else TreeSpend(int(data[0]), set(data[1])))
     elif data is not None:
         state.position_us, state.event_us = int(data[0]), int(data[1])
 
@@ -649,6 +745,7 @@ def finish_restore(state: ScopeState, wall_s: float) -> None:
     heapq.heapify(state.held)
     state.held_chunks = max(state.restoring, default=-1) + 1
     state.restoring.clear()
+    state.tree_of = {member: root for root, tree in state.trees.items() for member in tree.open}
     state.dirty.clear()
 
 

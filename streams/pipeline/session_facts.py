@@ -58,6 +58,7 @@ def call_cost_micros(event: Event, prices: PriceTable) -> int | None:
         event.get("input_tokens"),
         event.get("output_tokens"),
         event.get("cache_read_input_tokens"),
+        event.get("cache_write_input_tokens"),
     )
 
 

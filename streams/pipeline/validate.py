@@ -33,6 +33,7 @@ TOKEN_FIELDS = (
     "input_tokens",
     "output_tokens",
     "cache_read_input_tokens",
+    "cache_write_input_tokens",
     "reasoning_output_tokens",
 )
 ID_FIELDS = ("event_id", "session_id", "tenant_id", "agent_id")

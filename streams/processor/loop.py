@@ -38,6 +38,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from streams.kafka_config import client_config
 from streams.processor.faults import Backoff, Fault, classify, describe, fatal, producer_fenced
 from streams.settings import Settings
 from streams.topics import Record, scan_partitions
@@ -129,7 +130,7 @@ class TransactionalLoop:
         self._to_restore: list[TopicPartition] = []
         self.consumer = Consumer(
             {
-                "bootstrap.servers": settings.bootstrap,
+                **client_config(settings),
                 "group.id": group_id,
                 "client.id": worker_client_id(settings),
                 "enable.auto.commit": False,
@@ -148,7 +149,7 @@ class TransactionalLoop:
     def _new_producer(self) -> Producer:
         return Producer(
             {
-                "bootstrap.servers": self.settings.bootstrap,
+                **client_config(self.settings),
                 # one id per process and stage (KIP-447): fencing a zombie is the group
                 # generation's job (send_offsets_to_transaction), so any number of workers run
                 # side by side; a dead instance's open transaction is aborted by the

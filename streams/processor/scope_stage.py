@@ -17,7 +17,6 @@ costs little and gives end-to-end exactly-once with one mechanism to reason abou
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -25,7 +24,15 @@ from typing import Any
 
 from confluent_kafka import Message
 
-from streams.audit import ChainHead
+from streams.audit import (
+    AuditRecord,
+    ChainHead,
+    audit_signing_key,
+    due_for_signature,
+    sign_head,
+    sign_record,
+)
+from streams.client.reservations import session_closure, worker_spend_fields
 from streams.codec import Codecs
 from streams.metrics import WorkerMetrics
 from streams.pipeline.policy import PolicySet
@@ -88,6 +95,8 @@ class ScopeRunner(TransactionalLoop):
         )
         self.codecs = codecs
         self.publisher = publisher
+        #: signs every chain head and every audit_sign_every-th record (streams.audit)
+        self.audit_key = audit_signing_key(settings, publisher.key)
         self.metrics = metrics
         self._dirty: set[int] = set()
         self._heads_dirty: set[str] = set()
@@ -165,6 +174,8 @@ class ScopeRunner(TransactionalLoop):
             self._dirty.add(partition)
 
     def _publish(self, result: ScopeResult) -> None:
+        if result.spent or result.closed:
+            self._reconcile_reservations(result)
         if result.decisions:
             publish_decided(self.publisher, result.decisions)
             for decided in result.decisions:
@@ -188,11 +199,30 @@ class ScopeRunner(TransactionalLoop):
             )
             self._on_commit.append(lambda: m.scope_forced.inc(forced))
 
+    def _reconcile_reservations(self, result: ScopeResult) -> None:
+        """The worker's spend of each budget hour that changed, and the open reservations and
+        open-session places of the sessions it closed, to the clients' reservations in Redis
+        (best effort, through the decision mirror: enforcement never waits on Redis)."""
+        policies, prefix = self.core.policies, self.settings.redis_key_prefix
+        spend = worker_spend_fields(policies, prefix, result.spent, self._spend_of)
+        closures = [
+            closure
+            for tenant, agent, session in result.closed
+            if (closure := session_closure(policies, prefix, tenant, agent, session))
+        ]
+        self.publisher.mirror.put_reservations(spend, closures)
+
+    def _spend_of(self, tenant: str, scope: str, hour: int) -> int:
+        state = self.core.partitions.get(scope_partition(tenant, self.settings.event_partitions))
+        return 0 if state is None else state.spend.get((scope, hour), 0)
+
     def _count_decision(self, decided: Decided) -> None:
         outcome = decided.outcome
         self._on_commit.append(self.metrics.decisions.labels(outcome.action, outcome.policy_id).inc)
 
-    def _audit(self, record: dict[str, Any]) -> None:
+    def _audit(self, record: AuditRecord) -> None:
+        if due_for_signature(record["chain_seq"], self.settings.audit_sign_every):
+            record = sign_record(record, self.audit_key)
         self._txn_produce(
             self.settings.topic("audit"),
             record["tenant_id"].encode(),
@@ -267,7 +297,8 @@ class ScopeRunner(TransactionalLoop):
             head = self._head(tenant)
             if head is None:
                 continue
-            value = json.dumps({"chain_seq": head.chain_seq, "hash": head.hash}).encode()
+            every, now_us = self.settings.audit_sign_every, time.time_ns() // 1000
+            value = sign_head(tenant, head, self.audit_key, now_us, every).to_json()
             self._txn_produce(self.settings.topic("audit.heads"), tenant.encode(), value)
         self._heads_dirty.clear()
 
@@ -292,6 +323,9 @@ class ScopeRunner(TransactionalLoop):
             for state in states.values():
                 finish_restore(state, wall)
                 self.core.assign(state)
+                # re-signed with the next checkpoint: heads written before they were signed
+                # (or with a retired key) verify again without waiting for a new record
+                self._heads_dirty.update(state.heads)
         waiting, self._after_ready = self._after_ready, []
         for call in waiting:
             self.submit(call)

@@ -4,8 +4,9 @@ Times are event time: a session belongs to the moment (hour, day, UTC) it ended,
 N" means exactly the sessions that ended in (now - N, now]. Whole hours of a window are read
 from the hourly counters; the hours it cuts (its first and last) are summed from the summaries
 of the sessions that ended inside it, so no window is rounded to hours. Counts and costs are
-exact; percentiles come from fixed log-spaced histograms and are the upper bound of the bucket
-holding them (within 19 %).
+exact; percentiles come from fixed log-spaced histograms (ratio 2^(1/4), DDSketch's mapping),
+interpolated inside the bucket holding them, never above the period's most expensive (slowest)
+session nor below its cheapest, each with the bound of its relative error (``*_error``).
 """
 
 from __future__ import annotations
@@ -18,9 +19,24 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from streams.pipeline.aggregates import DAY_US, HOUR_US, LATENCY_BOUNDS_MS, quantile_from_counts
+from streams.pipeline.aggregates import (
+    DAY_US,
+    HOUR_US,
+    LATENCY_BOUNDS_MS,
+    Quantile,
+    quantile_estimate,
+)
 from streams.pipeline.policy import duration_s
-from streams.query.readmodel import COST_BOUNDS_MICROS, SessionReadModel, hour_of, increments
+from streams.query.readmodel import (
+    COST_BOUNDS_MICROS,
+    MAX_PREFIX,
+    MIN_PREFIX,
+    SessionReadModel,
+    combine,
+    hour_of,
+    increments,
+)
+from streams.query.trees import descendants, session_trees
 from streams.settings import Settings
 
 Stats = defaultdict[str, float]
@@ -90,17 +106,35 @@ def _with_failure_fields(summary: Mapping[str, Any]) -> dict[str, Any]:
     return {"failure_step_kind": None, "failure_tool": None, **summary}
 
 
-def _percentile(counts: Sequence[int], bounds: Sequence[float], q: float) -> float | None:
+def _percentile(
+    counts: Sequence[int], bounds: Sequence[float], q: float, extremes: tuple[float, float] | None
+) -> Quantile | None:
+    """The q-quantile of a read-model histogram, clamped to the period's [min, max] (None
+    when no session counts; unclamped for hours written before the extremes were kept)."""
     if not sum(counts):
         return None
-    if bounds is LATENCY_BOUNDS_MS:
-        return quantile_from_counts(counts, q)
-    total, rank, seen = sum(counts), max(1, math.ceil(q * sum(counts))), 0
-    for i, n in enumerate(counts):
-        seen += n
-        if seen >= rank:
-            return bounds[i] if i < len(bounds) else math.inf
-    return math.inf if total else None
+    low, high = extremes if extremes is not None else (None, None)
+    return quantile_estimate(counts, q, bounds, minimum=low, maximum=high)
+
+
+def _value(estimate: Quantile | None) -> float | None:
+    return None if estimate is None else estimate.value
+
+
+def _error(estimate: Quantile | None) -> float | None:
+    return None if estimate is None else estimate.relative_error
+
+
+def _extremes(stats: Stats, scope: str, measure: str) -> tuple[float, float] | None:
+    """The least and greatest ``measure`` (cost, duration) of a scope's sessions in the
+    period: known only when every hour of it kept them (an older hour leaves them unknown)."""
+    low, high = (
+        stats.get(f"{MIN_PREFIX}{scope}|{measure}"),
+        stats.get(f"{MAX_PREFIX}{scope}|{measure}"),
+    )
+    if low is None or high is None:
+        return None
+    return low, high
 
 
 class Answers:
@@ -119,12 +153,20 @@ class Answers:
         for hour in whole:
             pipe.hgetall(self.model.key("stats", hour))
         total: Stats = defaultdict(float)
+        hours_without_extremes = 0
         for raw in pipe.execute():
-            for field, value in raw.items():
-                total[field.decode()] += float(value)
+            fields = {field.decode(): float(value) for field, value in raw.items()}
+            if fields and not any(f.startswith(MAX_PREFIX) for f in fields):
+                hours_without_extremes += 1
+            for field, value in fields.items():
+                combine(total, field, value)
         for summary, _score in self._ended(period, cut, "duration"):
             for field, n in increments(_with_failure_fields(summary), quality_threshold).items():
-                total[field] += float(n)
+                combine(total, field, float(n))
+        if hours_without_extremes:
+            # an hour written before the extremes were kept: the period's are not known
+            for field in [f for f in total if f.startswith((MAX_PREFIX, MIN_PREFIX))]:
+                del total[field]
         return total
 
     def _histogram(self, stats: Stats, scope: str, kind: str, size: int) -> list[int]:
@@ -190,16 +232,25 @@ class Answers:
                 sessions = int(stats[f"{scope}|sessions"])
                 cost = int(stats[f"{scope}|cost"])
                 counts = self._histogram(stats, scope, "cost_bucket", len(COST_BOUNDS_MICROS))
+                extremes = _extremes(stats, scope, "cost")
+                p50 = _percentile(counts, COST_BOUNDS_MICROS, 0.5, extremes)
+                p99 = _percentile(counts, COST_BOUNDS_MICROS, 0.99, extremes)
                 rows.setdefault(scope, {})[name] = {
                     "sessions": sessions,
                     "cost_usd": cost / 1e6,
                     "avg_usd": cost / sessions / 1e6 if sessions else None,
-                    "p50_usd": _usd(_percentile(counts, COST_BOUNDS_MICROS, 0.5)),
-                    "p99_usd": _usd(_percentile(counts, COST_BOUNDS_MICROS, 0.99)),
+                    "p50_usd": _usd(_value(p50)),
+                    "p99_usd": _usd(_value(p99)),
+                    "max_usd": _usd(extremes[1]) if extremes else None,
+                    # |p - exact| <= error * exact (None: not bounded relatively)
+                    "p50_error": _error(p50),
+                    "p99_error": _error(p99),
                 }
         return {"scopes": rows}
 
-    def top_cost(self, pct: float = 1.0, since: str = "24h") -> dict[str, Any]:
+    def top_cost(self, pct: float = 1.0, since: str = "24h", tree: bool = False) -> dict[str, Any]:
+        if tree:
+            return self.top_cost_trees(pct, since)
         period = Period.last(since, self.now_us)
         ranked = sorted(self._sessions(period, "cost"), key=lambda kv: (-kv[1], kv[0]))
         if not ranked:
@@ -214,6 +265,45 @@ class Answers:
             "pct": pct,
             "top": [_expense(summaries[s]) for s in top_ids if s in summaries],
             "median": _expense(summaries[median_id]) if median_id in summaries else None,
+        }
+
+    def top_cost_trees(self, pct: float = 1.0, since: str = "24h") -> dict[str, Any]:
+        """The top ``pct`` % of session trees by total cost (a session and its descendants, the
+        sessions that ended in the period), each with its root's "what made it expensive"."""
+        period = Period.last(since, self.now_us)
+        ended = {s["session_id"]: s for s, _score in self._ended(period, period.hours(), "cost")}
+        trees = session_trees(ended)
+        if not trees:
+            return {"since": since, "tree": True, "trees": 0, "sessions": 0, "top": [],
+                    "median": None}  # fmt: skip
+        count = max(1, math.ceil(len(trees) * pct / 100))
+        median = sorted(trees, key=lambda t: (t.cost_micros, t.root))[(len(trees) - 1) // 2]
+        return {
+            "since": since,
+            "tree": True,
+            "trees": len(trees),
+            "sessions": len(ended),
+            "pct": pct,
+            "top": [{**_expense(ended[t.root]), "tree": t.to_json()} for t in trees[:count]],
+            "median": {**_expense(ended[median.root]), "tree": median.to_json()},
+        }
+
+    def session_tree(self, session_id: str, since: str = "7d") -> dict[str, Any]:
+        """One session's tree: the session, every descendant that ended in the period, and
+        the totals rolled up over them."""
+        period = Period.last(since, self.now_us)
+        ended = {s["session_id"]: s for s, _score in self._ended(period, period.hours(), "cost")}
+        if session_id not in ended:
+            raise LookupError(
+                f"no session {session_id!r} ended in the last {since} (try a longer --since)"
+            )
+        below = descendants(ended, session_id)
+        [tree] = session_trees({s: ended[s] for s in (session_id, *below)})
+        return {
+            "since": since,
+            "session": _expense(ended[session_id]),
+            "tree": tree.to_json(),
+            "members": [_expense(ended[s]) for s in (session_id, *below)],
         }
 
     def outcomes(self, since: str = "24h", top: int = 10) -> dict[str, Any]:
@@ -261,14 +351,17 @@ class Answers:
         period = Period.last(window, self.now_us)
         stats = self.stats(period)
         counts = self._histogram(stats, "all", "duration_bucket", len(LATENCY_BOUNDS_MS))
+        extremes = _extremes(stats, "all", "duration")
+        session = {q: _percentile(counts, LATENCY_BOUNDS_MS, v, extremes)
+                   for q, v in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))}  # fmt: skip
         today = Period(self.now_us - self.now_us % DAY_US, self.now_us)
         ranked = sorted(self._sessions(today, "duration"), key=lambda kv: (-kv[1], kv[0]))
         summaries = self.summaries([sid for sid, _ in ranked[:slowest]])
         return {
             "window": window,
             "sessions": int(stats["all|sessions"]),
-            "session_ms": {q: _percentile(counts, LATENCY_BOUNDS_MS, v)
-                           for q, v in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))},
+            "session_ms": {q: _value(e) for q, e in session.items()},
+            "session_ms_error": {q: _error(e) for q, e in session.items()},
             "slowest_today": [_bottleneck(summaries[s]) for s, _ in ranked[:slowest]
                               if s in summaries],
         }  # fmt: skip

@@ -3,11 +3,11 @@
 Per hour of session end (event time): a hash of counters (sessions, cost, outcomes, failure
 modes, evaluation scores by category, histograms of session cost and duration per scope),
 sorted sets of sessions by cost and by duration (exact top-k), and a compact summary per session
-(what made it expensive, its bottleneck step). Each summary is applied once (SADD guard in the
-same Lua call), so a redelivered summary counts once. All of it can be rebuilt from gov.sessions
-(:mod:`streams.query.rebuild`), and a rebuild gives the same answers whatever order the
-partitions are read in: the sample sessions of a category are the latest ending, not the last
-applied.
+(what made it expensive, its bottleneck step, the session that started it). Each summary is
+applied once (SADD guard in the same Lua call), so a redelivered summary counts once. All of
+it can be rebuilt from gov.sessions (:mod:`streams.query.rebuild`), and a rebuild gives the
+same answers whatever order the partitions are read in: the sample sessions of a category are
+the latest ending, not the last applied.
 
 A non-finite evaluation score (NaN, ±inf) is dropped before anything of its session is written:
 Redis refuses to add one (``HINCRBYFLOAT``), and an error in the middle of the Lua call would
@@ -39,7 +39,21 @@ APPLY = """
 -- ARGV: session id, cost, duration, summary json, ttl, end time, samples kept, then
 --       field/increment pairs
 if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end
-for i = 8, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[2], ARGV[i], ARGV[i + 1]) end
+for i = 8, #ARGV, 2 do
+  local field, value = ARGV[i], ARGV[i + 1]
+  local op = string.sub(field, 1, 5)
+  if op == '~max|' or op == '~min|' then
+    -- an extreme (EXTREME_PREFIXES): kept, not added
+    local current = redis.call('HGET', KEYS[2], field)
+    local v = tonumber(value)
+    if not current or (op == '~max|' and v > tonumber(current))
+        or (op == '~min|' and v < tonumber(current)) then
+      redis.call('HSET', KEYS[2], field, value)
+    end
+  else
+    redis.call('HINCRBYFLOAT', KEYS[2], field, value)
+  end
+end
 if KEYS[6] ~= '' then
   -- the latest ending sessions, not the last applied: the same after a rebuild in any order
   local keep = tonumber(ARGV[7])
@@ -103,8 +117,25 @@ def duration_bucket(duration_us: int) -> int:
     return bisect.bisect_left(LATENCY_BOUNDS_MS, duration_us / 1000)
 
 
+#: fields of the hourly hash that keep an extreme (the least or greatest value of the hour)
+#: instead of a sum: ``~max|<scope>|cost`` (micro-USD), ``~min|<scope>|duration`` (ms), ...;
+#: no counter starts with "~". Percentiles are clamped to them (older hours have none).
+MAX_PREFIX = "~max|"
+MIN_PREFIX = "~min|"
+
+
+def combine(total: dict[str, float], field: str, value: float) -> None:
+    """Add one hash field into ``total``: an extreme by max/min, any other counter by sum."""
+    if field.startswith(MAX_PREFIX):
+        total[field] = max(total[field], value) if field in total else value
+    elif field.startswith(MIN_PREFIX):
+        total[field] = min(total[field], value) if field in total else value
+    else:
+        total[field] = total.get(field, 0.0) + value
+
+
 def increments(summary: Mapping[str, Any], quality_threshold: float) -> dict[str, float]:
-    """The counters one finished session adds to its hour."""
+    """The counters one finished session adds to its hour (and the extremes it may raise)."""
     out: dict[str, float] = {}
     duration = max(0, summary["end_time_us"] - summary["start_time_us"])
     for scope in scopes(summary):
@@ -113,6 +144,9 @@ def increments(summary: Mapping[str, Any], quality_threshold: float) -> dict[str
         out[f"{scope}|outcome|{summary['status']}"] = 1
         out[f"{scope}|cost_bucket|{cost_bucket(summary['cost_micros'])}"] = 1
         out[f"{scope}|duration_bucket|{duration_bucket(duration)}"] = 1
+        for prefix in (MAX_PREFIX, MIN_PREFIX):
+            out[f"{prefix}{scope}|cost"] = summary["cost_micros"]
+            out[f"{prefix}{scope}|duration"] = duration / 1000
     if summary["status"] in ("ERROR", "TIMEOUT", "KILLED"):
         mode = "|".join((summary["error_type"] or summary["status"],
                          summary["failure_step_kind"] or "SESSION",
@@ -137,7 +171,8 @@ def compact(summary: Mapping[str, Any]) -> dict[str, Any]:
             "evaluations",
             # the failure mode, so answers can count a cut hour from its sessions exactly
             "failure_step_kind", "failure_tool")  # fmt: skip
-    return {k: summary[k] for k in keep}
+    # older summaries (SessionSummary v1) have no parent
+    return {**{k: summary[k] for k in keep}, "parent_session_id": summary.get("parent_session_id")}
 
 
 class SessionReadModel:

@@ -30,6 +30,7 @@ import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from streams.codec import Codec, Codecs, DecodeError
+from streams.kafka_config import client_config
 from streams.pii.ledger import PiiLedger
 from streams.query.drift import DriftDetector, DriftStore
 from streams.query.readmodel import SessionReadModel, without_non_finite
@@ -146,7 +147,7 @@ class BoundedReader:
         self._last_error = ""
         self._consumer = Consumer(
             {
-                "bootstrap.servers": settings.bootstrap,
+                **client_config(settings),
                 # joins no group and commits nothing: the id only because the client wants one
                 "group.id": f"governor-rebuild-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,

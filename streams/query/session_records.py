@@ -42,6 +42,7 @@ import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from streams.codec import Codec, Codecs, DecodeError
+from streams.kafka_config import client_config
 from streams.pipeline.pricing import load_prices
 from streams.query.readmodel import SessionReadModel
 from streams.query.timeline import Timeline, build_timeline, session_targets
@@ -197,7 +198,7 @@ def reader(settings: Settings) -> Consumer:
     """A consumer for :func:`scan_topic` (one serves every scan of a timeline)."""
     return Consumer(
         {
-            "bootstrap.servers": settings.bootstrap,
+            **client_config(settings),
             # never joins or commits: the id only because the client insists on one
             "group.id": f"governor-timeline-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,

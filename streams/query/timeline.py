@@ -754,3 +754,52 @@ def describe_totals(timeline: Timeline) -> list[str]:
             f"({s.share:.0%} of the session)"
         )
     return lines
+
+
+# --- a session tree: a session and the sub-agent sessions below it --------------------------
+
+
+@dataclass(frozen=True)
+class TreeTotals:
+    """What a session tree's timelines add up to."""
+
+    sessions: int
+    steps: int
+    cost_micros: int
+    input_tokens: int
+    output_tokens: int
+    decisions: int
+    pii_findings: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def tree_totals(timelines: Sequence[Timeline]) -> TreeTotals:
+    return TreeTotals(
+        sessions=len(timelines),
+        steps=sum(t.totals.llm_calls + t.totals.tool_calls for t in timelines),
+        cost_micros=sum(t.totals.cost_micros for t in timelines),
+        input_tokens=sum(t.totals.input_tokens for t in timelines),
+        output_tokens=sum(t.totals.output_tokens for t in timelines),
+        decisions=sum(t.totals.decisions for t in timelines),
+        pii_findings=sum(t.totals.pii_findings for t in timelines),
+    )
+
+
+def tree_table(timelines: Sequence[Timeline]) -> Table:
+    """One row per session of the tree (the root first): agent, outcome, steps, cost."""
+    totals = tree_totals(timelines)
+    table = Table(
+        title=f"session tree of {timelines[0].header.session_id}: {totals.sessions} sessions, "
+        f"{totals.steps} steps, {money(totals.cost_micros)}"
+    )
+    for column in ("session", "agent", "outcome", "steps", "cost", "decisions", "PII"):
+        table.add_column(column)
+    for t in timelines:
+        h = t.header
+        table.add_row(
+            h.session_id[:13], h.agent_id, h.outcome, str(t.totals.llm_calls + t.totals.tool_calls),
+            money(t.totals.cost_micros), str(t.totals.decisions), str(t.totals.pii_findings),
+        )  # fmt: skip
+    return table

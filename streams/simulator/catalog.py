@@ -28,7 +28,7 @@ MODELS = {
         ModelSpec("claude-haiku-4", "anthropic", 0.95, 4.75, 200_000, True),
         ModelSpec("gemini-2.5-pro", "gcp.vertex_ai", 1.20, 9.50, 1_000_000, False),
         ModelSpec("gemini-2.5-flash", "gcp.vertex_ai", 0.28, 2.40, 1_000_000, False),
-        # not in policies/prices.yaml: the worker must flag its calls as unpriced
+        # not in policies/prices.yaml nor genai-prices: the worker must flag its calls unpriced
         ModelSpec("acme-llm-9", "acme", 0.0, 0.0, 32_000, False),
     )
 }

@@ -167,6 +167,8 @@ def real_governors(
             public_keys=public_keys,
             clock=clock,
             obey=obey,
+            # the ground truth models a fleet that obeys decisions and checks nothing itself
+            checks=False,
             sink=sink,
         )
 

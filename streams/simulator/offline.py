@@ -140,6 +140,7 @@ class OfflineSession:
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             cache_read_input_tokens=cache_read_input_tokens,
+            cache_write_input_tokens=None,
             reasoning_output_tokens=None,
             cost_micros=None if cost_usd is None else round(cost_usd * 1_000_000),
             content=[{"role": role.upper(), "text": text} for role, text in content or ()],

@@ -281,17 +281,17 @@ def test_sdk_and_raw_otlp_exports_become_sessions_with_costs(topics: Settings, i
     }
     state, skipped = folded(workflow)
     assert skipped == 0
-    # claude-sonnet-4: 4,000 fresh input x $3 + 6,000 cache reads x $0.30 + 500 out x $15 (per
-    # 1M; cache writes are in input_tokens at the input price) = 21,300 micro-USD; embeddings:
-    # 50,000 x $0.02 = 1,000 micro-USD
-    assert state.cost_micros == 21_300 + 1_000
+    # claude-sonnet-4: 2,000 fresh input x $3 + 2,000 cache writes x $3.75 + 6,000 cache reads
+    # x $0.30 + 500 out x $15 (per 1M; reads and writes are part of input_tokens) = 22,800
+    # micro-USD; embeddings: 50,000 x $0.02 = 1,000 micro-USD
+    assert state.cost_micros == 22_800 + 1_000
     assert state.unpriced_calls == 0
     assert (state.input_tokens, state.cache_read_input_tokens) == (60_000, 6_000)
     assert state.reasoning_output_tokens == 200
     assert (state.status, state.category) == ("OK", "billing")
     assert state.evaluations == {"relevance": 0.9}
     chat = next(e for e in workflow if e.get("model") == "claude-sonnet-4")
-    assert chat["attributes"] == {"gen_ai.usage.cache_creation.input_tokens": "2000"}
+    assert chat["cache_write_input_tokens"] == 2_000
     mcp = next(e for e in workflow if e.get("tool_name") == "refund")
     assert mcp["attributes"]["mcp.server"] == "payments.mcp:443"
     failed = next(e for e in workflow if e.get("tool_name") == "lookup")

@@ -181,7 +181,8 @@ def card_is_blocked_and_audited(topics: Settings, tmp_path: Path) -> None:
     shutil.copytree(REPO / "policies", policies)
     settings = topics.replace(policies_dir=policies, keys_dir=tmp_path / "keys")
     with WorkerProcess(settings, tmp_path / "worker.log"):
-        gov = Governor("acme", "payments-bot", settings=settings)
+        # checks off: the worker's own findings are under test, not the client's refusals
+        gov = Governor("acme", "payments-bot", settings=settings, checks=False)
         try:
             assert gov.pii.guards_tools
             s = gov.session()
@@ -195,11 +196,21 @@ def card_is_blocked_and_audited(topics: Settings, tmp_path: Path) -> None:
             s.finish()
         finally:
             gov.close()
+        # a client with no PII guard and no checks runs the same call: the worker finds what
+        # the client should have refused, and audits the bypass
+        bare = Governor("acme", "bare-bot", settings=settings, checks=False, pii_guard=False)
+        try:
+            with bare.session() as b:
+                b.tool_call(name="charge_card", args={"card": "4111 1111 1111 1111"})
+        finally:
+            bare.close()
         codecs = Codecs.load(settings.schemas_dir)
-        [finding] = [
+        found = [
             codecs.pii_finding.decode(m.value() or b"")
-            for m in consume(settings.bootstrap, settings.topic("pii"), 1)
+            for m in consume(settings.bootstrap, settings.topic("pii"), 2)
         ]
+        [finding] = [f for f in found if f["session_id"] == s.session_id]
+        assert [f["session_id"] for f in found if f is not finding] == [b.session_id]
         assert (
             finding["entity_type"],
             finding["hop"],
@@ -208,14 +219,17 @@ def card_is_blocked_and_audited(topics: Settings, tmp_path: Path) -> None:
         ) == ("CREDIT_CARD", "TOOL_ARGUMENTS", "charge_card", "BLOCK")
         deadline = time.monotonic() + 20
         audit: list[dict[str, Any]] = []
-        while time.monotonic() < deadline and not audit:
+        while time.monotonic() < deadline and len(audit) < 3:
             audit = [
                 codecs.audit_record.decode(m.value() or b"")
-                for m in consume(settings.bootstrap, settings.topic("audit"), 1)
+                for m in consume(settings.bootstrap, settings.topic("audit"), 3)
             ]
-        [record] = audit
+        record = next(r for r in audit if r["details"].get("finding_id") == finding["finding_id"])
         assert record["kind"] == "PII_HANDLING"
         assert record["details"]["handling"] == "BLOCK"
-        assert record["details"]["finding_id"] == finding["finding_id"]
+        assert sorted(r["kind"] for r in audit) == ["CLIENT_BYPASS", "PII_HANDLING", "PII_HANDLING"]
+        bypass = next(r for r in audit if r["kind"] == "CLIENT_BYPASS")
+        assert bypass["subject"] == f"session:{b.session_id}"
+        assert (bypass["details"]["policy_id"], bypass["details"]["why"]) == ("pii", "none")
         time.sleep(1.5)
         assert verify_audit_topic(settings).breaks == []

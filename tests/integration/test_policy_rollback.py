@@ -8,7 +8,10 @@ with the files and the version it started with, and a refused one changes nothin
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,7 @@ from streams.control import session_target
 from streams.policy_files import OTHER_FILES, load_policy_set
 from streams.settings import Settings
 from streams.topics import ensure_topics, read_partitions
-from streams.worker import WorkerProcess
+from streams.worker import WorkerProcess, post_json
 from tests.conftest import free_port, isolated_settings
 from tests.integration.test_worker_enforcement import wait_until
 
@@ -39,6 +42,10 @@ policies:
 """
 
 
+ADMIN_TOKEN = secrets.token_hex(16)
+READER_TOKEN = secrets.token_hex(16)
+
+
 def cli(settings: Settings, *args: str) -> Result:
     return CliRunner().invoke(app, list(args), env=settings.to_env())
 
@@ -52,7 +59,12 @@ def worker(
     policies = folder / "policies"
     shutil.copytree(REPO / "policies", policies)
     settings = isolated_settings(stack_settings, folder).replace(
-        policies_dir=policies, keys_dir=folder / "keys", checkpoint_interval_s=0.2
+        policies_dir=policies,
+        keys_dir=folder / "keys",
+        checkpoint_interval_s=0.2,
+        # the worker's API tokens; the CLI sends the admin one (GOVERNOR_API_TOKEN)
+        api_tokens=f"admin:{ADMIN_TOKEN},reader:{READER_TOKEN}",
+        api_token=ADMIN_TOKEN,
     )
     ensure_topics(settings)
     with WorkerProcess(settings, folder / "worker.log") as process:
@@ -129,7 +141,9 @@ def test_a_rollback_puts_version_1_back_in_force_in_the_folder_and_in_the_audit_
     assert "search-loop" in listed["versions"][1]["policies"]
 
     # decisions and summaries cite version 1 again
-    gov = Governor(tenant="acme", agent="support-bot", agent_version="2.0", settings=settings)
+    gov = Governor(
+        tenant="acme", agent="support-bot", agent_version="2.0", settings=settings, checks=False
+    )
     try:
         s = gov.session()
         s.start()
@@ -194,3 +208,34 @@ def test_a_rollback_without_a_worker_says_so(topics: Settings) -> None:
     assert f"no worker answers on 127.0.0.1:{settings.web_port}" in result.output
     listed = history(settings)
     assert (listed["worker_reachable"], listed["versions"]) == (False, [])
+
+
+def test_a_rollback_needs_an_admin_token(worker: tuple[WorkerProcess, Settings]) -> None:
+    """401 (with WWW-Authenticate) without a token or with a wrong one, 403 for a reader's;
+    the CLI without a token prints one line with the fix; nothing changes."""
+    process, settings = worker
+    before = process.get_json("/policies")
+    url = f"{process.url}/policies/rollback"
+    body = {"to_version": 1, "reason": "", "by": "mallory"}
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 401
+    assert refused.value.headers["WWW-Authenticate"] == 'Bearer realm="governor"'
+    for token, status in (("", 401), ("not-the-" + ADMIN_TOKEN, 401), (READER_TOKEN, 403)):
+        reply = post_json(url, body, token=token)
+        assert reply is not None
+        assert reply[0] == status, (token == READER_TOKEN, reply)
+        assert ADMIN_TOKEN not in json.dumps(reply[1])
+    # the admin token passes (and this version does not exist: nothing changes)
+    reply = post_json(url, {**body, "to_version": 99}, token=ADMIN_TOKEN)
+    assert reply is not None
+    assert reply[0] == 404
+    result = cli(settings.replace(api_token=""), "policy", "rollback", "--to-version", "1")
+    assert result.exit_code == 1, result.output
+    assert "needs a token: set GOVERNOR_API_TOKEN" in result.output
+    assert "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) <= 2, result.output  # one line (wrapped)
+    assert process.get_json("/policies") == before
+    # reads stay open without GOVERNOR_API_AUTH_READS
+    assert process.get_json("/ingest") is not None

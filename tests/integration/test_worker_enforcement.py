@@ -5,6 +5,7 @@ own, and the one that breaks the policy file puts it back before it ends."""
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.audit import verify_audit_topic
@@ -45,6 +47,20 @@ policies:
     max_active: 2
     action: throttle
     throttle_delay_ms: 400
+  - id: tree-budget
+    kind: budget
+    scope: session_tree
+    match: {agents: ["tree-*"]}
+    limit_usd: 0.01
+    warn_at: null
+    action: kill
+  - id: ledger-budget
+    kind: budget
+    scope: agent
+    match: {agents: ["ledger-bot"]}
+    limit_usd: 100
+    window: 1h
+    action: kill
 """
 
 
@@ -92,7 +108,10 @@ def spend_until_killed(gov: Governor) -> tuple[int, SessionKilled, str]:
 
 
 def client(settings: Settings, agent: str = "support-bot") -> Governor:
-    return Governor(tenant="acme", agent=agent, agent_version="2.0", settings=settings)
+    # checks off: these tests show the worker alone stopping a client that does not check
+    return Governor(
+        tenant="acme", agent=agent, agent_version="2.0", settings=settings, checks=False
+    )
 
 
 def test_a_session_over_budget_is_killed_before_its_next_step(
@@ -121,7 +140,9 @@ def test_a_session_over_budget_is_killed_before_its_next_step(
 def test_a_denied_tool_triggers_its_policy_and_is_audited(
     worker: tuple[WorkerProcess, Settings],
 ) -> None:
-    _process, settings = worker
+    """A client with checks off runs the denied tool: the worker still kills the session and
+    audits, beside its decision, that the step bypassed the client's checks."""
+    process, settings = worker
     gov = client(settings)
     try:
         s = gov.session()
@@ -143,8 +164,20 @@ def test_a_denied_tool_triggers_its_policy_and_is_audited(
         return [r for r in records if r["details"].get("decision_id") == decision["decision_id"]]
 
     # the other tests' decisions are on the worker's audit topic too: this one's, once
-    audit = wait_until(audited, what="the decision's audit record")
-    assert [r["kind"] for r in audit] == ["DECISION"]
+    audit = wait_until(lambda: len(audited()) == 2 and audited(), what="the audit records")
+    assert [r["kind"] for r in audit] == ["DECISION", "CLIENT_BYPASS"]
+    bypass = audit[1]["details"]
+    assert (bypass["policy_id"], bypass["action"], bypass["why"]) == (
+        "dangerous-tools",
+        "KILL",
+        "none",
+    )
+    assert bypass["client_policy_version"] == ""  # no client checks, so no version reported
+    assert bypass["worker_policy_version"].startswith("v7:")
+    assert audit[1]["subject"] == f"session:{s.session_id}"
+    with urllib.request.urlopen(process.url + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    assert 'governor_client_bypass_total{policy="dangerous-tools",why="none"} 1.0' in text
     time.sleep(1.5)  # the chain head is written with the next checkpoint
     verification = verify_audit_topic(settings)
     assert verification.records >= 1
@@ -260,3 +293,168 @@ def test_metrics_parse_and_have_the_families(worker: tuple[WorkerProcess, Settin
     with urllib.request.urlopen(request, timeout=5) as response:
         assert json.loads(response.read()) == {"received": 1}
     assert "alertmanager: GovernorRedisDown firing" in process.log_tail(50)
+
+
+def test_the_worker_reconciles_the_clients_fleet_budget_reservations(
+    worker: tuple[WorkerProcess, Settings],
+) -> None:
+    """The worker writes its own spend of an agent budget into the hash the clients reserve
+    on (so spend of clients without checks counts), and releases what a closed session left
+    reserved (a client that reserved a step and never recorded it)."""
+    process, settings = worker
+    unchecked = client(settings, agent="ledger-bot")
+    try:
+        with unchecked.session() as s:
+            s.llm_call(model="gpt-4o", input_tokens=2000, output_tokens=100, duration_ms=5)
+        spender = s.session_id
+    finally:
+        unchecked.close()
+    state = wait_until(
+        lambda: (
+            (process.get_json(f"/state/session/{spender}") or {}).get("status") == "OK"
+            and process.get_json(f"/state/session/{spender}")
+        ),
+        what="the unchecked session's end",
+    )
+    cost = state["cost_micros"]
+    assert cost > 0
+    key = f"{settings.redis_key_prefix}reserve:ledger-budget:agent:acme/ledger-bot"
+    redis_client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+
+    def worker_fields() -> dict[str, int]:
+        fields: dict[str, str] = redis_client.hgetall(key)  # type: ignore[assignment]
+        return {k: int(v) for k, v in fields.items() if k.startswith("w:")}
+
+    def reservations() -> list[str]:
+        names: list[str] = redis_client.hkeys(key)  # type: ignore[assignment]
+        return [name for name in names if name.startswith("r:")]
+
+    written = wait_until(lambda: sum(worker_fields().values()) == cost and worker_fields(),
+                         what="the worker's spend in the reservation hash")  # fmt: skip
+    assert len(written) == 1  # one hour of spend
+
+    checked = Governor("acme", "ledger-bot", settings=settings, obey=False, checks=True)
+    try:
+        assert checked.policy_set.version == 7
+        s2 = checked.session()
+        s2.start()
+        s2.guard_llm(model="gpt-4o", input_tokens=1000, max_output_tokens=100)
+        held = reservations()
+        assert len(held) == 1
+        assert held[0].startswith(f"r:{s2.session_id}|")
+        s2.finish()  # the reserved step was never recorded: the reservation stays open ...
+        assert checked.emitter.flush() == 0
+    finally:
+        checked.close()
+    # ... until the worker closes the session and releases it
+    wait_until(lambda: not reservations(), what="the closed session's reservation released")
+    assert sum(worker_fields().values()) == cost
+
+
+def test_sub_agent_sessions_roll_up_to_the_session_that_started_them(
+    worker: tuple[WorkerProcess, Settings],
+) -> None:
+    """An orchestrator starts two sub-agents, one of which starts another: the worker records
+    each link and `ask tree` / `ask top-cost --tree` roll cost, tokens and steps up."""
+    from streams.query.answers import Answers
+    from streams.query.readmodel import SessionReadModel
+
+    process, settings = worker
+    planner, helper = client(settings, agent="planner"), client(settings, agent="researcher")
+    try:
+        with planner.session() as root:
+            root.llm_call(model="gpt-4o", input_tokens=1000, output_tokens=100, duration_ms=5)
+            with helper.session(parent=root) as child:
+                child.llm_call(model="gpt-4o-mini", input_tokens=500, output_tokens=50)
+                with helper.session(parent=child.session_id) as grandchild:
+                    grandchild.tool_call(name="search", duration_ms=3)
+            with helper.session(parent=root) as sibling:
+                sibling.llm_call(model="gpt-4o", input_tokens=200, output_tokens=20)
+        assert planner.emitter.flush() == 0
+        assert helper.emitter.flush() == 0
+    finally:
+        planner.close()
+        helper.close()
+    members = [root, child, grandchild, sibling]
+
+    def ended(session_id: str) -> dict[str, Any] | None:
+        state: dict[str, Any] | None = process.get_json(f"/state/session/{session_id}")
+        return state if (state or {}).get("status") == "OK" else None
+
+    states = [
+        wait_until(functools.partial(ended, m.session_id), what="the sessions' ends")
+        for m in members
+    ]
+    assert [s.get("parent_session_id") for s in states[1:]] == [
+        root.session_id, child.session_id, root.session_id
+    ]  # fmt: skip
+    answers = Answers(
+        SessionReadModel(redis.Redis.from_url(settings.redis_url), settings.redis_key_prefix)
+    )
+    tree = wait_until(lambda: _tree(answers, root.session_id), what="the tree in the read-model")
+    assert tree["tree"]["sessions"] == 4
+    assert round(tree["tree"]["cost_usd"] * 1e6) == sum(s["cost_micros"] for s in states)
+    assert tree["tree"]["steps"] == 4  # three LLM calls and a tool call
+    assert tree["tree"]["depth"] == 2
+    assert [m["session_id"] for m in tree["members"]] == [
+        root.session_id, *sorted([child.session_id, sibling.session_id]), grandchild.session_id
+    ]  # fmt: skip
+    ranked = answers.top_cost(100.0, "1h", tree=True)
+    mine = next(t for t in ranked["top"] if t["session_id"] == root.session_id)
+    assert mine["tree"] == tree["tree"]
+    assert all(t["session_id"] not in {child.session_id, grandchild.session_id}
+               for t in ranked["top"])  # fmt: skip
+    # the incident timeline of the tree: every member's steps, the totals rolled up
+    from typer.testing import CliRunner
+
+    from streams.cli import app
+
+    args = ["incident", "timeline", "--session", root.session_id, "--tree", "--json"]
+    shown = CliRunner().invoke(app, args, env=settings.to_env())
+    assert shown.exit_code == 0, shown.output
+    timeline = json.loads(shown.output)
+    assert [d["header"]["session_id"] for d in timeline["descendants"]] == [
+        m["session_id"] for m in tree["members"][1:]
+    ]
+    assert timeline["tree_totals"]["cost_micros"] == sum(s["cost_micros"] for s in states)
+    assert (timeline["tree_totals"]["sessions"], timeline["tree_totals"]["steps"]) == (4, 4)
+    table = CliRunner().invoke(app, args[:-1], env=settings.to_env())
+    assert "session tree of" in table.output, table.output
+
+
+def _tree(answers: Any, session_id: str) -> dict[str, Any] | None:
+    try:
+        tree: dict[str, Any] = answers.session_tree(session_id, since="1h")
+    except LookupError:
+        return None
+    return tree if tree["tree"]["sessions"] == 4 else None
+
+
+def test_a_budget_on_a_session_tree_kills_the_sub_agents_with_their_orchestrator(
+    worker: tuple[WorkerProcess, Settings],
+) -> None:
+    """$0.01 for an orchestrator and its sub-agents together: the call that takes the tree
+    past it (a sub-agent's, in another process) kills every open session of the tree."""
+    _process, settings = worker
+    boss, team = client(settings, agent="tree-boss"), client(settings, agent="tree-worker")
+    try:
+        root = boss.session()
+        root.start()
+        root.llm_call(model="gpt-4o", input_tokens=1000, output_tokens=100)  # $0.0035
+        child = team.session(parent=root)
+        child.start()
+        child.llm_call(model="gpt-4o", input_tokens=2000, output_tokens=100)  # $0.006
+        child.llm_call(model="gpt-4o", input_tokens=1000, output_tokens=100)  # past $0.01
+        for gov, session in ((boss, root), (team, child)):
+            target = session_target(session.session_id)
+            decision = wait_until(functools.partial(gov.book.latest, target), what="the KILL")
+            assert (decision["action"], decision["policy_id"]) == ("KILL", "tree-budget")
+        with pytest.raises(SessionKilled):
+            root.llm_call(model="gpt-4o", input_tokens=10, output_tokens=10)
+        with pytest.raises(SessionKilled):
+            child.tool_call(name="lookup")
+        child.finish()
+        root.finish()
+    finally:
+        boss.close()
+        team.close()

@@ -16,6 +16,7 @@ from streams.app import WorkerParts, apply_policies
 from streams.policy_files import PolicyBundle, load_bundle
 
 REPO = Path(__file__).resolve().parents[2]
+PRICE_TABLE = REPO / "tests" / "fixtures" / "policies" / "prices-table.yaml"
 
 
 class Runner:
@@ -64,7 +65,7 @@ def test_a_price_pii_or_slo_change_swaps_them_without_a_new_policy_version(
     first = load_bundle(folder)
     parts = worker(first)
     prices = folder / "prices.yaml"
-    prices.write_text(prices.read_text().replace("input: 2.50", "input: 5.00"))
+    prices.write_text(PRICE_TABLE.read_text().replace("input: 2.50", "input: 5.00"))
     pii = folder / "pii.yaml"
     pii.write_text(pii.read_text().replace("default: log", "default: allow"))
     slo = folder / "slo.yaml"

@@ -40,7 +40,8 @@ from tests.strategies import from_schema
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = SchemaSet.load(REPO / "schemas")
-WITH_V2 = SchemaSet.load(REPO / "schemas", REPO / "tests" / "fixtures" / "schemas")
+#: the shipped schemas and a test-only StepEvent.v3 (v2 plus a "locale" field)
+WITH_V3 = SchemaSet.load(REPO / "schemas", REPO / "tests" / "fixtures" / "schemas")
 CODECS = Codecs(SCHEMAS)
 
 
@@ -104,23 +105,32 @@ def test_random_valid_records_round_trip(record: str, data: st.DataObject) -> No
     assert codec.decode(codec.encode(value)) == value
 
 
-def test_v2_reader_reads_v1_data_with_the_new_field_defaulted() -> None:
-    v1, v2 = Codec(WITH_V2, "StepEvent", 1), Codec(WITH_V2, "StepEvent", 2)
-    decoded = v2.decode(v1.encode(step_event()))
+def test_a_newer_reader_reads_older_data_with_the_new_fields_defaulted() -> None:
+    v1, v3 = Codec(WITH_V3, "StepEvent", 1), Codec(WITH_V3, "StepEvent", 3)
+    decoded = v3.decode(v1.encode(step_event()))
     assert decoded["locale"] is None
-    assert {k: v for k, v in decoded.items() if k != "locale"} == v1.decode(v1.encode(step_event()))
+    assert decoded["cache_write_input_tokens"] is None
+    new = ("locale", "cache_write_input_tokens")
+    assert {k: v for k, v in decoded.items() if k not in new} == v1.decode(v1.encode(step_event()))
 
 
-def test_v1_reader_reads_v2_data_ignoring_the_new_field() -> None:
-    v1, v2 = Codec(WITH_V2, "StepEvent", 1), Codec(WITH_V2, "StepEvent", 2)
-    decoded = v1.decode(v2.encode(step_event(locale="de-CH")))
+def test_an_older_reader_reads_newer_data_ignoring_the_new_fields() -> None:
+    v1, v3 = Codec(WITH_V3, "StepEvent", 1), Codec(WITH_V3, "StepEvent", 3)
+    decoded = v1.decode(v3.encode(step_event(locale="de-CH", cache_write_input_tokens=300)))
     assert "locale" not in decoded
+    assert "cache_write_input_tokens" not in decoded
     assert decoded == v1.decode(v1.encode(step_event()))
 
 
 def test_the_current_reader_is_the_highest_version() -> None:
-    assert Codec(WITH_V2, "StepEvent").schema.version == 2
-    assert Codec(SCHEMAS, "StepEvent").schema.version == 1
+    assert Codec(WITH_V3, "StepEvent").schema.version == 3
+    assert Codec(SCHEMAS, "StepEvent").schema.version == 2
+
+
+def test_a_step_event_without_the_cache_write_count_encodes_with_the_default() -> None:
+    """Emitters that do not know the v2 field (older clients' dicts) still encode."""
+    decoded = CODECS.step_event.decode(CODECS.step_event.encode(step_event()))
+    assert decoded["cache_write_input_tokens"] is None
 
 
 @pytest.mark.parametrize(
@@ -155,7 +165,7 @@ def test_unknown_fingerprint_is_refused() -> None:
 
 def test_another_record_is_refused_by_name() -> None:
     payload = CODECS.step_event.encode(step_event())
-    with pytest.raises(WrongRecordError, match=r"StepEvent\.v1, expected Decision"):
+    with pytest.raises(WrongRecordError, match=r"StepEvent\.v2, expected Decision"):
         CODECS.decision.decode(payload)
 
 

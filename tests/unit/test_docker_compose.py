@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -52,15 +53,26 @@ def test_docker_compose_config_is_valid() -> None:
     docker_compose = shutil.which("docker-compose")
     if docker_compose is None:
         pytest.skip("docker-compose is not installed, so the compose file cannot be validated")
-    result = subprocess.run(
-        [docker_compose, "-f", str(COMPOSE_FILE), "config", "-q"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    secrets = {"REDIS_PASSWORD": "test-password", "GOVERNOR_API_TOKENS": "admin:" + "t" * 32}
+    base = {k: v for k, v in os.environ.items() if k not in secrets}
+
+    def config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [docker_compose, "-f", str(COMPOSE_FILE), "config", "-q"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env=env,
+        )
+
+    result = config({**base, **secrets})
     assert result.returncode == 0, f"docker-compose config -q failed:\n{result.stderr}"
+    # without the secrets it refuses to start, naming the variable
+    refused = config(base)
+    assert refused.returncode != 0
+    assert "REDIS_PASSWORD" in refused.stderr
 
 
 def test_all_services_are_defined() -> None:
@@ -78,7 +90,8 @@ def test_worker_points_at_the_compose_services() -> None:
     worker = _service("governor-worker")
     env = _environment(worker)
     assert env["GOVERNOR_BOOTSTRAP"] == "kafka:9092"
-    assert env["GOVERNOR_REDIS_URL"].startswith("redis://redis:")
+    assert env["GOVERNOR_REDIS_URL"].startswith("redis://:${REDIS_PASSWORD:?")
+    assert env["GOVERNOR_REDIS_URL"].endswith("}@redis:6379/0")
     assert env["GOVERNOR_WEB_HOST"] == "0.0.0.0"
     assert worker["build"]["dockerfile"] == "ops/docker/Dockerfile"
 
@@ -104,3 +117,27 @@ def test_mounted_ops_files_exist() -> None:
             source = str(volume).split(":", 1)[0]
             if source.startswith("./"):
                 assert (REPO_ROOT / source).exists(), f"{name} mounts missing {source}"
+
+
+def test_published_ports_are_bound_to_the_host_loopback_only() -> None:
+    """Issue 14: nothing is published on all interfaces."""
+    for name, service in _compose()["services"].items():
+        for port in service.get("ports") or []:
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on all interfaces"
+
+
+def test_redis_needs_a_password_and_the_url_carries_it() -> None:
+    redis = _service("redis")
+    command = " ".join(redis["command"])
+    assert '--requirepass "$$REDIS_PASSWORD"' in command
+    assert _environment(redis)["REDIS_PASSWORD"].startswith("${REDIS_PASSWORD:?")
+    assert "REDISCLI_AUTH" in " ".join(redis["healthcheck"]["test"])
+    for name in ("governor-worker", "governor-topics"):
+        assert "${REDIS_PASSWORD:?" in _environment(_service(name))["GOVERNOR_REDIS_URL"]
+
+
+def test_the_workers_api_tokens_come_from_the_environment() -> None:
+    env = _environment(_service("governor-worker"))
+    assert env["GOVERNOR_API_TOKENS"].startswith("${GOVERNOR_API_TOKENS:?")
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    assert "admin:" not in text.replace("admin:$(openssl", ""), "a token is written in the file"

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from streams.cli import app
 
 REPO = Path(__file__).resolve().parents[2]
+PRICE_TABLE = REPO / "tests" / "fixtures" / "policies" / "prices-table.yaml"
 runner = CliRunner()
 
 
@@ -30,7 +31,7 @@ def test_a_valid_bundle_is_listed_without_warnings(tmp_path: Path) -> None:
     code, output = check(copy(tmp_path))
     assert code == 0, output
     assert "session-budget" in output
-    assert "10 model prices" in output
+    assert "3 model prices + genai-prices" in output
     assert "SLOs: availability, latency, quality, compliance, degradation" in output
     assert "warning" not in output
 
@@ -38,7 +39,7 @@ def test_a_valid_bundle_is_listed_without_warnings(tmp_path: Path) -> None:
 def test_a_broken_price_table_is_refused_with_file_line_and_field(tmp_path: Path) -> None:
     folder = copy(tmp_path)
     prices = folder / "prices.yaml"
-    prices.write_text(prices.read_text().replace("input: 2.50", "input: .inf"))
+    prices.write_text(PRICE_TABLE.read_text().replace("input: 2.50", "input: .inf"))
     code, output = check(folder)
     assert code == 1
     assert "error: " in output

@@ -29,6 +29,7 @@ from tests.unit.pipeline.test_accounting import ev
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "policies"
+PRICE_TABLE = REPO / "tests" / "fixtures" / "policies" / "prices-table.yaml"
 INT64_MAX = 2**63 - 1
 
 GOOD = """version: 4
@@ -61,7 +62,10 @@ def test_the_shipped_policies_are_valid() -> None:
 def test_the_shipped_folder_is_one_bundle_without_warnings() -> None:
     bundle = load_bundle(SHIPPED)
     assert bundle.policies == load_policy_set(SHIPPED)
-    assert "gpt-4o" in bundle.prices.models
+    assert "claude-haiku-4" in bundle.prices.models, "an override"
+    priced = bundle.prices.lookup("gpt-4o")
+    assert priced is not None
+    assert priced.source.startswith("genai-prices ")
     assert bundle.pii.rules, "pii.yaml, not the default"
     assert {s.name for s in bundle.slos} == {
         "availability",
@@ -216,7 +220,8 @@ def test_duplicate_ids_across_files_are_refused(tmp_path: Path) -> None:
 
 # --- prices.yaml, pii.yaml, slo.yaml --------------------------------------------------------
 
-PRICES = SHIPPED.joinpath("prices.yaml").read_text()
+#: a table of eight models (what prices.yaml shipped before genai-prices): the cases edit it
+PRICES = PRICE_TABLE.read_text()
 PII = SHIPPED.joinpath("pii.yaml").read_text()
 SLO = SHIPPED.joinpath("slo.yaml").read_text()
 
@@ -267,7 +272,7 @@ def test_prices_pii_and_slo_files_are_validated_with_file_line_and_field(
     tmp_path: Path, name: str, old: str, new: str, expected: str
 ) -> None:
     folder = shipped_copy(tmp_path)
-    text = (folder / name).read_text()
+    text = PRICES if name == "prices.yaml" else (folder / name).read_text()
     assert old in text
     (folder / name).write_text(text.replace(old, new, 1))
     [problem] = problems_of(folder)

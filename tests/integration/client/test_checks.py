@@ -212,6 +212,29 @@ def test_the_langchain_handler_refuses_a_denied_tool_in_on_tool_start(
 
     with pytest.raises(StepBlocked):
         GovernorSpanProcessor(gov).check_tool("conversation-1", "drop_orders", {"order_id": 7})
+    # ... and so does an execute_tool span of a known conversation, at its start: the body
+    # that would run the tool never runs
+    from opentelemetry.sdk.trace import TracerProvider
+
+    processor = GovernorSpanProcessor(gov)
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("agent")
+    tool_span = {
+        "gen_ai.operation.name": "execute_tool",
+        "gen_ai.conversation.id": "conversation-2",
+        "gen_ai.tool.name": "drop_orders",
+        "gen_ai.tool.call.arguments": '{"order_id": 8}',
+    }
+    span = tracer.start_as_current_span("execute_tool drop_orders", attributes=tool_span)
+    with pytest.raises(StepBlocked) as at_start, span:
+        ran.append(8)
+    assert at_start.value.policy_id == "no-drops"
+    assert (ran, processor.refused) == ([], 1)
+    allowed = {**tool_span, "gen_ai.tool.name": "lookup_order"}
+    with tracer.start_as_current_span("execute_tool lookup_order", attributes=allowed):
+        ran.append(9)
+    assert ran == [9]
 
 
 def test_a_kill_stops_a_sync_stream_at_its_next_chunk(
@@ -335,6 +358,98 @@ def test_a_leaked_reservation_lapses_and_redis_down_runs_the_step_unless_a_polic
     with denied.session() as s, pytest.raises(StepBlocked) as refused:
         s.guard_llm(model="gpt-4o", input_tokens=10, max_output_tokens=10)
     assert (refused.value.policy_id, refused.value.action) == ("strict-budget", "DENY")
+
+
+def test_an_hour_counts_the_larger_of_the_clients_and_the_workers_spend(
+    topics: Settings,
+    governor: GovernorFactory,
+    signing_key: SigningKey,
+    policies_folder: Path,
+) -> None:
+    """The worker's spend (``w:``, every client's, checked or not) and the clients' settled
+    spend (``h:``) of one hour are not added: the larger counts, so neither is counted twice."""
+    from streams.client.reservations import HOUR_US, NoRoom, reservation_key
+
+    (policies_folder / "governor.yaml").write_text(AGENT_BUDGET)  # $0.10 per day
+    publish(topics, signing_key, policies_folder)
+    gov = governor(agent="shared-bot", checks=True, obey=False)
+    [budget] = gov.fleet_budgets()
+    now = gov.now_us()
+    hour = now - now % HOUR_US
+    key = reservation_key(topics.redis_key_prefix, budget)
+    gov._redis.hset(key, mapping={f"h:{hour}": 60_000, f"w:{hour}": 70_000})
+    held = gov.reservations.reserve([budget], 30_000, now, "s-1")  # 70k + 30k fits in 100k
+    gov.reservations.settle(held, 0, now)
+    with pytest.raises(NoRoom) as refused:
+        gov.reservations.reserve([budget], 30_001, now, "s-1")
+    assert refused.value.room_micros == 30_000
+    # the worker reads further than the clients settled: its spend counts
+    gov._redis.hset(key, f"w:{hour - HOUR_US}", 25_000)
+    with pytest.raises(NoRoom) as refused:
+        gov.reservations.reserve([budget], 10_000, now, "s-1")
+    assert refused.value.room_micros == 5_000
+
+
+CAPS = """version: 8
+policies:
+  - id: hard-cap
+    kind: concurrency
+    scope: agent
+    max_active: 2
+    action: kill
+    match: {agents: [hard-bot]}
+  - id: soft-cap
+    kind: concurrency
+    scope: agent
+    max_active: 1
+    action: throttle
+    throttle_delay_ms: 50
+    match: {agents: [soft-bot]}
+"""
+
+
+def test_concurrency_caps_hold_across_clients_refusing_or_holding_back_new_sessions(
+    topics: Settings,
+    governor: GovernorFactory,
+    signing_key: SigningKey,
+    policies_folder: Path,
+) -> None:
+    import threading
+
+    (policies_folder / "governor.yaml").write_text(CAPS)
+    publish(topics, signing_key, policies_folder)
+    hard = [governor(agent="hard-bot", checks=True, obey=False) for _ in range(2)]
+    first, second = hard[0].session(), hard[1].session()
+    first.start()
+    second.start()
+    third = hard[1].session()
+    with pytest.raises(StepBlocked) as refused:
+        third.start()
+    assert (refused.value.policy_id, refused.value.action) == ("hard-cap", "KILL")
+    assert third.seq == 0  # refused before anything was emitted
+    first.finish()
+    third.start()  # a slot freed
+    second.finish()
+    third.finish()
+
+    soft = [governor(agent="soft-bot", checks=True, obey=False) for _ in range(2)]
+    holder = soft[0].session()
+    holder.start()
+    order: list[str] = []
+
+    def second_session() -> None:
+        soft[1].session().start()
+        order.append("in")
+
+    waiter = threading.Thread(target=second_session)
+    waiter.start()
+    waiter.join(timeout=0.5)
+    assert waiter.is_alive(), "a second session of soft-bot was not held back"
+    order.append("out")
+    holder.finish()
+    waiter.join(timeout=5)
+    assert order == ["out", "in"]
+    assert soft[1].check_stats["throttled"] >= 1
 
 
 def test_a_client_started_before_the_policy_topic_exists_gets_the_set_once_it_does(

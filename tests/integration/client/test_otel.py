@@ -16,6 +16,7 @@ from streams.client import Governor, Session, SessionKilled
 from streams.client.otel import GovernorSpanProcessor
 from streams.codec import Codecs
 from streams.control import SigningKey, session_target
+from streams.pipeline.bypass import CLIENT_ID_ATTR
 from streams.settings import Settings
 from tests.integration.client.conftest import GovernorFactory, decide
 from tests.kafka_helpers import consume
@@ -236,6 +237,11 @@ def otel(governor: GovernorFactory) -> Iterator[tuple[Governor, GovernorSpanProc
     provider.shutdown()
 
 
+def _without_ids(event: dict[str, Any]) -> dict[str, Any]:
+    attributes = {k: v for k, v in event["attributes"].items() if k != CLIENT_ID_ATTR}
+    return {**{k: v for k, v in event.items() if k != "event_id"}, "attributes": attributes}
+
+
 def test_an_otel_instrumented_agent_produces_the_same_events_as_the_native_client(
     topics: Settings,
     governor: GovernorFactory,
@@ -255,9 +261,10 @@ def test_an_otel_instrumented_agent_produces_the_same_events_as_the_native_clien
     events = _events(topics, 2 * count)
     # one session id → one partition, and the native run was flushed before the OTel run began
     from_native, from_otel = events[:count], events[count:]
-    # event_id is a fresh uuid4 per event in both clients and is the only field that differs:
-    # the OTel run reads every time from the spans, so times are equal to the microsecond
-    strip = [{k: v for k, v in e.items() if k != "event_id"} for e in (*from_native, *from_otel)]
+    # event_id is a fresh uuid4 per event in both clients and, with the client id each client
+    # reports, the only field that differs: the OTel run reads every time from the spans, so
+    # times are equal to the microsecond
+    strip = [_without_ids(e) for e in (*from_native, *from_otel)]
     assert strip[count:] == strip[:count]
     assert processor.problems == {}
 
@@ -422,3 +429,26 @@ def test_the_processor_never_raises_into_the_sdk(
         pass
     # start (open the session) and end (open it lazily) both failed, and the agent went on
     assert processor.problems == {"internal_error": 2}
+
+
+def test_an_agent_span_under_another_conversations_span_names_it_as_its_parent(
+    topics: Settings, otel: tuple[Governor, GovernorSpanProcessor, Tracer]
+) -> None:
+    """An orchestrator agent calls a sub-agent with a conversation of its own: the sub-agent's
+    session records the orchestrator's as its parent (cost rolls up over it)."""
+    _gov, processor, tracer = otel
+    agent = {"gen_ai.operation.name": "invoke_agent"}
+    with (
+        tracer.start_as_current_span(
+            "invoke_agent planner", attributes={**agent, "gen_ai.conversation.id": "plan-1"}
+        ),
+        tracer.start_as_current_span(
+            "invoke_agent researcher", attributes={**agent, "gen_ai.conversation.id": "research-1"}
+        ),
+    ):
+        pass
+    assert processor.force_flush()
+    events = _events(topics, 4)
+    starts = {e["session_id"]: e for e in events if e["kind"] == "SESSION_START"}
+    assert starts["research-1"]["attributes"].get("governor.parent_session_id") == "plan-1"
+    assert "governor.parent_session_id" not in starts["plan-1"]["attributes"]

@@ -81,6 +81,7 @@ def gov(tmp_path: Path, key: SigningKey, clock: Clock) -> Any:
         clock=clock,
         obey=False,  # no control subscriber: decisions are offered to the book by the test
         pii_guard=False,
+        checks=False,  # what is under test is obeying decisions, not the client's own checks
     )
     yield made
     made.close(timeout_s=0)

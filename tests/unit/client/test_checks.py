@@ -13,7 +13,8 @@ from streams.client.policies import PolicyCache, RefusedSet, accept_record, loca
 from streams.codec import Codecs
 from streams.control import KeyRing, generate_signing_key
 from streams.pipeline.accounting import new_state
-from streams.pipeline.policy import Outcome
+from streams.pipeline.bypass import client_bypass
+from streams.pipeline.policy import Outcome, PolicySet
 from streams.policy_files import load_bundle
 from streams.policy_history import bundle_version_of, signed, verify_signed
 
@@ -264,22 +265,20 @@ def test_a_step_that_ran_in_breach_is_a_client_bypass_naming_the_clients_version
 ) -> None:
     kill = Outcome("dangerous-tools", "session:s-1", "KILL", "tool 'drop_x' is not allowed", 2)
     ran = tool("drop_x", 2)
-    bypass = checks.client_bypass(shipped.policies, ran, kill)
+    bypass = client_bypass(shipped.policies, ran, kill)
     assert bypass is not None
     assert (bypass.why, bypass.client_policy_version) == ("none", None)
     stale = {**ran, "attributes": {"governor.policy_version": "v0:old", "governor.client_id": "c"}}
-    bypass = checks.client_bypass(shipped.policies, stale, kill)
+    bypass = client_bypass(shipped.policies, stale, kill)
     assert bypass is not None
     assert (bypass.why, bypass.client_id) == ("stale", "c")
     same = {**ran, "attributes": {"governor.policy_version": shipped.label}}
-    assert checks.client_bypass(shipped.policies, same, kill).why == "same"  # type: ignore[union-attr]
-    assert checks.client_bypass(shipped.policies, {**ran, "status": "BLOCKED"}, kill) is None
+    assert client_bypass(shipped.policies, same, kill).why == "same"  # type: ignore[union-attr]
+    assert client_bypass(shipped.policies, {**ran, "status": "BLOCKED"}, kill) is None
     throttle = Outcome("session-step-rate", "session:s-1", "THROTTLE", "r", 2)
-    assert checks.client_bypass(shipped.policies, ran, throttle) is None
+    assert client_bypass(shipped.policies, ran, throttle) is None
     agent = Outcome("agent-daily-budget", "agent:acme/bot", "KILL", "r", 2)
-    assert checks.client_bypass(shipped.policies, ran, agent) is None, (
-        "fleet-wide: not the client's"
-    )
+    assert client_bypass(shipped.policies, ran, agent) is None, "fleet-wide: not the client's"
 
 
 def test_fleet_budgets_come_from_the_agent_and_tenant_budget_policies(
@@ -295,6 +294,37 @@ def test_fleet_budgets_come_from_the_agent_and_tenant_budget_policies(
     now = 10 * HOUR_US + 5
     assert first_hour_us(now, 86400) == now - 5 - 23 * HOUR_US
     assert first_hour_us(now, 60) == now - 5, "a window under an hour counts the current hour"
+
+
+def test_the_worker_writes_its_spend_per_budget_hour_and_releases_by_session(
+    shipped: checks.ClientPolicies,
+) -> None:
+    from streams.client.reservations import (
+        HOUR_US,
+        reservation_id,
+        session_closure,
+        worker_spend_fields,
+    )
+
+    spend = {("agent:acme/bot", HOUR_US): 7, ("tenant:acme", HOUR_US): 9}
+    fields = worker_spend_fields(
+        shipped.policies, "gov.", [("acme", "bot", HOUR_US)],
+        lambda tenant, scope, hour: spend[(scope, hour)] if tenant == "acme" else -1,
+    )  # fmt: skip
+    assert fields == {
+        ("gov.reserve:agent-daily-budget:agent:acme/bot", f"w:{HOUR_US}"): 7,
+        ("gov.reserve:tenant-daily-budget:tenant:acme", f"w:{HOUR_US}"): 9,
+    }
+    closure = session_closure(shipped.policies, "gov.", "acme", "bot", "s-1")
+    assert closure is not None
+    assert (closure.session_id, closure.field_prefix) == ("s-1", "r:s-1|")
+    assert closure.budget_keys == (
+        "gov.reserve:agent-daily-budget:agent:acme/bot",
+        "gov.reserve:tenant-daily-budget:tenant:acme",
+    )
+    assert closure.active_keys == ("gov.active:agent-concurrency:agent:acme/bot",)
+    assert reservation_id("s-1", "ab") == "s-1|ab"
+    assert session_closure(PolicySet.build([]), "gov.", "acme", "bot", "s-1") is None
 
 
 def test_a_step_costs_its_reported_cost_else_its_priced_tokens(

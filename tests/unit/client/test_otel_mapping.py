@@ -49,6 +49,7 @@ def test_llm_span_maps_every_semconv_attribute() -> None:
                 "gen_ai.usage.input_tokens": 1200,
                 "gen_ai.usage.output_tokens": 90,
                 "gen_ai.usage.cache_read.input_tokens": 800,
+                "gen_ai.usage.cache_creation.input_tokens": 100,
                 "gen_ai.usage.reasoning.output_tokens": 12,
                 "gen_ai.system_instructions": json.dumps([{"type": "text", "content": "be brief"}]),
                 "gen_ai.input.messages": json.dumps(
@@ -72,6 +73,7 @@ def test_llm_span_maps_every_semconv_attribute() -> None:
         "input_tokens": 1200,
         "output_tokens": 90,
         "cache_read_input_tokens": 800,
+        "cache_write_input_tokens": 100,
         "reasoning_output_tokens": 12,
         "operation": "generate_content",
         "duration_ms": 250.0,

@@ -169,7 +169,7 @@ def test_non_genai_and_create_agent_spans_are_ignored_and_counted() -> None:
     assert (mapped.drafts, mapped.ignored) == ([], {"not_genai": 1, "create_agent": 1})
 
 
-def test_evaluation_events_on_any_span_and_cache_creation_as_attribute() -> None:
+def test_evaluation_events_on_any_span_and_cache_writes_counted() -> None:
     evaluation = SpanEvent(
         "gen_ai.evaluation.result",
         T0 + 50_000_000,
@@ -191,7 +191,7 @@ def test_evaluation_events_on_any_span_and_cache_creation_as_attribute() -> None
     mapped = map_spans(spans, default_tenant=None)
     assert kinds(mapped.drafts) == ["LLM_CALL", "EVALUATION"]
     llm, ev = (d.event for d in ordered(mapped.drafts))
-    assert llm["attributes"] == {"gen_ai.usage.cache_creation.input_tokens": "1500"}
+    assert llm["cache_write_input_tokens"] == 1500
     assert (ev["evaluation_name"], ev["evaluation_score"]) == ("relevance", 0.9)
 
 

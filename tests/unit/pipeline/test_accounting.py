@@ -103,6 +103,20 @@ def test_state_round_trips_through_its_dict() -> None:
     assert SessionState.from_dict(state.to_dict()) == state
 
 
+def test_a_session_started_by_another_names_its_parent_in_its_summary() -> None:
+    linked = {"governor.parent_session_id": "orchestrator-1"}
+    state = run([ev(1, "SESSION_START", attributes=linked), *SESSION[1:]])
+    assert state.parent_session_id == "orchestrator-1"
+    assert summary(state)["parent_session_id"] == "orchestrator-1"
+    assert SessionState.from_dict(state.to_dict()) == state
+    # only the start names it; a session naming itself has no parent
+    itself = run([ev(1, "SESSION_START", attributes={"governor.parent_session_id": "s1"})])
+    assert itself.parent_session_id is None
+    later = run([SESSION[0], ev(2, "LLM_CALL", model="gpt-4o", attributes=linked)])
+    assert later.parent_session_id is None
+    assert summary(run(SESSION))["parent_session_id"] is None
+
+
 def test_a_gap_in_seq_is_counted_not_fatal() -> None:
     state = run([SESSION[0], SESSION[3]])
     assert state.missing_events == 2

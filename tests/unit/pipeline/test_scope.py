@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from streams.audit import verify_chain
+from streams.audit import AuditRecord, verify_chain
 from streams.demo import demo_sessions
 from streams.engine import Engine
 from streams.pipeline.policy import PolicyFile, PolicySet
@@ -89,10 +89,10 @@ def deliveries(
 
 def run(
     streams: dict[int, list[ScopeItem]], seed: int, partitions: int = 2
-) -> tuple[ScopeCore, list[tuple[str, str, str, int, str | None]], list[dict[str, Any]]]:
+) -> tuple[ScopeCore, list[tuple[str, str, str, int, str | None]], list[AuditRecord]]:
     core = ScopeCore(policy_set(), SOURCES)
     decisions: list[tuple[str, str, str, int, str | None]] = []
-    audits: list[dict[str, Any]] = []
+    audits: list[AuditRecord] = []
     rng = random.Random(seed)
     for _source, delta in deliveries(streams, rng):
         for partition in range(partitions):
@@ -284,6 +284,28 @@ def test_a_result_counts_what_it_released() -> None:
     assert ScopeResult().released == 0
 
 
+def test_results_name_every_hour_whose_spend_changed_and_every_session_closed() -> None:
+    """What the worker tells the clients' fleet-budget reservations (streams.client
+    .reservations): nothing spent or closed goes unreported, nothing is reported twice."""
+    streams = source_streams()
+    core = ScopeCore(policy_set(), SOURCES)
+    spent: set[tuple[str, str, int]] = set()
+    closed: list[tuple[str, str, str]] = []
+    for _source, delta in deliveries(streams, random.Random(5)):
+        core.offer(0, delta, wall_s=0.0)
+        result = core.release(0, wall_s=0.0)
+        spent |= result.spent
+        closed += result.closed
+    items = [i for items in streams.values() for i in items if i.audit is None]
+    hour = 3_600_000_000
+    assert spent == {
+        (i.tenant_id, i.agent_id, i.time_us - i.time_us % hour) for i in items if i.cost_micros
+    }
+    ended = sorted((i.tenant_id, i.agent_id, i.session_id) for i in items if i.ended)
+    assert ended  # not vacuous
+    assert sorted(closed) == ended
+
+
 def test_slo_verdicts_reach_the_fleet_partition_and_alert_the_same_whatever_the_interleaving() -> (
     None
 ):
@@ -363,3 +385,62 @@ def test_held_items_are_checkpointed_in_chunks_and_shrink_with_tombstones() -> N
     assert core.release(0, wall_s=0.0).released == len(items) - 5
     shrunk = [r for r in checkpoint_records(state) if r[0].startswith(b"pending|")]
     assert [value is None for _, value in shrunk] == [False, True, True]
+
+
+TREE_POLICY = [
+    {"id": "tree-budget", "kind": "budget", "scope": "session_tree", "limit_usd": 0.01,
+     "warn_at": 0.5},
+]  # fmt: skip
+
+
+def test_a_session_tree_budget_stops_every_open_session_of_the_tree() -> None:
+    """An orchestrator and its sub-agents (on different source partitions) share one budget:
+    past it, every open member is killed, a member that joins later at its first priced step,
+    and a tree is forgotten with its last session; the trees survive a checkpoint."""
+    core = ScopeCore(policy_set(TREE_POLICY), 1)
+    at = iter(range(1, 1000))
+
+    def item(session: str, kind: str, cost: int = 0, parent: str | None = None) -> ScopeItem:
+        n = next(at)
+        return ScopeItem(
+            T0_US + n, 0, n, 0, T0_US + n, "acme", "bot", session, f"e{n}", kind,
+            cost_micros=cost, started=kind == "SESSION_START", ended=kind == "SESSION_END",
+            parent_session_id=parent,
+        )  # fmt: skip
+
+    def run(*items: ScopeItem) -> list[tuple[str, str]]:
+        core.offer(0, ScopeDelta(0, SourceMark(T0_US + 10_000, True), items), wall_s=0.0)
+        result = core.release(0, wall_s=100.0)
+        return [(d.outcome.target, d.outcome.action) for d in result.decisions]
+
+    assert (
+        run(
+            item("root", "SESSION_START"),
+            item("child", "SESSION_START", parent="root"),
+            item("grandchild", "SESSION_START", parent="child"),
+            item("other", "SESSION_START"),  # a tree of its own
+            item("root", "LLM_CALL", 3_000),
+            item("grandchild", "LLM_CALL", 1_000),
+        )
+        == []
+    )
+    warned = run(item("child", "LLM_CALL", 1_500))  # 5,500 of 10,000: half the budget
+    assert sorted(warned) == [(f"session:{s}", "WARN") for s in ("child", "grandchild", "root")]
+    assert run(item("grandchild", "SESSION_END")) == []
+    state = core.partitions[0]
+    assert state.trees["root"].open == {"root", "child"}
+    records = checkpoint_records(state)
+    restored = ScopeState(0)
+    for key, value in records:
+        restore_record(restored, key, value, wall_s=0.0)
+    finish_restore(restored, wall_s=0.0)
+    assert (restored.trees, restored.tree_of) == (state.trees, state.tree_of)
+    killed = run(item("other", "LLM_CALL", 9_000), item("child", "LLM_CALL", 5_000))
+    # "other" is a tree of its own: 9,000 of its 10,000 is only a warning
+    assert sorted(killed) == [
+        ("session:child", "KILL"), ("session:other", "WARN"), ("session:root", "KILL")
+    ]  # fmt: skip
+    late = run(item("late", "SESSION_START", parent="child"), item("late", "LLM_CALL", 1))
+    assert late == [("session:late", "KILL")]
+    assert run(*(item(s, "SESSION_END") for s in ("late", "child", "root", "other"))) == []
+    assert (state.trees, state.tree_of) == ({}, {})
