@@ -325,7 +325,8 @@ class Governor:
 
         ``parent``: the session (or its id, from another process or agent) that started this
         one, e.g. an orchestrator calling a sub-agent: the worker records the link and ``ask
-        top-cost --tree`` rolls cost, tokens and steps up over a session's descendants."""
+        top-cost --tree`` rolls cost, tokens and steps up over a session's descendants; a
+        decision for the parent session (a KILL) applies to this one too."""
         if session_id is not None:
             self._load_decisions([session_target(session_id)])
         session = Session(
@@ -337,7 +338,13 @@ class Governor:
             tool_schema_version=tool_schema_version,
         )
         if parent is not None:
-            session.parent_session_id = parent if isinstance(parent, str) else parent.session_id
+            parent_id = parent if isinstance(parent, str) else parent.session_id
+            session.parent_session_id = parent_id
+            # a decision for the session that started it applies to it too (kill the
+            # orchestrator, its sub-agents stop; a conversation's later turns stay killed)
+            session.targets = (*session.targets, session_target(parent_id))
+            if isinstance(parent, str):
+                self._load_decisions([session_target(parent_id)])
         if resume:
             session.seq = time.time_ns() // 1_000_000
         return session
@@ -472,7 +479,8 @@ class Session:
         self.session_id = session_id
         #: the session that started this one (``Governor.session(parent=...)``)
         self.parent_session_id: str | None = None
-        self.targets = (
+        #: the decision targets that apply to it (its parent session's too, when it has one)
+        self.targets: tuple[str, ...] = (
             session_target(session_id),
             agent_target(gov.tenant, gov.agent),
             tenant_target(gov.tenant),

@@ -48,8 +48,10 @@ what its version tuple is about; a single chat span's model is not, an agent may
 
 A span of a conversation whose ``invoke_agent`` span was never seen opens the session lazily
 (at that span's start); nothing ends such a session, so the worker closes it as TIMEOUT. A
-conversation that comes back after its session ended (the next turn of a chat) gets a new
-session with the same id whose seq continues, so the worker does not drop it as duplicates.
+conversation that comes back after its session ended (the next turn of a chat) is a new session,
+``<conversation>#<turn>`` (``#2``, ``#3``, ...), whose parent is the conversation's first session:
+the worker takes no events for a session after its end, and ``ask tree <conversation>`` (or a
+``session_tree`` budget) covers every turn.
 
 Obeying: with the client's checks (``Governor(checks=True)``, the default) the processor
 checks each LLM and tool span of a known conversation **when it starts**: the decision in force
@@ -203,8 +205,10 @@ class GovernorSpanProcessor(SpanProcessor):
         self._owner: dict[str, int | None] = {}
         #: conversation of each open span, so child spans without the attribute inherit it
         self._span_conversation: dict[int, str] = {}
-        #: last seq of recently finished conversations, so a returning one continues its seq
-        self._last_seq: OrderedDict[str, int] = OrderedDict()
+        #: turns finished by recently seen conversations (a returning one opens the next), and
+        #: the turn each open conversation is in
+        self._turns: OrderedDict[str, int] = OrderedDict()
+        self._turn: dict[str, int] = {}
 
     # --- SpanProcessor -----------------------------------------------------------------------
 
@@ -398,28 +402,31 @@ class GovernorSpanProcessor(SpanProcessor):
     ) -> Session:
         """Open ``conversation``'s session; ``parent``: the conversation of the span that
         started it, when another (an agent calling a sub-agent: cost rolls up over it)."""
+        finished = self._turns.pop(conversation, 0)
+        if parent == conversation:
+            parent = None
+        if finished:  # the next turn: a session of its own under the conversation's first
+            parent = parent or conversation
         session = self.gov.session(
-            conversation,
+            conversation if not finished else f"{conversation}#{finished + 1}",
             category=fields.get("category"),
             prompt_version=fields.get("prompt_version"),
             model_version=fields.get("model_version"),
             tool_schema_version=fields.get("tool_schema_version"),
-            parent=parent if parent != conversation else None,
+            parent=parent,
         )
-        # a conversation coming back (its next turn) continues its seq: the worker skips
-        # events whose seq it has already applied for this session id
-        session.seq = self._last_seq.pop(conversation, 0)
         session.start(start_us=start_us)
         self._sessions[conversation] = session
         self._owner[conversation] = owner
+        self._turn[conversation] = finished + 1
         return session
 
     def _close(self, conversation: str, session: Session) -> None:
         del self._sessions[conversation]
         del self._owner[conversation]
-        self._last_seq[conversation] = session.seq
-        while len(self._last_seq) > self._remembered:
-            self._last_seq.popitem(last=False)
+        self._turns[conversation] = self._turn.pop(conversation, 1)
+        while len(self._turns) > self._remembered:
+            self._turns.popitem(last=False)
 
     def _problem(self, kind: str, what: str, exc: BaseException | None = None) -> None:
         self.problems[kind] += 1

@@ -313,7 +313,7 @@ def test_lazy_sessions_inherited_conversations_errors_kill_and_next_turns(
         },
     ):
         pass
-    # two turns of one conversation: the second continues the first's seq
+    # two turns of one conversation: the second is a session of its own under the first
     for _turn in range(2):
         with tracer.start_as_current_span(
             "invoke_agent",
@@ -382,9 +382,12 @@ def test_lazy_sessions_inherited_conversations_errors_kill_and_next_turns(
     )
     assert lazy[0]["start_time_us"] == lazy[1]["start_time_us"]
 
-    turns = by_session["conv-2"]
-    assert [e["seq"] for e in turns] == list(range(1, 7))
+    first, second = by_session["conv-2"], by_session["conv-2#2"]
+    turns = first + second
+    assert [e["seq"] for e in turns] == [1, 2, 3] * 2
     assert [e["kind"] for e in turns] == ["SESSION_START", "LLM_CALL", "SESSION_END"] * 2
+    assert second[0]["attributes"]["governor.parent_session_id"] == "conv-2"
+    assert "governor.parent_session_id" not in first[0]["attributes"]
     failed = turns[1]
     # the chat span had no conversation id or model: inherited, and flagged as unknown
     assert (failed["status"], failed["error_type"], failed["model"]) == (

@@ -110,6 +110,24 @@ def reports(event: dict[str, Any]) -> list[ActedOn]:
     return acted_reports(event.get("attributes"))
 
 
+def test_a_kill_of_the_session_that_started_one_stops_it_too(
+    gov: Capturing, key: SigningKey, clock: Clock
+) -> None:
+    orchestrator = gov.session("s-boss")
+    orchestrator.start()
+    sub_agent = gov.session("s-sub", parent=orchestrator)
+    sub_agent.start()
+    unrelated = gov.session("s-other")
+    unrelated.start()
+    offer(gov, key, session_target("s-boss"), "KILL", reason="tree budget")
+    clock.now_us = T0 + 5_000_000
+    with pytest.raises(SessionKilled):
+        sub_agent.llm_call(model="gpt-4o-mini")
+    unrelated.llm_call(model="gpt-4o-mini")  # not in the tree: runs
+    start = next(e for e in gov.events if e["session_id"] == "s-sub")
+    assert start["attributes"] == {"governor.parent_session_id": "s-boss"}
+
+
 def test_a_kill_is_reported_on_the_session_end(
     gov: Capturing, key: SigningKey, clock: Clock
 ) -> None:
