@@ -17,9 +17,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from streams import stack, workers
+from streams.commands.console import console as console_command
 from streams.commands.gateway import gateway as gateway_command
 from streams.commands.ingest import ingest as ingest_command
 from streams.settings import Settings
+from streams.workers import group_answers, slo_from_group
 
 # tables stay readable when the output is a file or a CI log, not only in a terminal
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -32,6 +34,7 @@ topics_app = typer.Typer(help="Governor's topics: list them as the broker report
 app.add_typer(topics_app, name="topics")
 app.command("ingest")(ingest_command)
 app.command("gateway")(gateway_command)
+app.command("console")(console_command)
 
 log = logging.getLogger("governor")
 
@@ -1320,27 +1323,6 @@ def _drift_value(value: float | None, how: str) -> str:
     return f"{value:,.3g} ({how})"
 
 
-def _group_answers(s: Settings, path: str) -> Iterator[Any]:
-    """The answers of the accounting group's workers to ``path`` (those that answer)."""
-    from streams.worker import fetch_json
-    from streams.workers import GroupLookupError, group_workers, web_url
-
-    try:
-        members = group_workers(s)
-    except GroupLookupError:
-        return
-    for member in members:
-        if member.host is None or member.port is None:
-            continue
-        answer = fetch_json(f"{web_url(member.host, member.port)}{path}", timeout_s=3)
-        if answer is not None:
-            yield answer
-
-
-def _slo_from_group(s: Settings) -> Any:
-    return next((a for a in _group_answers(s, "/ask/slo") if a.get("held")), None)
-
-
 @ask_app.command("slo")
 def ask_slo(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Each SLO's objective, current SLI (last 3 days of event time) and error budget left.
@@ -1353,7 +1335,7 @@ def ask_slo(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     answer = fetch_json(f"http://{s.web_host}:{s.web_port}/ask/slo")
     if answer is not None and answer.get("held") is False:
         # with several workers one holds the fleet's SLO state: ask the others in the group
-        answer = _slo_from_group(s) or answer
+        answer = slo_from_group(s) or answer
     if answer is None:
         raise _fail(f"no worker answers on {s.web_host}:{s.web_port} (start: governor worker)")
     if as_json:
@@ -1394,7 +1376,7 @@ def ask_latency(
     if answer is not None:
         # each worker holds the step histograms of its own partitions: add up the group's
         group = [
-            a for a in _group_answers(s, path) if a.get("partitions") != answer.get("partitions")
+            a for a in group_answers(s, path) if a.get("partitions") != answer.get("partitions")
         ]
         answer = merge_step_latency([answer, *group])
     else:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from streams.settings import Settings
 
@@ -170,3 +172,24 @@ def _listens(address: str, timeout_s: float = 1.0) -> bool:
             return True
     except (OSError, ValueError):
         return False
+
+
+def group_answers(settings: Settings, path: str) -> Iterator[Any]:
+    """The answers of the accounting group's workers to ``path`` (those that answer)."""
+    from streams.worker import fetch_json
+
+    try:
+        members = group_workers(settings)
+    except GroupLookupError:
+        return
+    for member in members:
+        if member.host is None or member.port is None:
+            continue
+        answer = fetch_json(f"{web_url(member.host, member.port)}{path}", timeout_s=3)
+        if answer is not None:
+            yield answer
+
+
+def slo_from_group(settings: Settings) -> Any:
+    """The SLO answer of the worker that holds the fleet's SLO state, if one answers."""
+    return next((a for a in group_answers(settings, "/ask/slo") if a.get("held")), None)

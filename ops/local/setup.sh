@@ -11,6 +11,8 @@ command -v promtool >/dev/null || need+=(prometheus)
 command -v docker-compose >/dev/null || need+=(docker-compose)
 command -v amtool >/dev/null || need+=(prometheus-alertmanager)
 command -v openssl >/dev/null || need+=(openssl)
+# the console's browser tests (tests/integration/console) drive it headless
+command -v chromium >/dev/null || need+=(chromium)
 
 for tool in java mvn; do
   command -v "$tool" >/dev/null || { echo "setup: $tool is required (Java 17+ and Maven)" >&2; exit 1; }
