@@ -199,7 +199,9 @@ def test_the_worker_principal_governs_and_the_agent_obeys(secured: Secured) -> N
 def test_the_agents_client_checks_get_the_signed_set_from_gov_policies(secured: Secured) -> None:
     gov = Governor(tenant="acme", agent="bot", settings=secured.roles["agent"], policy_wait_s=15)
     try:
-        assert gov.policy_set.source == "gov.policies"
+        # the worker publishes its set a moment after it is ready; the client swaps it in
+        # whenever it arrives
+        wait_until(lambda: gov.policy_set.source == "gov.policies", what="the signed set")
         assert [p.id for p in gov.policy_set.policies.policies] == ["dangerous-tools"]
     finally:
         gov.close()
