@@ -476,6 +476,7 @@ def _start_kafka(
             "-XX:+UseG1GC",
             "-XX:MaxGCPauseMillis=20",
             "-Djava.awt.headless=true",
+            *settings.kafka_jvm_options.split(),
             *(secured.jvm_options if secured is not None else ()),
             f"-Dlog4j2.configurationFile={log4j}",
             f"{STACK_MARKER}{settings.state_dir}/kafka-{node}",

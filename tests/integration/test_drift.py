@@ -77,7 +77,9 @@ def test_a_prompt_change_is_drift_in_the_prompt_layer_and_no_change_is_quiet(
     changed = base.replace(changed_tool_error_rate=base.tool_error_rate)
     fleets = [(changed, "chg")]
     quiet_tags = []
-    for seed in (11, 12, 13):
+    # two quiet fleets, one of them the changed fleet's own seed (the same sessions but for the
+    # change): neither may alert
+    for seed in (11, 12):
         quiet = base.replace(
             seed=seed,
             prompt_after=base.prompt_before,
@@ -119,7 +121,7 @@ def test_a_prompt_change_is_drift_in_the_prompt_layer_and_no_change_is_quiet(
             time.sleep(2)  # the alerts of the last batch
             alerts = drift_alerts(settings)
 
-    assert sessions == 4 * SESSIONS
+    assert sessions == 3 * SESSIONS
     scopes = {(a["tenant_id"], a["agent_id"]) for a in alerts}
     assert scopes == {("chg-acme", "support-bot")}, [a["summary"] for a in alerts]
     (alert,) = alerts  # published once, however many looks followed

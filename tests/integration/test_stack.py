@@ -67,6 +67,8 @@ def test_three_brokers_take_acks_all_writes_with_min_isr_two(tmp_path: Path) -> 
         kafka_port=32092,
         bootstrap="127.0.0.1:32092",
         redis_url="redis://127.0.0.1:32379/0",
+        # three JVMs starting at once on two cores: the quick JIT starts them in less CPU
+        kafka_jvm_options="-XX:TieredStopAtLevel=1",
     )
     try:
         stack.up(settings, brokers=3)
