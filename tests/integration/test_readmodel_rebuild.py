@@ -256,7 +256,9 @@ def test_a_worker_rebuilds_what_redis_lost_and_the_cli_rebuilds_the_same(
             result = rebuild_cli(settings)
             manual_s = time.monotonic() - started
             assert result["read_model"]["records"] == records_on(settings, "sessions")
-            assert result["pii_ledger"]["records"] == findings
+            # every record on the topic when it ran (the PII stage may have added findings since
+            # they were first counted: it scans behind the accounting)
+            assert result["pii_ledger"]["records"] == records_on(settings, "pii") >= findings
             assert ask_all(settings, agent, tenant) == before
             print(
                 f"automatic rebuild {automatic_s:.1f}s, governor readmodel rebuild {manual_s:.1f}s"

@@ -166,7 +166,12 @@ def test_timelines_add_up_to_the_truth_and_survive_a_replay(
 
     # without the read-model's window the whole topic is read, to the same timeline
     rm.redis.delete(rm.summary_key(ok["session_id"]))
-    assert session_timeline(settings, ok["session_id"]) == timelines[ok["session_id"]]
+    whole = session_timeline(settings, ok["session_id"])
+    earlier = timelines[ok["session_id"]]
+    # alerts go on meanwhile (the fleet's, not the session's): the session's own rows match
+    assert (whole.header, whole.steps(), whole.decisions(), whole.pii(), whole.totals) == (
+        earlier.header, earlier.steps(), earlier.decisions(), earlier.pii(), earlier.totals
+    )  # fmt: skip
 
     # rebuilt from a copy of the session's events: the same timeline, step for step
     # (governor replay --session: Kafka record time, when the simulation produced it)
