@@ -3,12 +3,17 @@ layer)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from streams.commands.serving import announce, run_server
+from streams.commands.serving import (
+    HostOption,
+    JsonOption,
+    PortFileOption,
+    announce,
+    run_server,
+)
 from streams.settings import Settings
 
 # the server (aiohttp, jinja2) is imported when the command runs, so that every other governor
@@ -18,16 +23,12 @@ DEFAULT_PORT = 6070
 
 
 def console(
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = DEFAULT_HOST,
+    host: HostOption = DEFAULT_HOST,
     port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = (
         DEFAULT_PORT
     ),
-    port_file: Annotated[
-        Path | None, typer.Option(help="Write the port here once listening (with --port 0).")
-    ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the listening address as one JSON line.")
-    ] = False,
+    port_file: PortFileOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Serve the operations console: an overview (outcome shares, p50/p99 session latency,
     cost today against the same day last week, SLO error budgets with their firing alerts),

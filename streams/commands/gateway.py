@@ -7,7 +7,13 @@ from typing import Annotated
 
 import typer
 
-from streams.commands.serving import announce, run_server
+from streams.commands.serving import (
+    HostOption,
+    JsonOption,
+    PortFileOption,
+    announce,
+    run_server,
+)
 from streams.settings import Settings
 
 # the server (aiohttp, the client, presidio) is imported when the command runs, so that every
@@ -17,7 +23,7 @@ DEFAULT_PORT = 4000
 
 
 def gateway(
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = DEFAULT_HOST,
+    host: HostOption = DEFAULT_HOST,
     port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = (
         DEFAULT_PORT
     ),
@@ -28,12 +34,8 @@ def gateway(
             show_default=False,
         ),
     ] = None,
-    port_file: Annotated[
-        Path | None, typer.Option(help="Write the port here once listening (with --port 0).")
-    ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the listening address as one JSON line.")
-    ] = False,
+    port_file: PortFileOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Serve the OpenAI API (POST /v1/chat/completions, /v1/responses, /v1/embeddings; GET
     /v1/models) and the Anthropic Messages API (POST /v1/messages), governing every call and

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from streams.commands.serving import announce, run_server
+from streams.commands.serving import (
+    HostOption,
+    JsonOption,
+    PortFileOption,
+    announce,
+    run_server,
+)
 from streams.settings import Settings
 
 # the server (aiohttp, protobuf, redis.asyncio) is imported when the command runs, so that
@@ -19,7 +24,7 @@ DEFAULT_MAX_BODY_MB = 16
 
 
 def ingest(
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = DEFAULT_HOST,
+    host: HostOption = DEFAULT_HOST,
     port: Annotated[
         int, typer.Option(help="Port to listen on (4318 is OTLP/HTTP's; 0 picks a free one).")
     ] = DEFAULT_PORT,
@@ -41,12 +46,8 @@ def ingest(
     max_body_mb: Annotated[
         float, typer.Option(help="Largest request body accepted, decompressed (MB).")
     ] = DEFAULT_MAX_BODY_MB,
-    port_file: Annotated[
-        Path | None, typer.Option(help="Write the port here once listening (with --port 0).")
-    ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the listening address as one JSON line.")
-    ] = False,
+    port_file: PortFileOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Receive OTLP/HTTP traces and logs (POST /v1/traces, /v1/logs; protobuf or JSON, gzip)
     and produce GenAI spans as StepEvents to the events topic.

@@ -7,9 +7,18 @@ import asyncio
 import json
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
+
+#: the options every server command takes
+HostOption = Annotated[str, typer.Option(help="Address to listen on.")]
+PortFileOption = Annotated[
+    Path | None, typer.Option(help="Write the port here once listening (with --port 0).")
+]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print the listening address as one JSON line.")
+]
 
 
 def announce(
