@@ -32,9 +32,10 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-# the pytest session fixture stops the stack it started; `down` also covers an interrupted run
+# two pytest processes, a file each at a time (module fixtures run once); the controller starts
+# and stops the stack (tests/conftest.py); `down` also covers an interrupted run
 test: lint typecheck
-	$(BIN)/pytest -ra; status=$$?; \
+	$(BIN)/pytest -ra -n 2 --dist loadfile; status=$$?; \
 	GOVERNOR_STATE_DIR=$(TEST_STATE) $(BIN)/governor down >/dev/null 2>&1; \
 	exit $$status
 

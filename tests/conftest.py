@@ -4,7 +4,9 @@ Integration tests run against a real Kafka and Redis. By default the suite start
 stack once (on ports apart from the demo's, state under ``.governor/test``) and stops it at the
 end; with ``GOVERNOR_TEST_BOOTSTRAP`` (and ``GOVERNOR_TEST_REDIS_URL``) set it uses that cluster
 and starts nothing. Every test gets its own topic prefix and consumer-group id, so tests do not
-see each other's records and can run in any order.
+see each other's records and can run in any order, and in parallel: under pytest-xdist
+(``make test`` runs ``-n 2 --dist loadfile``) the controller starts the stack once and the
+worker processes inherit its address.
 """
 
 from __future__ import annotations
@@ -30,6 +32,16 @@ FIXTURE_PAST_SKEW_S = 100 * 365 * 86400.0
 FIXTURE_FUTURE_SKEW_S = 86400.0
 
 
+#: folders in the order their files are handed out to parallel workers: the minutes-long fault
+#: and integration files first, so that no long file starts when the rest is nearly done
+FOLDER_ORDER = ("reliability", "integration", "unit")
+
+
+def folder_rank(item: pytest.Item) -> int:
+    parts = Path(str(item.fspath)).parts
+    return next((rank for rank, name in enumerate(FOLDER_ORDER) if name in parts), 0)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         parts = Path(str(item.fspath)).parts
@@ -37,6 +49,45 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
         if "reliability" in parts:
             item.add_marker(pytest.mark.reliability)
+    items.sort(key=folder_rank)  # stable: a file's tests keep their order
+
+
+def own_stack_settings() -> Settings:
+    """The stack the suite starts when none is given (ports apart from the demo's)."""
+    return Settings.from_env(
+        max_event_past_skew_s=FIXTURE_PAST_SKEW_S,
+        max_event_future_skew_s=FIXTURE_FUTURE_SKEW_S,
+        state_dir=TEST_STATE / "session",
+        kafka_port=29092,
+        bootstrap="127.0.0.1:29092",
+        redis_url="redis://127.0.0.1:26379/0",
+    )
+
+
+STARTED_STACK = pytest.StashKey[Settings]()
+
+
+def is_xdist_controller(config: pytest.Config) -> bool:
+    return bool(getattr(config.option, "numprocesses", None)) and not hasattr(
+        config, "workerinput"
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # each xdist worker would start a stack of its own on the same ports: the controller starts
+    # it before the workers are spawned, and they inherit its address through the environment
+    if is_xdist_controller(config) and not os.environ.get("GOVERNOR_TEST_BOOTSTRAP"):
+        settings = own_stack_settings()
+        stack.up(settings)
+        config.stash[STARTED_STACK] = settings
+        os.environ["GOVERNOR_TEST_BOOTSTRAP"] = settings.bootstrap
+        os.environ["GOVERNOR_TEST_REDIS_URL"] = settings.redis_url
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    settings = config.stash.get(STARTED_STACK, None)
+    if settings is not None:
+        stack.down(settings)
 
 
 def free_port() -> int:
@@ -59,14 +110,7 @@ def stack_settings() -> Iterator[Settings]:
             max_event_future_skew_s=FIXTURE_FUTURE_SKEW_S,
         )
         return
-    settings = Settings.from_env(
-        max_event_past_skew_s=FIXTURE_PAST_SKEW_S,
-        max_event_future_skew_s=FIXTURE_FUTURE_SKEW_S,
-        state_dir=TEST_STATE / "session",
-        kafka_port=29092,
-        bootstrap="127.0.0.1:29092",
-        redis_url="redis://127.0.0.1:26379/0",
-    )
+    settings = own_stack_settings()
     stack.up(settings)
     try:
         yield settings
