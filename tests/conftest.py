@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from streams import stack
 from streams.settings import Settings
@@ -40,6 +42,14 @@ FOLDER_ORDER = ("reliability", "integration", "unit")
 def folder_rank(item: pytest.Item) -> int:
     parts = Path(str(item.fspath)).parts
     return next((rank for rank, name in enumerate(FOLDER_ORDER) if name in parts), 0)
+
+
+#: the property tests check behaviour, not speed: on two cores shared by the two test processes,
+#: the stack and the workers under test, a draw or an example may be slow for reasons of its own
+hypothesis_settings.register_profile(
+    "governor", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+hypothesis_settings.load_profile("governor")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -68,9 +78,7 @@ STARTED_STACK = pytest.StashKey[Settings]()
 
 
 def is_xdist_controller(config: pytest.Config) -> bool:
-    return bool(getattr(config.option, "numprocesses", None)) and not hasattr(
-        config, "workerinput"
-    )
+    return bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
 
 
 def pytest_configure(config: pytest.Config) -> None:
