@@ -29,9 +29,9 @@ AFTER_S = 2.0
 def own_stack(tmp_path: Path) -> Iterator[Settings]:
     settings = Settings.from_env(
         state_dir=tmp_path / "state",
-        kafka_port=33092,
-        bootstrap="127.0.0.1:33092",
-        redis_url="redis://127.0.0.1:33379/0",
+        kafka_port=30092,
+        bootstrap="127.0.0.1:30092",
+        redis_url="redis://127.0.0.1:30379/0",
         topic_prefix="outage.",
         event_partitions=3,
     )
