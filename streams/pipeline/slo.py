@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from streams.pipeline.policy import FILE_MODEL_CONFIG, MAX_DURATION_S, Version
+from streams.runbooks import runbook_url
 
 MINUTE_US = 60_000_000
 HOUR_US = 60 * MINUTE_US
@@ -177,9 +178,8 @@ def evaluate(
     return changes
 
 
-RUNBOOK_URL = (
-    "https://github.com/governor/governor/blob/main/ops/runbooks/Governor{slo}BudgetBurn.md"
-)
+#: the runbook of an SLO's burn alert (streams.runbooks: relative, or GOVERNOR_RUNBOOK_BASE_URL)
+RUNBOOK_ALERT = "Governor{slo}BudgetBurn"
 
 
 @dataclass
@@ -241,5 +241,5 @@ def alert_record(change: AlertChange, now_us: int, started_us: int) -> dict[str,
         "labels": {"tier": change.tier},
         "values": {"burn_long": change.burn_long, "burn_short": change.burn_short,
                    "error_ratio": change.error_ratio},
-        "runbook_url": RUNBOOK_URL.format(slo=change.slo.capitalize()),
+        "runbook_url": runbook_url(RUNBOOK_ALERT.format(slo=change.slo.capitalize())),
     }  # fmt: skip

@@ -33,10 +33,12 @@ from streams.pipeline.drift import (
     version_label,
     window_checkpoint,
 )
+from streams.runbooks import runbook_url
 
 log = logging.getLogger(__name__)
 
-RUNBOOK_URL = "https://github.com/governor/governor/blob/main/ops/runbooks/GovernorDrift.md"
+#: the drift alert's runbook (streams.runbooks: relative, or GOVERNOR_RUNBOOK_BASE_URL)
+RUNBOOK_ALERT = "GovernorDrift"
 
 ADD = """
 -- KEYS: scopes, versions (vkey -> first start), counts (vkey -> sessions), ids, samples
@@ -323,7 +325,7 @@ def change_alert(
             "sessions_before": float(result.n_before),
             "sessions_after": float(result.n_after),
         },
-        "runbook_url": RUNBOOK_URL,
+        "runbook_url": runbook_url(RUNBOOK_ALERT),
     }
 
 
@@ -357,7 +359,7 @@ def window_alert(
             "metrics": ",".join(r.metric for r in result.shifted),
         },
         "values": _values(result),
-        "runbook_url": RUNBOOK_URL,
+        "runbook_url": runbook_url(RUNBOOK_ALERT),
     }
 
 

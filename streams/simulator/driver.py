@@ -35,8 +35,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from streams.client import Governor, GovernorError, ToolBlocked
+from streams.client import Governor, GovernorError, StepBlocked, ToolBlocked
 from streams.control import KeyRing
+from streams.pipeline.causes import killed_by
 from streams.settings import Settings
 from streams.simulator.plan import (
     ERROR,
@@ -75,7 +76,13 @@ class SessionLike(Protocol):
 
     def start(self) -> None: ...
 
-    def finish(self, exc: BaseException | None = None) -> None: ...
+    def finish(
+        self,
+        exc: BaseException | None = None,
+        *,
+        status: str | None = None,
+        error_type: str | None = None,
+    ) -> None: ...
 
     def llm_call(
         self,
@@ -154,9 +161,20 @@ class RecordingGovernor(Governor):
 
 
 def real_governors(
-    settings: Settings, *, public_keys: KeyRing | None = None, obey: bool = True
+    settings: Settings,
+    *,
+    public_keys: KeyRing | None = None,
+    obey: bool = True,
+    checks: bool = False,
 ) -> Connect:
-    """Connect through the real client (a producer and a control subscriber per agent)."""
+    """Connect through the real client (a producer and a control subscriber per agent).
+
+    By default the fleet checks nothing itself (the ground truth of ``governor simulate`` models
+    a fleet that only obeys the worker's decisions); ``checks=True`` runs the client's own
+    checks before every step (``governor demo``): a denied tool or a step past a session budget
+    is refused before it runs, recorded as BLOCKED, and a KILL policy's refusal ends the session
+    as KILLED naming the policy.
+    """
 
     def connect(key: AgentKey, clock: SimClock, sink: EventSink) -> GovernorLike:
         return RecordingGovernor(
@@ -167,8 +185,8 @@ def real_governors(
             public_keys=public_keys,
             clock=clock,
             obey=obey,
-            # the ground truth models a fleet that obeys decisions and checks nothing itself
-            checks=False,
+            # unless asked, the fleet obeys decisions and checks nothing itself
+            checks=checks,
             sink=sink,
         )
 
@@ -322,6 +340,14 @@ def _act(item: _Open) -> bool:
         return False
     try:
         _play(session, plan.steps[n - 1])
+    except StepBlocked as exc:
+        if exc.action == "KILL":
+            # the client's own check refused the step under a KILL policy (checks=True): the
+            # session is stopped there, KILLED, and its end names the policy
+            session.finish(status="KILLED", error_type=killed_by(exc.policy_id))
+        else:
+            session.finish(exc)
+        return False
     except GovernorError as exc:
         # a decision stopped the agent before this step: it ends here, as the client says
         session.finish(exc)

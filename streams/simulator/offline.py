@@ -9,6 +9,11 @@ SESSION_END then reports acting on decision ``offline-<session id>`` as the clie
 The client's PII guard is stood in for by :class:`PlannedGuard`, which refuses the tool calls
 the plans mark as blocked (looked up by their arguments: no scanner runs): such a call is
 recorded as BLOCKED with its arguments only and raises ``ToolBlocked``, as in the client.
+With ``checks`` (a :class:`~streams.client.checks.ClientPolicies`, as ``governor demo`` runs the
+real fleet) each LLM and tool step is first judged by :func:`streams.client.checks.verdict`, the
+client's own check: a refused step is recorded as BLOCKED (``PolicyBlocked``, naming the policy)
+and raises ``StepBlocked``, and the driver ends a session refused under a KILL policy as KILLED.
+Reservations of fleet budgets (Redis) and throttling are not modelled: they need the fleet.
 """
 
 from __future__ import annotations
@@ -18,9 +23,12 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from streams.client import SessionKilled, ToolBlocked
+from streams.client import SessionKilled, StepBlocked, ToolBlocked
+from streams.client import checks as client_checks
+from streams.client.checks import ClientPolicies
+from streams.client.policies import BLOCKED_POLICY_ATTR
 from streams.control import ActedOn, acted_attributes
-from streams.pipeline.accounting import close_timed_out, fold, new_state, summary
+from streams.pipeline.accounting import SessionState, close_timed_out, fold, new_state, summary
 from streams.pipeline.pricing import PriceTable
 from streams.simulator.driver import AgentKey, Connect, EventSink, GovernorLike, SimClock, drive
 from streams.simulator.params import FleetParams
@@ -48,6 +56,9 @@ class OfflineSession:
         self._steps = 0
         self._started_us = 0
         self._acted: list[ActedOn] = []
+        #: the client's view of the session and its scratch state (with checks only)
+        self._state: SessionState | None = None
+        self._trial: SessionState | None = None
         self._common = {
             "session_id": session_id,
             "tenant_id": gov.key.tenant_id,
@@ -83,7 +94,36 @@ class OfflineSession:
             **fields,
         }
         self.gov.emit(event)
+        client = self.gov.checks
+        if client is not None:
+            if self._state is None:
+                self._state = new_state(event)
+            client_checks.observe(self._state, event, client.prices, client.version)
         return event
+
+    def _gate(self, kind: str, fields: dict[str, Any], start_us: int | None) -> None:
+        """The client's check of a step before it runs (with ``checks``): refused, it is
+        recorded as BLOCKED without the usage it never had, and StepBlocked is raised."""
+        client = self.gov.checks
+        if client is None:
+            return
+        now = self.gov.clock.now_us if start_us is None else start_us
+        state = self._state or new_state({**self._common, "start_time_us": now})
+        if self._trial is None:
+            self._trial = new_state({**self._common, "start_time_us": now})
+        step = {**self._common, "event_id": "", "seq": self.seq + 1, "kind": kind,
+                "start_time_us": now, "duration_us": 0, "status": "OK", **fields}  # fmt: skip
+        refused = client_checks.verdict(client, state, step, self._trial).refused
+        if refused is None:
+            return
+        usage = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cost_micros")
+        blocked = {k: v for k, v in fields.items() if k not in usage}
+        self._emit(
+            kind, start_us=start_us, status=BLOCKED, error_type="PolicyBlocked",
+            attributes={BLOCKED_POLICY_ATTR: refused.policy_id}, **blocked,
+        )  # fmt: skip
+        name = fields.get("tool_name") if kind == "TOOL_CALL" else fields.get("model")
+        raise StepBlocked(kind, name, refused.policy_id, refused.action, refused.reason)
 
     def _check(self) -> None:
         limit = self.gov.kills.get(self.session_id)
@@ -97,8 +137,16 @@ class OfflineSession:
         self._started_us = self.gov.clock.now_us
         self._emit("SESSION_START", start_us=self._started_us)
 
-    def finish(self, exc: BaseException | None = None) -> None:
-        if isinstance(exc, SessionKilled):
+    def finish(
+        self,
+        exc: BaseException | None = None,
+        *,
+        status: str | None = None,
+        error_type: str | None = None,
+    ) -> None:
+        if status is not None:
+            pass  # the agent says how it ended (a refusal under a KILL policy: KILLED)
+        elif isinstance(exc, SessionKilled):
             status, error_type = "KILLED", None
         elif exc is not None:
             status, error_type = "ERROR", type(exc).__name__
@@ -128,22 +176,26 @@ class OfflineSession:
         start_us: int | None = None,
     ) -> dict[str, Any]:
         self._check()
+        fields: dict[str, Any] = {
+            "operation": "chat",
+            "model": model,
+            "provider": provider,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "cache_read_input_tokens": cache_read_input_tokens,
+            "cost_micros": None if cost_usd is None else round(cost_usd * 1_000_000),
+            "content": [{"role": role.upper(), "text": text} for role, text in content or ()],
+        }
+        self._gate("LLM_CALL", fields, start_us)
         return self._emit(
             "LLM_CALL",
             start_us=start_us,
             duration_us=round(duration_ms * 1000),
             status=status,
             error_type=error_type,
-            operation="chat",
-            model=model,
-            provider=provider,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            cache_read_input_tokens=cache_read_input_tokens,
             cache_write_input_tokens=None,
             reasoning_output_tokens=None,
-            cost_micros=None if cost_usd is None else round(cost_usd * 1_000_000),
-            content=[{"role": role.upper(), "text": text} for role, text in content or ()],
+            **fields,
         )
 
     def tool_call(
@@ -176,6 +228,9 @@ class OfflineSession:
                     content=content,
                 )
                 raise ToolBlocked(name, refused)
+        gated = {"operation": "execute_tool", "tool_name": name, "tool_call_id": call_id,
+                 "content": list(content)}  # fmt: skip
+        self._gate("TOOL_CALL", gated, start_us)
         if result is not None:
             content.append({"role": "TOOL_RESULT", "text": _as_text(result)})
         return self._emit(
@@ -240,11 +295,14 @@ class OfflineGovernor:
         sink: EventSink,
         kills: Mapping[str, int],
         pii: PlannedGuard,
+        checks: ClientPolicies | None = None,
     ) -> None:
         self.key = key
         self.clock = clock
         self.kills = kills
         self.pii = pii
+        #: the client's own checks (None: the fleet checks nothing itself, the default)
+        self.checks = checks
         self._sink = sink
         self.emitted = 0
 
@@ -285,13 +343,16 @@ class OfflineGovernor:
 
 
 def offline_governors(
-    plans: Iterable[SessionPlan], kills: Mapping[str, int] | None = None
+    plans: Iterable[SessionPlan],
+    kills: Mapping[str, int] | None = None,
+    checks: ClientPolicies | None = None,
 ) -> Connect:
-    """Offline governors for playing ``plans`` (their PII guard refuses what the plans say)."""
+    """Offline governors for playing ``plans`` (their PII guard refuses what the plans say;
+    with ``checks`` they also run the client's policy checks)."""
     guard = PlannedGuard(plans)
 
     def connect(key: AgentKey, clock: SimClock, sink: EventSink) -> GovernorLike:
-        return OfflineGovernor(key, clock, sink, kills or {}, guard)
+        return OfflineGovernor(key, clock, sink, kills or {}, guard, checks)
 
     return connect
 
@@ -302,9 +363,10 @@ def simulate_offline(
     *,
     kills: Mapping[str, int] | None = None,
     concurrency: int = 64,
+    checks: ClientPolicies | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The events of every session (grouped by session, in the order sessions were done) and
-    the truth of each, without a broker."""
+    the truth of each, without a broker; ``checks``: a fleet whose clients check each step."""
     events: list[dict[str, Any]] = []
     truths: list[dict[str, Any]] = []
     writer = TruthWriter(None, FleetParams(sessions=len(plans)), prices)
@@ -313,7 +375,8 @@ def simulate_offline(
         events.extend(emitted)
         truths.append(writer.add(emitted, planted=plan.pii, budget_breaker=plan.budget_breaker))
 
-    drive(plans, offline_governors(plans, kills), concurrency=concurrency, on_session=done)
+    connect = offline_governors(plans, kills, checks)
+    drive(plans, connect, concurrency=concurrency, on_session=done)
     return events, truths
 
 

@@ -25,7 +25,10 @@ def run_simulation(
     *,
     rate: float,
     truth_path: Path | None,
+    checks: bool = False,
 ) -> tuple[DriveReport, TruthSummary]:
+    """Plan, drive and summarise a fleet; ``checks``: the clients run their own checks (see
+    :func:`streams.simulator.driver.real_governors`)."""
     prices = load_prices(settings.policies_dir / "prices.yaml")
     with console.status("planning the fleet"):
         # the PII policy the clients read: it decides which planned tool calls they refuse
@@ -43,7 +46,7 @@ def run_simulation(
 
         report = drive(
             plans,
-            real_governors(settings),
+            real_governors(settings, checks=checks),
             concurrency=params.concurrency,
             rate=rate,
             console=console,

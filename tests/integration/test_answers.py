@@ -187,7 +187,10 @@ def test_the_last_hour_is_exactly_the_last_hour_and_failure_modes_add_up(
         outcomes = answers.outcomes("1h")
         assert outcomes["sessions"] == len(inside)
         assert outcomes["counts"] == {"OK": 2, "ERROR": 1, "TIMEOUT": 1, "KILLED": 1}
-        assert outcomes["failure_modes"] == [{**mode, "count": 3}]
+        assert outcomes["failure_modes"] == [
+            {**mode, "count": 3, "statuses": {"ERROR": 1, "TIMEOUT": 1, "KILLED": 1},
+             "cause": "ToolTimeout"}
+        ]  # fmt: skip
         latency = answers.latency("1h")
         assert latency["sessions"] == len(inside)
         assert latency["session_ms"]["p50"] is not None

@@ -35,8 +35,28 @@ def test_a_failure_mode_counts_every_status_it_ended_with() -> None:
         "failure|KILLED|KILLED|SESSION|-": 4.0,
         "all|sessions": 10.0,
     }
-    assert failure_modes(stats, 10) == [
-        {"error_type": "ToolTimeout", "step_kind": "TOOL_CALL", "tool": "search", "count": 6},
-        {"error_type": "KILLED", "step_kind": "SESSION", "tool": "-", "count": 4},
-    ]
+    assert failure_modes(stats, 10, idle_timeout_s=900) == [
+        {"error_type": "ToolTimeout", "step_kind": "TOOL_CALL", "tool": "search", "count": 6,
+         "statuses": {"ERROR": 2, "TIMEOUT": 3, "KILLED": 1}, "cause": "ToolTimeout"},
+        {"error_type": "KILLED", "step_kind": "SESSION", "tool": "-", "count": 4,
+         "statuses": {"KILLED": 4},
+         "cause": "KILL (policy not recorded: see governor incident timeline)"},
+    ]  # fmt: skip
     assert len(failure_modes(stats, 1)) == 1
+
+
+def test_a_failure_mode_names_its_cause() -> None:
+    """Issue 19: a KILL names its policy (the worker's ``KILL by <policy>`` error type), a
+    TIMEOUT its idle time; other modes keep their error type."""
+    stats = {
+        "failure|KILLED|KILL by session-budget|SESSION|-": 2.0,
+        "failure|TIMEOUT|TIMEOUT|SESSION|-": 3.0,
+        "failure|TIMEOUT|PiiBlocked|TOOL_CALL|get_customer": 1.0,
+    }
+    causes = {m["cause"]: m["count"] for m in failure_modes(stats, 10, idle_timeout_s=900)}
+    assert causes == {
+        "KILL by policy session-budget": 2,
+        "idle for 15m": 3,
+        "idle for 15m after PiiBlocked": 1,
+    }
+    assert failure_modes(stats, 10)[0]["cause"] == "idle past the idle timeout"
