@@ -239,7 +239,16 @@ def build_app(settings: Settings, brokers: int = 1) -> faust.App:
     _views(app, parts)
     _health_views(app, parts)
     _guard(app, settings)
+    _console(app, settings)
     return app
+
+
+def _console(app: faust.App, settings: Settings) -> None:
+    """The operations console on the worker's web port, under /console/ (streams/console;
+    the guard above covers it too)."""
+    from streams.console import mount_console
+
+    mount_console(app.web.web_app, settings)  # type: ignore[attr-defined]
 
 
 def _guard(app: faust.App, settings: Settings) -> None:

@@ -31,16 +31,20 @@ def console(
     as_json: JsonOption = False,
 ) -> None:
     """Serve the operations console: an overview (outcome shares, p50/p99 session latency,
-    cost today against the same day last week, SLO error budgets with their firing alerts),
-    the top sessions by cost with tenant/agent/outcome filters, and each session's timeline
-    (steps on a time axis, the bottleneck, decisions and when they were acted on, PII findings
-    without values, alerts).
+    cost today against the same day last week with a 7-day chart, SLO error budgets with
+    their firing alerts, worker health and lag, a live feed of decisions), sessions filtered
+    by tenant, agent, outcome, cost, duration and time, each session's timeline (steps on a
+    time axis, the bottleneck, decisions and when they were acted on, PII findings without
+    values, alerts), and pages for cost, PII (with one value's lineage), drift, policies
+    (history with diffs) and incidents.
 
-    Every figure is what `governor ask ... --json` prints, and each page has that JSON under
-    /api/ (/api/overview, /api/sessions, /api/sessions/ID/timeline, /api/outcomes, /api/cost,
-    /api/latency, /api/slo, /api/top-cost). Read-only. Reads Redis (GOVERNOR_REDIS_URL), Kafka
-    (GOVERNOR_BOOTSTRAP, for timelines) and the worker's web port (GOVERNOR_WEB_PORT, for SLOs
-    and step latency). No assets from the internet: it works offline.
+    Every figure is what `governor ask ... --json` (or `policy history`, `incident list`)
+    prints, and each page has that JSON under /api/. Read-only but for two changes, each
+    needing an admin token of GOVERNOR_API_TOKENS (none when it listens on loopback without
+    tokens): a policy rollback after a confirmation page, and opening an incident from a
+    session's page. Reads Redis (GOVERNOR_REDIS_URL), Kafka (GOVERNOR_BOOTSTRAP) and the
+    worker's web port (GOVERNOR_WEB_PORT); the worker also serves this console at /console/.
+    No assets from the internet: it works offline.
     """
     try:
         from streams.console.server import serve

@@ -3,19 +3,20 @@ at this edge; the rest of the console is pure)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
+from streams.pipeline.aggregates import DAY_US
 from streams.query.answers import Answers
 from streams.query.readmodel import SessionReadModel
 from streams.query.session_records import session_timeline
+from streams.query.session_search import SessionQuery
 from streams.query.timeline import Timeline
+from streams.query.trend import DayCost, DayPii
 from streams.redis_client import redis_client
 from streams.settings import Settings
-
-#: the statuses a session ends with (the read-model's outcome counters)
-OUTCOMES = ("OK", "ERROR", "TIMEOUT", "KILLED")
 
 
 class Overview(TypedDict):
@@ -28,33 +29,70 @@ class Overview(TypedDict):
     slo: dict[str, Any] | None
 
 
+class NotFound(LookupError):
+    """What a page asks for is not there (an incident id): a 404 saying where to look."""
+
+
+class CostPage(TypedDict):
+    """The cost page's JSON twin: ``ask cost``, ``ask top-cost`` and the 7-day trend."""
+
+    cost: dict[str, Any]
+    top_cost: dict[str, Any]
+    days: list[DayCost]
+
+
+class PoliciesPage(TypedDict):
+    """``policy history --json`` (``history``) and each version's files, by version."""
+
+    history: dict[str, Any]
+    files: dict[int, dict[str, str]]
+
+
+class RollbackReply(TypedDict):
+    """The worker's answer to a rollback: its HTTP status and JSON."""
+
+    status: int
+    answer: dict[str, Any]
+
+
 @dataclass(frozen=True)
-class SessionFilter:
-    """What the sessions page narrows the top sessions by cost to (None: any)."""
+class IncidentForm:
+    """What the "open an incident" form sends (checked by :func:`incident_form`)."""
 
-    tenant: str | None = None
-    agent: str | None = None
-    outcome: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.outcome is not None and self.outcome not in OUTCOMES:
-            raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, not {self.outcome!r}")
-
-    def keeps(self, row: dict[str, Any]) -> bool:
-        return (
-            (self.tenant is None or row["tenant_id"] == self.tenant)
-            and (self.agent is None or row["agent_id"] == self.agent)
-            and (self.outcome is None or row.get("outcome") == self.outcome)
-        )
+    title: str
+    severity: str | None
+    layer: str
+    from_us: int | None
+    tenants: tuple[str, ...]
+    agents: tuple[str, ...]
+    sessions: tuple[str, ...]
 
 
-def filter_sessions(
-    top_cost: dict[str, Any], outcomes: dict[str, str], chosen: SessionFilter
-) -> list[dict[str, Any]]:
-    """The rows of a ``top_cost`` answer, in its order, each with its session's ``outcome``
-    (from its summary), that ``chosen`` keeps."""
-    rows = [{**row, "outcome": outcomes.get(row["session_id"])} for row in top_cost["top"]]
-    return [row for row in rows if chosen.keeps(row)]
+def incident_form(fields: Mapping[str, str]) -> IncidentForm:
+    """The form's fields as :class:`IncidentForm`; ValueError naming the field to fix."""
+    from streams.incidents import parse_layer
+
+    title = (fields.get("title") or "").strip()
+    if not title:
+        raise ValueError("title: say what is happening, in one line")
+    raw_from = (fields.get("from_us") or "").strip()
+    try:
+        from_us = int(raw_from) if raw_from else None
+    except ValueError:
+        raise ValueError(f"from_us: {raw_from!r} is not a time in microseconds") from None
+
+    def listed(name: str) -> tuple[str, ...]:
+        return tuple(v.strip() for v in (fields.get(name) or "").split(",") if v.strip())
+
+    return IncidentForm(
+        title=title,
+        severity=(fields.get("severity") or "").strip() or None,
+        layer=parse_layer(fields.get("layer") or "unknown").lower(),
+        from_us=from_us,
+        tenants=listed("tenants"),
+        agents=listed("agents"),
+        sessions=listed("sessions"),
+    )
 
 
 @dataclass
@@ -73,8 +111,10 @@ class Source:
         return Answers(self.model)
 
     def outcomes(self, since: str = "24h") -> dict[str, Any]:
-        """``governor ask outcomes --since S --json``."""
-        return self.answers().outcomes(since=since)
+        """``governor ask outcomes --since S --json`` (causes named with the worker's idle
+        timeout, as the CLI does)."""
+        idle = self.settings.session_idle_timeout_s
+        return self.answers().outcomes(since=since, idle_timeout_s=idle)
 
     def cost(self) -> dict[str, Any]:
         """``governor ask cost --json``."""
@@ -128,26 +168,201 @@ class Source:
             }
 
     def sessions(
-        self, chosen: SessionFilter, pct: float = 10.0, since: str = "24h"
+        self,
+        query: SessionQuery,
+        since: str = "24h",
+        from_: str | None = None,
+        to: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
     ) -> dict[str, Any]:
-        """The top ``pct`` % sessions by cost (``ask top-cost``) that ``chosen`` keeps."""
-        answer = self.top_cost(pct=pct, since=since)
-        ids = [row["session_id"] for row in answer["top"]]
-        outcomes = {sid: s["status"] for sid, s in self.answers().summaries(ids).items()}
-        return {
-            "since": since,
-            "pct": pct,
-            "ranked": answer["sessions"],
-            # what the filters can choose from: the tenants and agents of the top sessions
-            "tenants": sorted({row["tenant_id"] for row in answer["top"]}),
-            "agents": sorted({row["agent_id"] for row in answer["top"]}),
-            "filter": {"tenant": chosen.tenant, "agent": chosen.agent, "outcome": chosen.outcome},
-            "sessions": filter_sessions(answer, outcomes, chosen),
-        }
+        """The sessions that ended in the last ``since`` (or from ``from_`` to ``to``, instants
+        as ``governor`` takes them) that ``query`` keeps, most expensive first
+        (:func:`streams.query.session_search.find_sessions`)."""
+        from streams.query.answers import Period
+        from streams.query.session_search import find_sessions
+        from streams.times import parse_instant
+
+        answers = self.answers()
+        now = answers.now_us
+        if from_ is None and to is None:
+            period = Period.last(since, now)
+        else:
+            start = parse_instant(from_, now) if from_ else now - DAY_US
+            end = parse_instant(to, now) if to else now
+            if end < start:
+                raise ValueError("to: the end is before the start (from)")
+            period = Period(start, end)
+        answer = find_sessions(answers, period, query, limit, offset)
+        return {"since": since if from_ is None and to is None else None, **answer}
 
     def timeline(self, session_id: str) -> Timeline:
         """``governor incident timeline --session ID``: raises SessionNotFound."""
         return session_timeline(self.settings, session_id)
+
+    # --- the second slice: cost, PII, drift, policies, incidents, health, live decisions ----
+
+    def cost_page(self, pct: float = 10.0, since: str = "24h") -> CostPage:
+        """``ask cost --json``, ``ask top-cost --pct P --since S --json`` and the fleet's cost
+        per day over the last 7 days (:func:`streams.query.trend.daily_cost`)."""
+        from streams.query.trend import daily_cost
+
+        answers = self.answers()
+        with ThreadPoolExecutor(max_workers=3, thread_name_prefix="console-cost") as pool:
+            cost = pool.submit(answers.cost)
+            top = pool.submit(answers.top_cost, pct, since)
+            days = pool.submit(daily_cost, answers, 7)
+            return {"cost": cost.result(), "top_cost": top.result(), "days": days.result()}
+
+    def cost_days(self, days: int = 7) -> list[DayCost]:
+        """The fleet's cost per day over the last ``days`` days (the cost chart)."""
+        from streams.query.trend import daily_cost
+
+        return daily_cost(self.answers(), days)
+
+    def pii(self, since: str = "7d", fingerprint: str | None = None) -> dict[str, Any]:
+        """``governor ask pii --since S [--fingerprint F] --json``."""
+        from streams.query.pii import pii_answer
+
+        answer: dict[str, Any] = pii_answer(self.settings, since=since, fingerprint=fingerprint)
+        return answer
+
+    def pii_days(self, days: int = 7) -> list[DayPii]:
+        """PII findings per day over the last ``days`` days (the PII page's "over time")."""
+        from streams.pii.ledger import PiiLedger
+        from streams.query.answers import now_us
+        from streams.query.trend import daily_pii
+
+        s = self.settings
+        ledger = PiiLedger(self.model.redis, s.redis_key_prefix, s.pii_ledger_days)
+        return daily_pii(ledger, now_us(), days)
+
+    def drift_agents(self) -> list[str]:
+        """The agents with drift samples (``tenant/agent`` scopes), for the drift page's menu."""
+        from streams.query.drift import DriftStore
+
+        store = DriftStore(self.model.redis, self.settings.redis_key_prefix)
+        return sorted({scope.split("/", 1)[1] for scope in store.scopes()})
+
+    def drift(self, agent: str, tenant: str | None = None) -> dict[str, Any]:
+        """``governor ask drift --agent A [--tenant T] --json``."""
+        from streams.query.drift import DriftStore, drift_report
+
+        store = DriftStore(self.model.redis, self.settings.redis_key_prefix)
+        return drift_report(store, agent, tenant=tenant)
+
+    def policies(self, events: int = 2000) -> PoliciesPage:
+        """``governor policy history --json`` (the same calls: gov.policies, the worker's
+        ``/policies`` and the clients' reports on the latest events), and each version's
+        enforcement files (name -> YAML) for the history's diffs. The three reads run at once."""
+        from streams.policy_history import (
+            client_reports,
+            clients_answer,
+            history_answer,
+            load_policy_versions,
+            read_event_tail,
+        )
+        from streams.worker import fetch_json
+
+        s = self.settings
+        with ThreadPoolExecutor(max_workers=3, thread_name_prefix="console-policies") as pool:
+            versions_f = pool.submit(load_policy_versions, s)
+            tail_f = pool.submit(read_event_tail, s, events) if events else None
+            in_force = pool.submit(fetch_json, f"{self._worker_url()}/policies", timeout_s=3)
+            versions = versions_f.result()
+            tail = tail_f.result() if tail_f is not None else []
+            answer = history_answer(versions, in_force.result())
+        answer["clients"] = clients_answer(client_reports(tail), len(tail))
+        files = {v: dict(pv.files) for v, pv in versions.items()}
+        return {"history": answer, "files": files}
+
+    def rollback(self, to_version: int, reason: str, by: str, token: str) -> RollbackReply:
+        """What ``governor policy rollback --to-version N`` does: the running worker's
+        ``POST /policies/rollback`` with the caller's token."""
+        from streams.worker import auth_fix, post_json
+
+        url = f"{self._worker_url()}/policies/rollback"
+        payload = {"to_version": to_version, "reason": reason, "by": by}
+        reply = post_json(url, payload, token=token or None)
+        if reply is None:
+            s = self.settings
+            fix = (
+                f"no worker answers on {s.web_host}:{s.web_port}; a rollback needs the running "
+                "worker (start: governor worker)"
+            )
+            return {"status": 503, "answer": {"error": fix}}
+        status, answer = reply
+        if status in (401, 403):
+            answer = {"error": auth_fix(status, url)}
+        return {"status": status, "answer": answer}
+
+    def incidents(self, include_closed: bool = True) -> dict[str, Any]:
+        """``governor incident list [--all] --json``."""
+        from streams import incidents as inc
+
+        chosen = inc.listed(inc.load_incidents(self.settings), include_closed)
+        return {"incidents": [inc.to_record(i) for i in chosen]}
+
+    def incident(self, incident_id: str) -> dict[str, Any]:
+        """``governor incident show ID --json``; raises NotFound for an unknown id."""
+        from streams import incidents as inc
+
+        try:
+            found = inc.find_incident(inc.load_incidents(self.settings), incident_id)
+        except ValueError as exc:
+            raise NotFound(str(exc)) from exc
+        return inc.to_record(found)
+
+    def open_incident(self, form: IncidentForm, by: str) -> dict[str, Any]:
+        """What ``governor incident open`` does (an id, the record, gov.incidents)."""
+        from streams import incidents as inc
+        from streams.times import now_us
+
+        now = now_us()
+        taken = inc.load_incidents(self.settings)
+        incident = inc.open_incident(
+            incident_id=inc.choose_incident_id(now, taken),
+            title=form.title,
+            opened_at_us=now,
+            opened_by=by,
+            from_us=form.from_us,
+            severity=form.severity,
+            suspected_layer=form.layer,
+            tenants=form.tenants,
+            agents=form.agents,
+            sessions=form.sessions,
+        )
+        inc.publish_incident(self.settings, incident)
+        return inc.to_record(incident)
+
+    def health(self) -> dict[str, Any]:
+        """The worker's ``/readyz`` (its checks: lag, Redis, policies ...), as ``governor
+        status`` asks it; ``answered`` False when nothing listens on the web port."""
+        from streams.worker import get_json_status
+
+        reply = get_json_status(f"{self._worker_url()}/readyz", timeout_s=3)
+        if reply is None:
+            return {"answered": False, "http_status": None, "status": None, "checks": []}
+        status, body = reply
+        body = body if isinstance(body, dict) else {}
+        return {
+            "answered": True,
+            "http_status": status,
+            "status": body.get("status") or body.get("error") or f"HTTP {status}",
+            "checks": list(body.get("checks") or []),
+        }
+
+    def decisions(self, minutes: int = 15, limit: int = 20) -> dict[str, Any]:
+        """The latest ``limit`` decisions the workers published on gov.control in the last
+        ``minutes`` (Kafka time), newest first: the overview's live feed."""
+        from streams.console.feed import latest_decisions
+
+        return latest_decisions(self.settings, minutes, limit)
+
+    def _worker_url(self) -> str:
+        from streams.workers import web_url
+
+        return web_url(self.settings.web_host, self.settings.web_port)
 
     def close(self) -> None:
         self.model.redis.close()

@@ -6,12 +6,16 @@ are formatted by the filters below, the same ones the browser test applies to th
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from streams.console.source import OUTCOMES, Overview
+from streams.console.source import Overview
+from streams.query.session_search import OUTCOMES
 from streams.query.timeline import (
     ActedRow,
     AlertRow,
@@ -21,6 +25,7 @@ from streams.query.timeline import (
     Timeline,
     span,
 )
+from streams.query.trend import DayCost
 from streams.times import format_instant
 
 
@@ -100,6 +105,82 @@ def timeline_view(timeline: Timeline) -> TimelineView:
     )
 
 
+@dataclass(frozen=True)
+class ChartBar:
+    """One day of the cost chart, in the SVG's user units."""
+
+    x: float
+    y: float
+    width: float
+    height: float
+    label: str
+    value: str
+
+
+#: the chart's size (SVG user units): a bar per day, labels below
+CHART_W, CHART_H, CHART_PAD = 560.0, 180.0, 24.0
+
+
+def chart_bars(days: Sequence[DayCost]) -> list[ChartBar]:
+    """The cost chart's bars: one per day, its height in proportion to the day's cost (the
+    dearest day fills the chart; a day without cost is a 1-unit line so that it shows)."""
+    if not days:
+        return []
+    top = max(d["cost_usd"] for d in days) or 1.0
+    slot = CHART_W / len(days)
+    inner = CHART_H - 2 * CHART_PAD
+    bars = []
+    for n, d in enumerate(days):
+        height = max(1.0, inner * d["cost_usd"] / top)
+        bars.append(
+            ChartBar(
+                x=round(n * slot + slot * 0.15, 2),
+                y=round(CHART_PAD + inner - height, 2),
+                width=round(slot * 0.7, 2),
+                height=round(height, 2),
+                label=format_instant(d["day_us"])[:10],
+                value=money(d["cost_usd"]),
+            )
+        )
+    return bars
+
+
+@dataclass(frozen=True)
+class FileDiff:
+    """How one policy file changed from one version to the next (unified diff lines)."""
+
+    name: str
+    status: str  #: added, removed, changed or same
+    lines: tuple[str, ...]
+
+
+def policy_diff(before: Mapping[str, str], after: Mapping[str, str]) -> list[FileDiff]:
+    """Each enforcement file of either version with what changed (pure)."""
+    out = []
+    for name in sorted(set(before) | set(after)):
+        old, new = before.get(name), after.get(name)
+        status = ("added" if old is None else "removed" if new is None
+                  else "same" if old == new else "changed")  # fmt: skip
+        lines = difflib.unified_diff(
+            (old or "").splitlines(), (new or "").splitlines(), name, name, lineterm="", n=2
+        )
+        out.append(FileDiff(name, status, tuple(lines)[2:]))
+    return out
+
+
+def drift_value(value: float | None, how: str) -> str:
+    """A drift row's before/after as ``governor ask drift`` prints it."""
+    if value is None:
+        return "-"
+    if how == "rate":
+        return f"{value:.1%}"
+    return f"{value:,.3g} ({how})"
+
+
+def diff_class(line: str) -> str:
+    return {"+": "add", "-": "del", "@": "hunk"}.get(line[:1], "")
+
+
 def environment() -> Environment:
     env = Environment(
         loader=PackageLoader("streams.console", "templates"),
@@ -116,25 +197,43 @@ def environment() -> Environment:
         instant=instant,
         span_ms=span_ms,
     )
-    env.globals.update(change=change, outcomes=OUTCOMES)
+    env.globals.update(
+        change=change, outcomes=OUTCOMES, chart_bars=chart_bars, diff_class=diff_class,
+        drift_value=drift_value, chart_w=CHART_W, chart_h=CHART_H,
+    )  # fmt: skip
     return env
 
 
 class Pages:
     """Renders each page: ``page(name, **context)``."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: str = "") -> None:
         self.env = environment()
+        #: the path the console is served under: every link starts with it
+        self.env.globals["root"] = root
 
     def page(self, name: str, **context: Any) -> str:
         return self.env.get_template(f"{name}.html").render(page=name, **context)
 
-    def overview(self, answer: Overview, since: str, window: str) -> str:
-        return self.page("overview", o=answer, since=since, window=window)
+    def overview(
+        self, answer: Overview, since: str, window: str, health: dict[str, Any] | None = None
+    ) -> str:
+        health = health or {"answered": False, "http_status": None, "status": None, "checks": []}
+        return self.page("overview", o=answer, since=since, window=window, health=health)
 
-    def sessions(self, answer: dict[str, Any], query: str) -> str:
+    def sessions(self, answer: dict[str, Any], params: Mapping[str, str]) -> str:
+        """The Sessions page; ``params`` is the request's query (kept by the paging links)."""
+        kept = {k: v for k, v in params.items() if k != "offset" and v}
+
+        def page_query(offset: int) -> str:
+            return urlencode({**kept, "offset": offset})
+
         return self.page(
-            "sessions", s=answer, tenants=answer["tenants"], agents=answer["agents"], query=query
+            "sessions",
+            s=answer,
+            params=kept,
+            query_string=urlencode(kept),
+            page_query=page_query,
         )
 
     def timeline(self, timeline: Timeline) -> str:

@@ -11,13 +11,14 @@ session nor below its cheapest, each with the bound of its relative error (``*_e
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from streams.pipeline.aggregates import (
     DAY_US,
@@ -26,6 +27,7 @@ from streams.pipeline.aggregates import (
     Quantile,
     quantile_estimate,
 )
+from streams.pipeline.causes import failure_cause
 from streams.pipeline.policy import duration_s
 from streams.query.readmodel import (
     COST_BOUNDS_MICROS,
@@ -36,6 +38,7 @@ from streams.query.readmodel import (
     hour_of,
     increments,
 )
+from streams.query.rollups import DayRollups
 from streams.query.trees import descendants, session_trees
 from streams.settings import Settings
 
@@ -85,19 +88,34 @@ class Period:
         return whole, cut
 
 
-def failure_modes(stats: Mapping[str, float], top: int) -> list[dict[str, Any]]:
+def failure_modes(
+    stats: Mapping[str, float], top: int, idle_timeout_s: float | None = None
+) -> list[dict[str, Any]]:
     """The most frequent failure modes, each counted over every status it ended with.
 
     The counters are ``failure|<status>|<error type>|<step kind>|<tool>``: one mode can end
-    sessions as ERROR, KILLED and TIMEOUT alike, and its count is the sum of the three.
+    sessions as ERROR, KILLED and TIMEOUT alike, and its count is the sum of the three (each
+    is in ``statuses``). ``cause`` names it as a person would: the policy that killed, the idle
+    time of a TIMEOUT (``idle_timeout_s``, the worker's), else the error type.
     """
     modes: Counter[str] = Counter()
+    statuses: defaultdict[str, Counter[str]] = defaultdict(Counter)
     for field, n in stats.items():
         if field.startswith("failure|"):
-            modes[field.split("|", 2)[2]] += int(n)
+            _, status, mode = field.split("|", 2)
+            modes[mode] += int(n)
+            statuses[mode][status] += int(n)
     ranked = sorted(modes.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
     names = ("error_type", "step_kind", "tool")
-    return [dict(zip(names, mode.split("|", 2), strict=True), count=n) for mode, n in ranked]
+    return [
+        dict(
+            zip(names, mode.split("|", 2), strict=True),
+            count=n,
+            statuses=dict(statuses[mode]),
+            cause=failure_cause(dict(statuses[mode]), mode.split("|", 1)[0], idle_timeout_s),
+        )
+        for mode, n in ranked
+    ]
 
 
 def _with_failure_fields(summary: Mapping[str, Any]) -> dict[str, Any]:
@@ -149,17 +167,9 @@ class Answers:
         hours, plus, for the hours it cuts, the same increments the read-model applied, summed
         over the sessions that ended inside it (``quality_threshold`` decides their "below")."""
         whole, cut = period.split_hours()
-        pipe = self.model.redis.pipeline(transaction=False)
-        for hour in whole:
-            pipe.hgetall(self.model.key("stats", hour))
-        total: Stats = defaultdict(float)
-        hours_without_extremes = 0
-        for raw in pipe.execute():
-            fields = {field.decode(): float(value) for field, value in raw.items()}
-            if fields and not any(f.startswith(MAX_PREFIX) for f in fields):
-                hours_without_extremes += 1
-            for field, value in fields.items():
-                combine(total, field, value)
+        # whole days that are over come from their rollups (streams/query/rollups.py)
+        summed, hours_without_extremes = DayRollups(self.model).stats(whole, now_us())
+        total: Stats = defaultdict(float, summed)
         for summary, _score in self._ended(period, cut, "duration"):
             for field, n in increments(_with_failure_fields(summary), quality_threshold).items():
                 combine(total, field, float(n))
@@ -205,13 +215,18 @@ class Answers:
                 ended.append((s, score))
         return ended
 
+    def ended(self, period: Period) -> list[dict[str, Any]]:
+        """The summary of every session that ended in the period (what top-cost ranks)."""
+        return [s for s, _score in self._ended(period, period.hours(), "cost")]
+
     def summaries(self, session_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         ids = list(dict.fromkeys(session_ids))
         pipe = self.model.redis.pipeline(transaction=False)
         for start in range(0, len(ids), MGET_CHUNK):
             pipe.mget([self.model.summary_key(s) for s in ids[start : start + MGET_CHUNK]])
         values = [v for chunk in pipe.execute() for v in chunk]
-        return {sid: json.loads(v) for sid, v in zip(ids, values, strict=True) if v}
+        # orjson: the same values as json.loads, twice as fast over a week's summaries
+        return {sid: orjson.loads(v) for sid, v in zip(ids, values, strict=True) if v}
 
     def scopes(self, stats: Stats) -> list[str]:
         return sorted({f.split("|", 1)[0] for f in stats if f.endswith("|sessions")})
@@ -306,7 +321,9 @@ class Answers:
             "members": [_expense(ended[s]) for s in (session_id, *below)],
         }
 
-    def outcomes(self, since: str = "24h", top: int = 10) -> dict[str, Any]:
+    def outcomes(
+        self, since: str = "24h", top: int = 10, idle_timeout_s: float | None = None
+    ) -> dict[str, Any]:
         period = Period.last(since, self.now_us)
         stats = self.stats(period)
         total = int(stats["all|sessions"])
@@ -317,7 +334,7 @@ class Answers:
             "sessions": total,
             "counts": by_status,
             "shares": {s: (n / total if total else 0.0) for s, n in by_status.items()},
-            "failure_modes": failure_modes(stats, top),
+            "failure_modes": failure_modes(stats, top, idle_timeout_s),
         }
 
     def quality(self, threshold: float, since: str = "7d") -> dict[str, Any]:

@@ -1,53 +1,49 @@
 """`governor console` in a real headless Chromium (Debian's, driven by Playwright) over a
-simulated fleet on the real stack: the overview's figures equal `governor ask --json`, the
-JSON twins are that output unchanged, a session's timeline is reached by keyboard and shows its
-cost and bottleneck, no page has a console error, and no PII value is ever on a page."""
+simulated fleet on the real stack: every page loads with no console error, its figures equal
+what `governor ... --json` prints for the same fleet, its JSON twin is that output unchanged,
+a session's timeline is reached by keyboard, the two mutations (a rollback after its
+confirmation, an incident opened from a session) go through, and no PII value is ever on a
+page. One fleet, one worker, one console and one browser for the module; screenshots of every
+page go to $GOVERNOR_CONSOLE_SCREENSHOTS (else the module's tmp dir), printed at the end."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from rich.console import Console
+from typer.testing import CliRunner
 
+from streams.cli import app as cli
 from streams.console.views import count, money, seconds, share
 from streams.query.session_records import session_timeline
 from streams.settings import Settings
 from streams.simulator.params import FleetParams
 from streams.simulator.run import run_simulation
 from streams.simulator.truth import load_truth
+from streams.topics import ensure_topics
 from streams.worker import WorkerProcess
+from tests.conftest import isolated_settings
 from tests.kafka_helpers import ask, close_silent_sessions
+from tests.private_redis import free_low_port
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
 REPO = Path(__file__).resolve().parents[3]
 CHROMIUM = shutil.which("chromium")
-#: the console's ports in this suite (apart from the workers' and the demo's)
-PORTS = range(38400, 38500)
 OUTCOMES = ("OK", "ERROR", "TIMEOUT", "KILLED")
-
-
-def console_port() -> int:
-    for port in PORTS:
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {PORTS.start}-{PORTS.stop - 1}")
+NOT_FOUND = "Failed to load resource: the server responded with a status of 404 (Not Found)"
 
 
 def get_json(url: str) -> Any:
@@ -62,10 +58,17 @@ def wait_for(predicate: Any, what: str, timeout_s: float = 60) -> None:
         time.sleep(0.2)
 
 
+def cli_json(settings: Settings, *args: str) -> Any:
+    """What ``governor <args> --json`` prints."""
+    result = CliRunner().invoke(cli, [*args, "--json"], env=settings.to_env())
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
 @contextmanager
 def served(settings: Settings, log: Path) -> Iterator[str]:
     """`governor console` as a child process on a port of the console range."""
-    port = console_port()
+    port = free_low_port()
     port_file = log.with_suffix(".port")
     argv = [sys.executable, "-m", "streams.cli", "console", "--port", str(port)]
     with log.open("wb") as out:
@@ -89,22 +92,61 @@ def figure(page: Any, name: str) -> str:
     return text.strip()
 
 
-def test_the_console_shows_what_ask_answers_and_never_a_pii_value(
-    topics: Settings, tmp_path: Path
-) -> None:
+@dataclass
+class Fleet:
+    settings: Settings
+    url: str
+    page: Any
+    shots: Path
+    #: every PII value the simulator planted (none may be on a page)
+    values: set[str]
+    #: the session with the most planted PII
+    pii_session: str
+    #: console and page errors, as they happen
+    errors: list[str]
+    #: every page's HTML (and JSON twins) seen, for the PII check
+    seen: list[str] = field(default_factory=list)
+    #: `governor ask ... --json` answers, asked once each (the fleet is done moving)
+    answers: dict[tuple[str, ...], Any] = field(default_factory=dict)
+
+    def ask(self, *args: str) -> Any:
+        if args not in self.answers:
+            self.answers[args] = ask(self.settings, *args)
+        return self.answers[args]
+
+    def visit(self, path: str, shot: str | None = None) -> None:
+        response = self.page.goto(f"{self.url}{path}")
+        assert response is not None
+        assert response.status == 200, (path, self.page.content())
+        self.seen.append(self.page.content())
+        if shot:
+            self.shot(shot)
+
+    def shot(self, name: str) -> None:
+        self.page.screenshot(path=str(self.shots / f"{name}.png"), full_page=True)
+
+
+@pytest.fixture(scope="module")
+def fleet(stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """60 simulated sessions accounted by a worker, `governor console` over them, and one
+    headless Chromium page."""
     if CHROMIUM is None:
         # CI installs it (ops/local/setup.sh): there a missing browser is a failure, not a skip
         message = "no chromium on PATH: ops/local/setup.sh installs it (apt-get install chromium)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    policies = tmp_path / "policies"
+    folder = tmp_path_factory.mktemp("console")
+    policies = folder / "policies"
     shutil.copytree(REPO / "policies", policies)
-    settings = topics.replace(policies_dir=policies, keys_dir=tmp_path / "keys")
-    truth_path = tmp_path / "truth.jsonl"
-    shots = Path(os.environ.get("GOVERNOR_CONSOLE_SCREENSHOTS", tmp_path / "screenshots"))
+    settings = isolated_settings(stack_settings, folder).replace(
+        policies_dir=policies, keys_dir=folder / "keys"
+    )
+    ensure_topics(settings)
+    truth_path = folder / "truth.jsonl"
+    shots = Path(os.environ.get("GOVERNOR_CONSOLE_SCREENSHOTS", folder / "screenshots"))
     shots.mkdir(parents=True, exist_ok=True)
-    with WorkerProcess(settings, tmp_path / "worker.log"):
+    with WorkerProcess(settings, folder / "worker.log"):
         run_simulation(
             settings,
             Console(quiet=True),
@@ -121,85 +163,186 @@ def test_the_console_shows_what_ask_answers_and_never_a_pii_value(
         )
         values = {p["value"] for s in truth for p in s["pii"]}
         assert values, "the fleet planted no PII value"
-        with_pii = max(truth, key=lambda s: len(s["pii"]))
-
-        errors: list[str] = []
-        with served(settings, tmp_path / "console.log") as url:
-            # the JSON twins are what `governor ask --json` prints
-            assert get_json(f"{url}/api/outcomes?since=30d") == ask(
-                settings, "outcomes", "--since", "30d"
+        with_pii = max(truth, key=lambda s: len(s["pii"]))["session_id"]
+        with (
+            served(settings, folder / "console.log") as url,
+            sync_api.sync_playwright() as pw,
+        ):
+            browser = pw.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
             )
-            assert get_json(f"{url}/api/cost") == ask(settings, "cost")
-            assert get_json(f"{url}/api/top-cost?pct=10&since=30d") == ask(
-                settings, "top-cost", "--pct", "10", "--since", "30d"
-            )
-            assert get_json(f"{url}/api/slo") == ask(settings, "slo")
-
-            with sync_api.sync_playwright() as pw:
-                browser = pw.chromium.launch(
-                    executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
-                )
-                page = browser.new_page()
-                page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-                page.on("pageerror", lambda e: errors.append(str(e)))
-
-                # the overview: its figures are the answers'
-                page.goto(f"{url}/?since=30d&window=30d")
-                outcomes = ask(settings, "outcomes", "--since", "30d")
-                assert figure(page, "sessions") == count(outcomes["sessions"])
-                for status in OUTCOMES:
-                    assert figure(page, f"count-{status}") == count(outcomes["counts"][status])
-                    assert figure(page, f"share-{status}") == share(outcomes["shares"][status])
-                latency = ask(settings, "latency", "--window", "30d")
-                assert figure(page, "latency-p50") == seconds(latency["session_ms"]["p50"])
-                assert figure(page, "latency-p99") == seconds(latency["session_ms"]["p99"])
-                fleet = ask(settings, "cost")["scopes"]["all"]
-                assert figure(page, "cost-today") == money(fleet["today"]["cost_usd"])
-                assert figure(page, "cost-last-week") == money(
-                    fleet["same_day_last_week"]["cost_usd"]
-                )
-                slo = ask(settings, "slo")
-                assert page.locator("#h-slo + table tbody tr").count() == len(slo["slos"])
-                page.screenshot(path=str(shots / "overview-light.png"), full_page=True)
-                page.emulate_media(color_scheme="dark")
-                page.screenshot(path=str(shots / "overview-dark.png"), full_page=True)
-                page.emulate_media(color_scheme="light")
-
-                # sessions, then by keyboard only to the first one's timeline
-                page.goto(f"{url}/sessions?since=30d&pct=100")
-                first = page.locator("a.session").first.inner_text()
-                for _ in range(40):
-                    page.keyboard.press("Tab")
-                    if page.evaluate("document.activeElement.classList.contains('session')"):
-                        break
-                assert page.evaluate("document.activeElement.textContent") == first
-                page.screenshot(path=str(shots / "sessions.png"), full_page=True)
-                page.keyboard.press("Enter")
-                page.wait_for_url(f"**/sessions/{first}")
-                timeline = session_timeline(settings, first)
-                assert figure(page, "cost") == money(timeline.totals.cost_micros / 1e6)
-                assert figure(page, "outcome") == timeline.header.outcome
-                if timeline.totals.slowest is not None:
-                    assert page.locator('[data-bottleneck="true"]').count() == 1
-                page.screenshot(path=str(shots / "timeline.png"), full_page=True)
-                seen = [page.content()]
-
-                # the session with the most PII: its findings are there, its values are not
-                page.goto(f"{url}/sessions/{with_pii['session_id']}")
-                seen.append(page.content())
-                page.screenshot(path=str(shots / "timeline-pii.png"), full_page=True)
-                twin = get_json(f"{url}/api/sessions/{with_pii['session_id']}/timeline")
-                seen.append(json.dumps(twin))
-                assert not [v for v in values for text in seen if v in text]
-                assert errors == []  # no page so far logged an error
-
-                # an unknown session is a page that says so
-                missing = page.goto(f"{url}/sessions/no-such-session")
-                assert missing is not None
-                assert missing.status == 404
-                assert "no events of session" in page.content()
-                browser.close()
-    assert errors == [
-        "Failed to load resource: the server responded with a status of 404 (Not Found)"
-    ]
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            yield Fleet(settings, url, page, shots, values, with_pii, errors)
+            browser.close()
     print(f"console screenshots: {shots}")
+
+
+def test_the_json_twins_are_what_ask_prints(fleet: Fleet) -> None:
+    s, url = fleet.settings, fleet.url
+    assert get_json(f"{url}/api/outcomes?since=30d") == fleet.ask("outcomes", "--since", "30d")
+    assert get_json(f"{url}/api/cost") == fleet.ask("cost")
+    assert get_json(f"{url}/api/top-cost?pct=10&since=30d") == fleet.ask(
+        "top-cost", "--pct", "10", "--since", "30d"
+    )
+    assert get_json(f"{url}/api/slo") == ask(s, "slo")
+    assert get_json(f"{url}/api/pii?since=30d") == fleet.ask("pii", "--since", "30d")
+    history = cli_json(s, "policy", "history")
+    fleet.answers[("policy", "history")] = history
+    assert get_json(f"{url}/api/policies")["versions"] == history["versions"]
+
+
+def test_the_overview_shows_the_answers_the_health_and_the_live_feed(fleet: Fleet) -> None:
+    page = fleet.page
+    fleet.visit("/?since=30d&window=30d")
+    outcomes = fleet.ask("outcomes", "--since", "30d")
+    assert figure(page, "sessions") == count(outcomes["sessions"])
+    for status in OUTCOMES:
+        assert figure(page, f"count-{status}") == count(outcomes["counts"][status])
+        assert figure(page, f"share-{status}") == share(outcomes["shares"][status])
+    latency = fleet.ask("latency", "--window", "30d")
+    assert figure(page, "latency-p50") == seconds(latency["session_ms"]["p50"])
+    assert figure(page, "latency-p99") == seconds(latency["session_ms"]["p99"])
+    fleet_cost = fleet.ask("cost")["scopes"]["all"]
+    assert figure(page, "cost-today") == money(fleet_cost["today"]["cost_usd"])
+    assert figure(page, "cost-last-week") == money(fleet_cost["same_day_last_week"]["cost_usd"])
+    assert page.locator("#h-slo + table tbody tr").count() == len(fleet.ask("slo")["slos"])
+    # the live feed (polled by the script), the worker's health and the 7-day chart
+    page.wait_for_selector("#feed[data-loaded]", timeout=15_000)
+    assert int(page.locator("#feed").get_attribute("data-loaded")) > 0  # the fleet was governed
+    assert figure(page, "health-status") == get_json(f"{fleet.url}/api/health")["status"]
+    assert page.locator("img.chart").evaluate("i => i.complete && i.naturalWidth > 0")
+    fleet.shot("overview-light")
+    page.emulate_media(color_scheme="dark")
+    fleet.shot("overview-dark")
+    page.emulate_media(color_scheme="light")
+
+
+def test_sessions_are_filtered_over_the_period_and_reached_by_keyboard(fleet: Fleet) -> None:
+    s, page, url = fleet.settings, fleet.page, fleet.url
+    # the filters run over every session of the period (not a top-k of it)
+    everyone = fleet.ask("top-cost", "--pct", "100", "--since", "30d")["top"]
+    tenant, cheap = everyone[-1]["tenant_id"], everyone[-1]["cost_usd"]  # the cheapest's
+    found = get_json(f"{url}/api/sessions?since=30d&tenant={tenant}&max_cost={cheap}")
+    assert [r["session_id"] for r in found["sessions"]] == [
+        r["session_id"] for r in everyone if r["tenant_id"] == tenant and r["cost_usd"] <= cheap
+    ]
+    fleet.visit("/sessions?since=30d&limit=100")
+    first = page.locator("a.session").first.inner_text()
+    for _ in range(60):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.classList.contains('session')"):
+            break
+    assert page.evaluate("document.activeElement.textContent") == first
+    fleet.shot("sessions")
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"**/sessions/{first}")
+    timeline = session_timeline(s, first)
+    assert figure(page, "cost") == money(timeline.totals.cost_micros / 1e6)
+    assert figure(page, "outcome") == timeline.header.outcome
+    if timeline.totals.slowest is not None:
+        assert page.locator('[data-bottleneck="true"]').count() == 1
+    fleet.seen.append(page.content())
+    fleet.shot("timeline")
+
+
+def test_a_timeline_with_pii_shows_findings_not_values_and_leads_to_their_lineage(
+    fleet: Fleet,
+) -> None:
+    page, url = fleet.page, fleet.url
+    fleet.visit(f"/sessions/{fleet.pii_session}", "timeline-pii")
+    fleet.seen.append(json.dumps(get_json(f"{url}/api/sessions/{fleet.pii_session}/timeline")))
+    page.locator("a.fingerprint").first.click()
+    page.wait_for_url("**/pii?fingerprint=*")
+    fingerprint = page.url.split("fingerprint=", 1)[1]
+    lineage = fleet.ask("pii", "--fingerprint", fingerprint)
+    assert lineage["hops"]
+    assert page.locator("tr[data-hop]").count() == len(lineage["hops"])
+    fleet.seen.append(page.content())
+    fleet.shot("pii-lineage")
+    # an unknown session is a page that says so
+    missing = page.goto(f"{url}/sessions/no-such-session")
+    assert missing is not None
+    assert missing.status == 404
+    assert "no events of session" in page.content()
+    fleet.errors.remove(NOT_FOUND)
+
+
+def test_the_cost_page_is_the_cost_answers(fleet: Fleet) -> None:
+    page = fleet.page
+    fleet.visit("/cost?since=30d&pct=10", "cost")
+    cost = fleet.ask("cost")["scopes"]
+    top = fleet.ask("top-cost", "--pct", "10", "--since", "30d")
+    assert get_json(f"{fleet.url}/api/cost-page?since=30d&pct=10")["top_cost"] == top
+    assert figure(page, "day-cost-6") == money(cost["all"]["today"]["cost_usd"])
+    for scope, rows in cost.items():
+        today, week = rows.get("today", {}), rows.get("last_7_days", {})
+        assert figure(page, f"scope-today-{scope}") == money(today.get("cost_usd"))
+        assert figure(page, f"scope-week-{scope}") == money(week.get("cost_usd"))
+    for n, row in enumerate(top["top"]):
+        assert figure(page, f"top-cost-{n}") == money(row["cost_usd"])
+
+
+def test_the_pii_page_is_the_pii_answer(fleet: Fleet) -> None:
+    fleet.visit("/pii?since=30d", "pii")
+    pii = fleet.ask("pii", "--since", "30d")
+    assert figure(fleet.page, "pii-total") == count(pii["total"])
+    for entity, n in pii["by_entity"].items():
+        assert figure(fleet.page, f"by_entity-{entity}") == count(n)
+
+
+def test_the_drift_page_is_the_drift_report(fleet: Fleet) -> None:
+    fleet.visit("/drift", "drift")
+    agents = fleet.page.locator('select[name="agent"] option').all_inner_texts()
+    if not agents:
+        assert "No agent has drift samples" in fleet.page.content()
+        return
+    drift = fleet.ask("drift", "--agent", agents[0])
+    assert get_json(f"{fleet.url}/api/drift?agent={agents[0]}") == drift
+    for scope in drift["scopes"]:
+        assert figure(fleet.page, f"drift-change-{scope['scope']}") == scope["change"]
+        shifted = sum(1 for row in scope["rows"] if row["shifted"])
+        assert figure(fleet.page, f"drift-shifted-{scope['scope']}") == str(shifted)
+
+
+def test_the_policies_page_and_a_confirmed_rollback(fleet: Fleet) -> None:
+    page = fleet.page
+    fleet.visit("/policies", "policies")
+    history = fleet.answers.get(("policy", "history")) or cli_json(
+        fleet.settings, "policy", "history"
+    )
+    in_force = history["in_force"]
+    assert figure(page, "policy-in-force") == f"v{in_force['version']} ({in_force['digest']})"
+    # the confirmation step, then the rollback through the worker (to what is in force)
+    fleet.visit(f"/policies/rollback?to_version={in_force['version']}")
+    page.fill('input[name="reason"]', "console test")
+    page.check('input[name="confirm"]')
+    fleet.shot("rollback-confirm")
+    page.click("form.mutation button")
+    assert "already in force" in figure(page, "rollback-result")
+
+
+def test_an_incident_opened_from_a_session_page(fleet: Fleet) -> None:
+    s, page = fleet.settings, fleet.page
+    fleet.visit(f"/sessions/{fleet.pii_session}")
+    page.fill('input[name="title"]', "console test: PII sent to a tool")
+    page.select_option('select[name="layer"]', "tool")
+    page.click("form.mutation button")  # loopback and no tokens: no token needed
+    page.wait_for_url("**/incidents/*?opened=1")
+    incident_id, title = figure(page, "incident-id"), figure(page, "incident-title")
+    fleet.shot("incident")
+    fleet.visit("/incidents", "incidents")
+    listed = cli_json(s, "incident", "list", "--all")
+    [shown] = [i for i in listed["incidents"] if i["incident_id"] == incident_id]
+    assert shown["affected_sessions"] == [fleet.pii_session]
+    assert title == shown["title"] == "console test: PII sent to a tool"
+    assert get_json(f"{fleet.url}/api/incidents") == listed
+    assert figure(page, "incidents-listed") == str(len(listed["incidents"]))
+
+
+def test_no_page_logged_an_error_nor_held_a_pii_value(fleet: Fleet) -> None:
+    assert fleet.seen
+    assert not [v for v in fleet.values for text in fleet.seen if v in text]
+    assert fleet.errors == []

@@ -18,7 +18,7 @@ from streams.query.answers import Answers
 from streams.query.readmodel import SessionReadModel
 from streams.redis_client import redis_client
 from streams.settings import Settings
-from tests.integration.console.test_console_browser import console_port
+from tests.private_redis import free_low_port
 
 
 @asynccontextmanager
@@ -26,7 +26,7 @@ async def serving(settings: Settings) -> AsyncIterator[str]:
     """The console on a port of its own, on the test's event loop."""
     runner = web.AppRunner(make_app(settings), access_log=None)
     await runner.setup()
-    port = console_port()
+    port = free_low_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
         yield f"http://127.0.0.1:{port}"
@@ -54,8 +54,14 @@ async def answers_errors_and_assets(console: str, topics: Settings) -> None:
 
     for query, says in (
         ("/api/outcomes?since=soon", "since: 'soon' is not a duration"),
-        ("/api/sessions?pct=0", "pct: 0 must be more than 0"),
-        ("/api/sessions?pct=lots", "pct: 'lots' is not a number"),
+        ("/api/top-cost?pct=0", "pct: 0 must be more than 0"),
+        ("/api/top-cost?pct=lots", "pct: 'lots' is not a number"),
+        ("/api/sessions?min_cost=lots", "min_cost: 'lots' is not a number"),
+        ("/api/sessions?min_cost=2&max_cost=1", "cost: the least (2.0) is more than the most"),
+        ("/api/sessions?max_duration=-1", "duration: -1.0 must be a number of at least 0"),
+        ("/api/sessions?from=2026-11-25&to=2026-11-24", "from/to: to: the end is before"),
+        ("/api/sessions?from=someday", "from/to:"),
+        ("/api/sessions?limit=0", "limit: 0 must be 1 to 500"),
         ("/api/sessions?outcome=DONE", "outcome must be one of OK, ERROR, TIMEOUT, KILLED"),
     ):
         status, _, answer = await get(console + query)
@@ -94,8 +100,75 @@ async def answers_errors_and_assets(console: str, topics: Settings) -> None:
 
 
 async def test_no_redis_is_a_503_naming_it(topics: Settings) -> None:
-    down = topics.replace(redis_url=f"redis://127.0.0.1:{console_port()}/0")
+    down = topics.replace(redis_url=f"redis://127.0.0.1:{free_low_port()}/0")
     async with serving(down) as console:
         status, _, answer = await get(f"{console}/api/outcomes")
     assert status == 503
     assert f"cannot read Redis at {down.redis_url}" in answer["error"]
+
+
+ADMIN, READER = "admin-token-for-the-console-test", "reader-token-for-the-console-test"
+
+
+async def post(url: str, form: dict[str, str], headers: dict[str, str] | None = None) -> Any:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(url, data=form, headers=headers or {}, allow_redirects=False) as response,
+    ):
+        body = await response.json() if response.content_type == "application/json" else None
+        return response.status, body, response.headers.get("Location")
+
+
+async def test_the_two_mutations_need_an_admin_token_and_say_what_is_missing(
+    topics: Settings,
+) -> None:
+    guarded = topics.replace(api_tokens=f"admin:{ADMIN},reader:{READER}")
+    form = {"title": "checkout agent loops", "sessions": "s-1", "tenants": "acme",
+            "agents": "checkout", "layer": "tool", "severity": "sev2"}  # fmt: skip
+    async with serving(guarded) as console:
+        status, answer, _ = await post(f"{console}/api/incidents", form)
+        assert (status, "a bearer token is needed" in answer["error"]) == (401, True)
+        status, answer, _ = await post(f"{console}/api/incidents", {**form, "token": READER})
+        assert status == 403
+        assert "needs an admin token" in answer["error"]
+        status, answer, _ = await post(
+            f"{console}/api/incidents", {**form, "token": ADMIN, "title": " "}
+        )
+        assert (status, answer["error"]) == (400, "title: say what is happening, in one line")
+        status, answer, _ = await post(
+            f"{console}/api/incidents", {**form, "token": ADMIN, "layer": "moon"}
+        )
+        assert status == 400
+        assert "choose one of model, prompt" in answer["error"]
+        elsewhere = {"Origin": "http://evil.example"}
+        status, _, _ = await post(f"{console}/incidents", {**form, "token": ADMIN}, elsewhere)
+        assert status == 403
+        # the page's form: opened, then sent to the incident's page
+        status, _, location = await post(f"{console}/incidents", {**form, "token": ADMIN})
+        assert status == 303
+        incident_id = location.rsplit("/", 1)[1].split("?")[0]
+        status, page, _ = await get(f"{console}{location}")
+        assert status == 200
+        assert f"Opened {incident_id}" in page
+        # (that this is `governor incident list --all --json` is asserted in the browser test)
+        _, _, twin = await get(f"{console}/api/incidents")
+        [opened] = [i for i in twin["incidents"] if i["incident_id"] == incident_id]
+        assert (opened["title"], opened["affected_sessions"], opened["suspected_layer"],
+                opened["severity"]) == (form["title"], ["s-1"], "TOOL", "SEV2")  # fmt: skip
+        status, _, shown = await get(f"{console}/api/incidents/{incident_id}")
+        assert (status, shown) == (200, opened)
+        status, _, answer = await get(f"{console}/api/incidents/INC-nope")
+        assert status == 404
+        assert "governor incident list --all" in answer["error"]
+
+        # a rollback: confirmed, with a token, and only through a running worker
+        rollback = f"{console}/api/policies/rollback"
+        status, answer, _ = await post(rollback, {"to_version": "1", "token": ADMIN})
+        assert (status, answer["error"]) == (400, "confirm: tick the box to confirm the rollback")
+        status, answer, _ = await post(rollback, {"to_version": "1", "confirm": "yes"})
+        assert status == 401
+        status, answer, _ = await post(
+            rollback, {"to_version": "1", "confirm": "yes", "token": ADMIN}
+        )
+        assert status == 503
+        assert "a rollback needs the running worker (start: governor worker)" in answer["error"]

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from streams.console.source import SessionFilter, filter_sessions
 from streams.console.views import Pages, bar, change, money, share
+from streams.query.session_search import SessionQuery, search
 from streams.query.timeline import build_timeline
 from tests.unit.query.test_timeline import CARD, PRICES, alert, finding, killed_session
+
+Summary = dict[str, Any]
 
 
 def test_a_timeline_page_shows_steps_bottleneck_kill_and_findings_but_no_value() -> None:
@@ -51,20 +55,41 @@ def test_figures_are_formatted_as_the_cli_prints_them() -> None:
     assert change(1.0, 0.0) == "-"
 
 
-def test_sessions_are_filtered_in_the_order_of_the_answer() -> None:
-    def row(sid: str, tenant: str, agent: str) -> dict[str, object]:
-        return {"session_id": sid, "tenant_id": tenant, "agent_id": agent}
+def summary(sid: str, tenant: str, agent: str, status: str, cost: int, secs: float) -> Summary:
+    return {"session_id": sid, "tenant_id": tenant, "agent_id": agent, "status": status,
+            "cost_micros": cost, "start_time_us": 0, "end_time_us": int(secs * 1e6),
+            "cost_by_model": {"m": cost}, "steps_by_kind": {"LLM_CALL": 2}, "retries": 0,
+            "max_context_tokens": 10}  # fmt: skip
 
-    answer = {"top": [row("a", "acme", "bot"), row("b", "globex", "bot"), row("c", "acme", "x")]}
-    outcomes = {"a": "OK", "b": "KILLED", "c": "KILLED"}
-    kept = filter_sessions(answer, outcomes, SessionFilter(outcome="KILLED"))
-    assert [r["session_id"] for r in kept] == ["b", "c"]
-    assert kept[0]["outcome"] == "KILLED"
-    kept = filter_sessions(answer, outcomes, SessionFilter(tenant="acme", agent="bot"))
-    assert [r["session_id"] for r in kept] == ["a"]
-    assert len(filter_sessions(answer, outcomes, SessionFilter())) == 3
+
+def test_sessions_are_searched_over_the_whole_period_by_every_filter() -> None:
+    fleet = [
+        summary("a", "acme", "bot", "OK", 900_000, 2),
+        summary("b", "globex", "bot", "KILLED", 50_000, 30),
+        summary("c", "acme", "x", "KILLED", 10_000, 400),
+        summary("d", "acme", "bot", "OK", 10_000, 1),
+    ]
+
+    def ids(query: SessionQuery, **kw: int) -> list[str]:
+        return [r["session_id"] for r in search(fleet, query, **kw)["sessions"]]
+
+    assert ids(SessionQuery()) == ["a", "b", "c", "d"]  # dearest first, then by id
+    assert ids(SessionQuery(outcome="KILLED")) == ["b", "c"]
+    assert ids(SessionQuery(tenant="acme", agent="bot")) == ["a", "d"]
+    assert ids(SessionQuery(min_cost_usd=0.05)) == ["a", "b"]
+    assert ids(SessionQuery(max_cost_usd=0.01)) == ["c", "d"]
+    assert ids(SessionQuery(min_duration_s=10, max_duration_s=60)) == ["b"]
+    assert ids(SessionQuery(), limit=2, offset=1) == ["b", "c"]
+    found = search(fleet, SessionQuery(tenant="acme"), limit=1)
+    assert (found["matched"], found["sessions_in_period"], found["tenants"]) == (
+        3, 4, ["acme", "globex"])  # fmt: skip
+    assert found["sessions"][0]["duration_ms"] == 2000.0
     with pytest.raises(ValueError, match="outcome must be one of"):
-        SessionFilter(outcome="DONE")
+        SessionQuery(outcome="DONE")
+    with pytest.raises(ValueError, match="the least"):
+        SessionQuery(min_cost_usd=2, max_cost_usd=1)
+    with pytest.raises(ValueError, match="at least 0"):
+        SessionQuery(min_duration_s=-1)
 
 
 def test_an_empty_fleet_renders_every_page() -> None:
@@ -83,8 +108,6 @@ def test_an_empty_fleet_renders_every_page() -> None:
         "1h",
     )
     assert "No worker answers" in html
-    nothing = {"tenant": None, "agent": None, "outcome": None}
-    answer = {"since": "24h", "pct": 10.0, "ranked": 0, "tenants": [], "agents": [],
-              "filter": nothing, "sessions": []}  # fmt: skip
-    assert "No session matches" in pages.sessions(answer, "")
+    answer = {"since": "24h", **search([], SessionQuery()), "since_us": 0, "until_us": 1}
+    assert "No session matches" in pages.sessions(answer, {})
     assert "cannot read" in pages.error(503, "cannot read Redis")
