@@ -30,7 +30,10 @@ import uuid
 from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
@@ -139,7 +142,8 @@ def post_all(port: int, bodies: list[tuple[bytes, int]], connections: int, compr
             conn.request("POST", "/v1/traces", body, headers)
             response = conn.getresponse()
             payload = response.read()
-            if response.status != 200 or payload:
+            rejected = ExportTraceServiceResponse.FromString(payload).partial_success
+            if response.status != 200 or rejected.rejected_spans:
                 failures.append(f"{response.status} {payload[:200]!r}")
         conn.close()
 

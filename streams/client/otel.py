@@ -111,6 +111,8 @@ from streams.ingest.mapping import (
     step_outcome,
     text_attr,
     tool_call_fields,
+    turn_parent,
+    turn_session_id,
 )
 
 #: the pure mapping lives in streams.ingest.mapping (shared with ``governor ingest``); these
@@ -402,23 +404,24 @@ class GovernorSpanProcessor(SpanProcessor):
     ) -> Session:
         """Open ``conversation``'s session; ``parent``: the conversation of the span that
         started it, when another (an agent calling a sub-agent: cost rolls up over it)."""
-        finished = self._turns.pop(conversation, 0)
-        if parent == conversation:
-            parent = None
-        if finished:  # the next turn: a session of its own under the conversation's first
-            parent = parent or conversation
+        turn = self._turns.pop(conversation, 0) + 1
+        # the next turn is a session of its own under the conversation's first; an agent
+        # called by another conversation's agent has that agent's turn as its parent
+        caller = None
+        if parent is not None and parent != conversation:
+            caller = turn_session_id(parent, self._turn.get(parent, 1))
         session = self.gov.session(
-            conversation if not finished else f"{conversation}#{finished + 1}",
+            turn_session_id(conversation, turn),
             category=fields.get("category"),
             prompt_version=fields.get("prompt_version"),
             model_version=fields.get("model_version"),
             tool_schema_version=fields.get("tool_schema_version"),
-            parent=parent,
+            parent=turn_parent(conversation, turn, caller),
         )
         session.start(start_us=start_us)
         self._sessions[conversation] = session
         self._owner[conversation] = owner
-        self._turn[conversation] = finished + 1
+        self._turn[conversation] = turn
         return session
 
     def _close(self, conversation: str, session: Session) -> None:

@@ -127,6 +127,8 @@ class SpanFacts:
     parent_span_id: str = ""
     kind: SpanKind = SpanKind.INTERNAL
     name: str = ""
+    #: the parent span is in another process (OTLP span flags): this span is a local root
+    parent_remote: bool = False
 
     @property
     def start_us(self) -> int:
@@ -182,6 +184,25 @@ def conversation_of(attrs: Mapping[str, Any]) -> tuple[str, ConversationSource] 
         if value is not None:
             return value, source
     return None
+
+
+TURN_SEPARATOR = "#"
+
+
+def turn_session_id(conversation: str, turn: int) -> str:
+    """The session of a conversation's ``turn`` (1, 2, ...): the first is the conversation
+    itself, the next ``<conversation>#2``, ``#3``, ... (the worker takes no events for a
+    session after its end, so each turn is a session of its own)."""
+    return conversation if turn <= 1 else f"{conversation}{TURN_SEPARATOR}{turn}"
+
+
+def turn_parent(conversation: str, turn: int, caller: str | None) -> str | None:
+    """The parent session of a conversation's ``turn``: the session of the agent that called
+    it (``caller``, when another session), else, for a later turn, the conversation's first
+    turn, so ``ask tree <conversation>`` and a ``session_tree`` budget cover every turn."""
+    if caller is not None and caller != turn_session_id(conversation, turn):
+        return caller
+    return conversation if turn > 1 else None
 
 
 def operation(attrs: Mapping[str, Any]) -> str | None:

@@ -188,6 +188,8 @@ def attributes(pairs: Any) -> dict[str, Any]:
     return out
 
 
+#: SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK: the span's parent is in another process
+_PARENT_IS_REMOTE = 0x200
 _SPAN_KINDS = {
     Span.SPAN_KIND_UNSPECIFIED: SpanKind.UNSPECIFIED,
     Span.SPAN_KIND_INTERNAL: SpanKind.INTERNAL,
@@ -241,6 +243,7 @@ def spans_of(request: ExportTraceServiceRequest) -> list[OtlpSpan]:
                     parent_span_id=span.parent_span_id.hex(),
                     kind=_SPAN_KINDS.get(span.kind, SpanKind.UNSPECIFIED),
                     name=span.name,
+                    parent_remote=bool(span.flags & _PARENT_IS_REMOTE),
                 )
                 out.append(OtlpSpan(facts, resource))
     return out

@@ -54,9 +54,20 @@ from streams.ingest.otlp import (
     status_body,
     traces_response,
 )
-from streams.ingest.seq import SeqLedger, SeqUnavailable
+from streams.ingest.seq import PendingEnds, SeqLedger, SeqUnavailable, TurnLedger
 from streams.ingest.sink import DEFAULT_DELIVERY_TIMEOUT_S, EventSink, SinkUnavailable
-from streams.ingest.steps import Draft, Mapped, Refusal, map_logs, map_spans
+from streams.ingest.steps import (
+    Draft,
+    Mapped,
+    PendingEnd,
+    Refusal,
+    apply_turns,
+    ending_turns,
+    map_logs,
+    map_spans,
+    settle_pending,
+    turns_of,
+)
 from streams.pipeline.validate import IngestBounds, validate_event
 from streams.settings import Settings
 
@@ -91,6 +102,7 @@ class IngestMetrics:
     fallbacks: Counter
     events: Counter
     latency: Histogram
+    open_turns: Counter
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -144,6 +156,12 @@ def ingest_metrics() -> IngestMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
             registry=r,
         ),
+        open_turns=Counter(
+            "governor_ingest_open_turns",
+            "root agent spans of a turn whose ancestors were not in their request: the turn's "
+            "end waits in Redis for them (send whole traces to end turns at once)",
+            registry=r,
+        ),
     )
 
 
@@ -167,11 +185,15 @@ class Receiver:
         ledger: SeqLedger,
         codec: Codec,
         metrics: IngestMetrics | None = None,
+        turns: TurnLedger | None = None,
+        pending: PendingEnds | None = None,
     ) -> None:
         self.settings = settings
         self.config = config
         self.sink = sink
         self.ledger = ledger
+        self.turns = turns
+        self.pending = pending
         self.codec = codec
         self.metrics = metrics or ingest_metrics()
         self.topic = settings.topic("events")
@@ -251,9 +273,12 @@ class Receiver:
             return self._error(signal, 413, str(exc), encoding)
         except OtlpError as exc:
             return self._error(signal, 400, str(exc), encoding)
-        drafts = self._checked(mapped)
         try:
+            settled, waiting, consumed = await self._waiting_ends(mapped)
+            drafts = self._checked(mapped, await self._turned([*mapped.drafts, *settled]))
             produced = await self._produce(drafts)
+            if self.pending is not None and (consumed or waiting):
+                await self.pending.settle(consumed, waiting)
         except (SeqUnavailable, SinkUnavailable, TimeoutError) as exc:
             log.warning("ingest: %s request not taken: %s", signal, exc)
             reason = str(exc) or "Kafka did not acknowledge the events in time"
@@ -268,11 +293,32 @@ class Receiver:
     def authorized(self, request: web.Request) -> bool:
         return bearer_ok(request.headers.get("Authorization"), self.config.token)
 
-    def _checked(self, mapped: Mapped) -> list[Draft]:
+    async def _waiting_ends(
+        self, mapped: Mapped
+    ) -> tuple[list[Draft], list[PendingEnd], dict[str, list[str]]]:
+        """Turn ends that earlier requests left waiting for a span of this one: the ends it
+        gives, the ends that wait (this request's and the ones waiting again), and the
+        Redis fields it settles."""
+        if self.pending is None or not mapped.spans:
+            return [], [], {}
+        found, consumed = await self.pending.find(mapped.spans)
+        settled, again = settle_pending(mapped.spans, found) if found else ([], [])
+        return settled, [*mapped.pending, *again], consumed
+
+    async def _turned(self, drafts: list[Draft]) -> list[Draft]:
+        """The drafts in their turns' sessions (named conversations: see steps.apply_turns)."""
+        turns = turns_of(drafts)
+        if not turns:
+            return drafts
+        if self.turns is None:  # numbering off: every conversation is one session
+            return apply_turns(drafts, dict.fromkeys(turns, 1))
+        return apply_turns(drafts, await self.turns.number(turns, ending_turns(drafts)))
+
+    def _checked(self, mapped: Mapped, drafts: list[Draft]) -> list[Draft]:
         """The drafts the worker would accept; the rest refused with the worker's reason."""
         now_us = time.time_ns() // 1000
         kept: list[Draft] = []
-        for draft in mapped.drafts:
+        for draft in drafts:
             event = {**draft.event, "seq": 1}
             rejection = validate_event(event, draft.session_id.encode(), now_us, self.bounds)
             if rejection is not None:
@@ -308,6 +354,8 @@ class Receiver:
             m.ignored.labels(signal, reason).inc(n)
         for source, n in mapped.fallbacks.items():
             m.fallbacks.labels(signal, source).inc(n)
+        if mapped.open_turns:
+            m.open_turns.inc(mapped.open_turns)
         if mapped.refused:
             log.info("ingest: %s refused: %s", signal, mapped.refusal_message(5))
 
@@ -353,6 +401,8 @@ async def start(
         EventSink(settings),
         SeqLedger(client, settings.redis_key_prefix),
         codecs.step_event,
+        turns=TurnLedger(client, settings.redis_key_prefix),
+        pending=PendingEnds(client, settings.redis_key_prefix),
     )
     app = receiver.app()
     feed = ControlFeed(settings, codecs.decision)

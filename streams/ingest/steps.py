@@ -16,9 +16,21 @@ from open spans, this mapping takes from the request itself:
   ``groupbytrace`` processor so that every trace arrives whole.
 - **Steps.** An agent span (``invoke_agent``/``invoke_workflow``) gives SESSION_START at its
   start. A session that is its trace (no conversation id: the trace-id fallback) ends with its
-  root agent span: SESSION_END, OK or ERROR. A named conversation can have more turns (more
-  traces), and the worker refuses events after a SESSION_END, so the receiver does not end it:
-  the worker closes it as TIMEOUT once idle; a failed agent span gives an ERROR event instead.
+  root agent span: SESSION_END, OK or ERROR.
+- **Turns.** A named conversation has turns, as in the in-process span processor: each trace
+  of the conversation is a turn, numbered in the receivers' Redis in the order they first see
+  it (:class:`streams.ingest.seq.TurnLedger`), and each turn is its own session,
+  :func:`~streams.ingest.mapping.turn_session_id` (``<conversation>``, ``<conversation>#2``,
+  ...), whose parent is the conversation's first turn (:func:`~streams.ingest.mapping.turn_parent`,
+  shared with the processor). A turn ends (SESSION_END) at its root agent span: the agent span
+  of the conversation with no agent span of the same conversation above it, known from the
+  request (its parent chain reaches the trace root or a remote parent). When the chain leaves
+  the request, the end waits for the missing ancestor (:class:`PendingEnd`, kept in Redis by
+  :class:`streams.ingest.seq.PendingEnds`; counted in :attr:`Mapped.open_turns`) and comes
+  with the request that brings it (:func:`settle_pending`), or is dropped if that ancestor's
+  chain shows a sub-agent; a failed agent span that does not end a turn gives an ERROR event.
+  Mapping is pure: drafts carry their :class:`Turn`, and :func:`apply_turns` gives them their
+  session once the ledger has numbered the turns.
   LLM spans give LLM_CALL, tool/retrieval/MCP ``tools/call`` spans TOOL_CALL,
   ``gen_ai.evaluation.result`` span events and log records EVALUATION. An MCP ``tools/call``
   span whose parent is an ``execute_tool`` span is the same call: it is ignored (counted).
@@ -34,6 +46,7 @@ The events here have no ``seq`` yet: :mod:`streams.ingest.seq` numbers them per 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import uuid
@@ -59,6 +72,8 @@ from streams.ingest.mapping import (
     session_outcome,
     text_attr,
     tool_call_fields,
+    turn_parent,
+    turn_session_id,
     unscored_evaluations,
 )
 from streams.ingest.otlp import OtlpLog, OtlpSpan
@@ -86,6 +101,18 @@ class Identity:
 
 
 @dataclass(frozen=True)
+class Turn:
+    """A turn of a named conversation: one trace of it. A log record asks on its own
+    (``record``: its event id): it goes to its trace's turn (no trace: the conversation's latest
+    turn) unless that turn has ended, then to the next one, as a span processor's conversation
+    that comes back after its end; the answer is kept, so a retried record lands alike."""
+
+    conversation: str
+    trace_id: str
+    record: str = ""
+
+
+@dataclass(frozen=True)
 class Draft:
     """A StepEvent without its seq (``event`` has every other field of the schema)."""
 
@@ -94,6 +121,64 @@ class Draft:
     event: dict[str, Any]
     #: the span or log record it came from (for a partial-success message)
     item: str = ""
+    #: the turn of a named conversation (None: a trace-id session, final as it is)
+    turn: Turn | None = None
+    #: on a SESSION_START: the turn of the named conversation of the agent that called it
+    caller: Turn | None = None
+
+
+@dataclass(frozen=True)
+class PendingEnd:
+    """A turn's SESSION_END that waits for ``awaiting``, an ancestor span of its root agent
+    span that was not in the request: if that span's chain holds no agent span of the turn's
+    conversation up to the trace root (or a remote parent), the turn ends; if it holds one, the
+    agent span was a sub-agent and the end is dropped. Kept in Redis by the receivers."""
+
+    trace_id: str
+    awaiting: str
+    end: Draft
+
+    def to_json(self) -> str:
+        turn = self.end.turn
+        return json.dumps(
+            {
+                "t": self.trace_id,
+                "a": self.awaiting,
+                "s": self.end.session_id,
+                "e": self.end.event,
+                "i": self.end.item,
+                "c": turn.conversation if turn else None,
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> PendingEnd:
+        data = json.loads(raw)
+        turn = Turn(data["c"], data["t"]) if data["c"] is not None else None
+        end = Draft(data["s"], data["e"]["event_id"], data["e"], data["i"], turn)
+        return cls(data["t"], data["a"], end)
+
+
+def settle_pending(
+    spans: Sequence[OtlpSpan], waiting: Sequence[PendingEnd]
+) -> tuple[list[Draft], list[PendingEnd]]:
+    """The ends that ``waiting`` (ends whose awaited span is in this request) give now, and
+    the ones that wait again, on an ancestor still missing. The others are dropped."""
+    conversations = _Conversations([span.facts for span in spans])
+    ended: list[Draft] = []
+    again: list[PendingEnd] = []
+    for pending in waiting:
+        awaited = conversations.span(pending.trace_id, pending.awaiting)
+        if awaited is None:
+            again.append(pending)
+            continue
+        root = conversations.turn_root(awaited, pending.end.session_id, itself=True)
+        if root is True:
+            ended.append(pending.end)
+        elif isinstance(root, str):
+            again.append(PendingEnd(pending.trace_id, root, pending.end))
+    return ended, again
 
 
 @dataclass(frozen=True)
@@ -120,6 +205,12 @@ class Mapped:
     fallbacks: Counter[str] = field(default_factory=Counter)
     #: items that became at least one event
     accepted: int = 0
+    #: agent spans that may end a turn but whose ancestors are not in the request: their
+    #: SESSION_END waits for the missing ancestor (see :func:`settle_pending`)
+    open_turns: int = 0
+    pending: list[PendingEnd] = field(default_factory=list)
+    #: the request's spans (traces), to settle ends that earlier requests left waiting
+    spans: Sequence[OtlpSpan] = ()
 
     def refusal_message(self, limit: int = 20) -> str:
         """The partial-success message: every refused item (up to ``limit``) and why."""
@@ -176,14 +267,39 @@ class _Conversations:
         parent = self._by_id.get((facts.trace_id, facts.parent_span_id))
         return parent is not None and classify(parent) is StepClass.TOOL
 
-    def parent_session(self, facts: SpanFacts, session_id: str) -> str | None:
+    def parent_session(
+        self, facts: SpanFacts, session_id: str
+    ) -> tuple[str, ConversationSource] | None:
         """The session of the span's parent, when it is in this request and another session
-        (an agent called by another agent's conversation)."""
+        (an agent called by another agent's conversation), and where its id came from."""
         parent = self._by_id.get((facts.trace_id, facts.parent_span_id))
         if parent is None:
             return None
-        parent_session, _source = self.of(parent)
-        return parent_session if parent_session != session_id else None
+        parent_session, source = self.of(parent)
+        return (parent_session, source) if parent_session != session_id else None
+
+    def span(self, trace_id: str, span_id: str) -> SpanFacts | None:
+        return self._by_id.get((trace_id, span_id))
+
+    def turn_root(self, facts: SpanFacts, session_id: str, *, itself: bool = False) -> bool | str:
+        """Whether an agent span is its turn's root: no agent span of ``session_id`` above it
+        (``itself``: nor the span itself) up to the trace root or a remote parent. A span id:
+        not known yet, that ancestor is missing from this request (it ends later, so it comes
+        in a later one)."""
+        current: SpanFacts | None = facts
+        if itself and classify(facts) is StepClass.AGENT and self.of(facts)[0] == session_id:
+            return False
+        for _ in range(256):
+            assert current is not None
+            if not current.parent_span_id or current.parent_remote:
+                return True
+            parent = self._by_id.get((current.trace_id, current.parent_span_id))
+            if parent is None:
+                return current.parent_span_id
+            if classify(parent) is StepClass.AGENT and self.of(parent)[0] == session_id:
+                return False
+            current = parent
+        return False
 
     def of(self, facts: SpanFacts) -> tuple[str, ConversationSource]:
         key = (facts.trace_id, facts.span_id)
@@ -248,14 +364,29 @@ def _span_events(
     source: ConversationSource,
     ident: Identity,
     item: str,
-    parent_session: str | None = None,
+    parent_session: tuple[str, ConversationSource] | None = None,
+    ends_turn: bool = False,
 ) -> list[Draft]:
     trace, span = facts.trace_id, facts.span_id
     duration_us = (facts.end_ns - facts.start_ns) // 1000
     drafts: list[Draft] = []
+    named = source is not ConversationSource.TRACE_ID
+    turn = Turn(session_id, trace) if named else None
+    caller = None
+    if parent_session is not None and parent_session[1] is not ConversationSource.TRACE_ID:
+        caller = Turn(parent_session[0], trace)
 
     def add(role: str, event: dict[str, Any]) -> None:
-        drafts.append(Draft(session_id, event["event_id"], event, item))
+        drafts.append(
+            Draft(
+                session_id,
+                event["event_id"],
+                event,
+                item,
+                turn,
+                caller if role == "start" else None,
+            )
+        )
 
     attrs = facts.attributes
     if step is StepClass.AGENT:
@@ -264,7 +395,7 @@ def _span_events(
         start.update(session_fields(attrs, agent_span=True))
         start["operation"] = operation(attrs)
         if parent_session is not None:
-            start["attributes"] = {PARENT_SESSION_ATTR: parent_session}
+            start["attributes"] = {PARENT_SESSION_ATTR: parent_session[0]}
         add("start", start)
     elif step is StepClass.LLM:
         fields = llm_call_fields(facts)
@@ -320,7 +451,7 @@ def _span_events(
         add(f"evaluation/{index}", event)
     if step is StepClass.AGENT:
         status, kind = session_outcome(facts, killed=False)
-        if source is ConversationSource.TRACE_ID and not facts.parent_span_id:
+        if (not named and not facts.parent_span_id) or (named and ends_turn):
             eid = event_id(trace, span, "end")
             end = _base(session_id, ident, "SESSION_END", eid, facts.end_us, duration_us)
             end.update(status=status, error_type=kind)
@@ -384,11 +515,23 @@ def map_spans(spans: Sequence[OtlpSpan], default_tenant: str | None) -> Mapped:
         unscored = unscored_evaluations(facts)
         if unscored:
             out.ignored["evaluation_without_score"] += unscored
-        parent = (
-            conversations.parent_session(facts, session_id) if step is StepClass.AGENT else None
+        parent = None
+        root_known: bool | str = False
+        if step is StepClass.AGENT:
+            parent = conversations.parent_session(facts, session_id)
+            if source is not ConversationSource.TRACE_ID:
+                root_known = conversations.turn_root(facts, session_id)
+        drafts = _span_events(
+            facts, step, session_id, source, ident, item, parent, root_known is not False
         )
-        out.drafts.extend(_span_events(facts, step, session_id, source, ident, item, parent))
+        if isinstance(root_known, str):  # the end waits for the missing ancestor
+            end = next(d for d in drafts if d.event["kind"] == "SESSION_END")
+            drafts.remove(end)
+            out.pending.append(PendingEnd(facts.trace_id, root_known, end))
+            out.open_turns += 1
+        out.drafts.extend(drafts)
         out.accepted += 1
+    out.spans = spans
     return out
 
 
@@ -437,9 +580,12 @@ def map_logs(logs: Sequence[OtlpLog], default_tenant: str | None) -> Mapped:
             )
             continue
         named = conversation_of(attrs)
+        traced = bool(log.trace_id) and log.trace_id != _ZERO_TRACE
+        turn = None
         if named is not None:
             session_id, source = named
-        elif log.trace_id and log.trace_id != _ZERO_TRACE:
+            turn = Turn(session_id, log.trace_id if traced else "", _log_event_id(log))
+        elif traced:
             session_id, source = log.trace_id, ConversationSource.TRACE_ID
         else:
             out.refused.append(
@@ -452,9 +598,52 @@ def map_logs(logs: Sequence[OtlpLog], default_tenant: str | None) -> Mapped:
             continue
         if source is not ConversationSource.CONVERSATION_ID:
             out.fallbacks[source] += 1
-        eid = _log_event_id(log)
+        eid = turn.record if turn is not None else _log_event_id(log)
         event = _base(session_id, ident, "EVALUATION", eid, fields["start_us"], 0)
         event.update(evaluation_name=fields["name"], evaluation_score=fields["score"])
-        out.drafts.append(Draft(session_id, eid, event, item))
+        out.drafts.append(Draft(session_id, eid, event, item, turn))
         out.accepted += 1
+    return out
+
+
+def turns_of(drafts: Sequence[Draft]) -> list[Turn]:
+    """The turns the ledger must number for ``drafts`` (their own and their callers'), each
+    once, in the order they began (so the turns of one request are numbered in time order)."""
+    began: dict[Turn, int] = {}
+    for draft in drafts:
+        for turn in (draft.turn, draft.caller):
+            if turn is not None:
+                start = draft.event["start_time_us"]
+                began[turn] = min(began.get(turn, start), start)
+    return sorted(began, key=lambda t: (began[t], t.conversation, t.trace_id))
+
+
+def ending_turns(drafts: Sequence[Draft]) -> set[Turn]:
+    """The turns that ``drafts`` end (a SESSION_END): the ledger records them, so that a log
+    record coming after its turn's end goes to the next turn (the worker takes none after)."""
+    return {d.turn for d in drafts if d.turn is not None and d.event["kind"] == "SESSION_END"}
+
+
+def apply_turns(drafts: Sequence[Draft], numbers: Mapping[Turn, int]) -> list[Draft]:
+    """``drafts`` in the sessions of their turns (``numbers``: each turn's number, from the
+    ledger): the session id of :func:`turn_session_id`, and on a SESSION_START the parent of
+    :func:`turn_parent`. Drafts without a turn are returned as they are."""
+    out: list[Draft] = []
+    for draft in drafts:
+        if draft.turn is None:
+            out.append(draft)
+            continue
+        number = numbers[draft.turn]
+        session_id = turn_session_id(draft.turn.conversation, number)
+        event = {**draft.event, "session_id": session_id}
+        if event["kind"] == "SESSION_START":
+            caller = event["attributes"].get(PARENT_SESSION_ATTR)
+            if draft.caller is not None:
+                caller = turn_session_id(draft.caller.conversation, numbers[draft.caller])
+            parent = turn_parent(draft.turn.conversation, number, caller)
+            attributes = {k: v for k, v in event["attributes"].items() if k != PARENT_SESSION_ATTR}
+            if parent is not None:
+                attributes[PARENT_SESSION_ATTR] = parent
+            event["attributes"] = attributes
+        out.append(dataclasses.replace(draft, session_id=session_id, event=event))
     return out

@@ -6,10 +6,12 @@ folded as the worker folds them."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -17,10 +19,12 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf import json_format
@@ -55,30 +59,50 @@ def signed(topics: Settings, tmp_path: Path) -> tuple[Settings, SigningKey]:
 @pytest.fixture
 def ingest(signed: tuple[Settings, SigningKey], tmp_path: Path) -> Iterator[str]:
     """A real ``governor ingest`` process on a free port; yields its base URL."""
-    port_file = tmp_path / "port"
-    env = {**os.environ, **signed[0].to_env()}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "ingest", "--port", "0", "--port-file", port_file],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    with receivers(signed[0], [tmp_path / "port"]) as (url,):
+        yield url
+
+
+@pytest.fixture
+def two_ingests(signed: tuple[Settings, SigningKey], tmp_path: Path) -> Iterator[list[str]]:
+    """Two ``governor ingest`` processes sharing the broker and Redis; their base URLs."""
+    with receivers(signed[0], [tmp_path / "a", tmp_path / "b"]) as urls:
+        yield urls
+
+
+@contextlib.contextmanager
+def receivers(settings: Settings, port_files: list[Path]) -> Iterator[list[str]]:
+    """``governor ingest`` processes started at once, one per port file; their base URLs."""
+    env = {**os.environ, **settings.to_env()}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "ingest", "--port", "0", "--port-file", file],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for file in port_files
+    ]
     try:
         deadline = time.monotonic() + 20
-        while not (port_file.exists() and port_file.read_text().strip()):
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-            assert time.monotonic() < deadline, "governor ingest did not start in 20 s"
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port_file.read_text().strip()}"
+        for proc, port_file in zip(procs, port_files, strict=True):
+            while not (port_file.exists() and port_file.read_text().strip()):
+                assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+                assert time.monotonic() < deadline, "governor ingest did not start in 20 s"
+                time.sleep(0.05)
+        yield [f"http://127.0.0.1:{file.read_text().strip()}" for file in port_files]
     finally:
-        proc.terminate()  # SIGTERM: answers what is in flight, then stops
+        for proc in procs:
+            proc.terminate()  # SIGTERM: answers what is in flight, then stops
         try:
-            assert proc.wait(15) == 0, "governor ingest did not stop cleanly on SIGTERM"
+            for proc in procs:
+                assert proc.wait(15) == 0, "governor ingest did not stop cleanly on SIGTERM"
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(5)
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(5)
 
 
 def post(url: str, body: bytes, content_type: str, gzipped: bool = False) -> tuple[int, Any]:
@@ -265,9 +289,9 @@ def test_sdk_and_raw_otlp_exports_become_sessions_with_costs(topics: Settings, i
     assert post(f"{ingest}/v1/traces", body, "application/json") == (200, {})
 
     # workflow: START; agent: START; chat, evaluation, embeddings, tool, MCP; workflow: END
-    # go agent: START, chat (twice: the retry), evaluation log
-    sessions = by_session(topics, 8 + 2 * 2 + 1)
-    assert set(sessions) == {trace_id, conversation}
+    # go agent's turn: START, chat, END (twice: the retry); the evaluation log after the turn
+    sessions = by_session(topics, 8 + 3 * 2 + 1)
+    assert set(sessions) == {trace_id, conversation, f"{conversation}#2"}
 
     workflow = sorted(sessions[trace_id], key=lambda e: e["seq"])
     assert [e["seq"] for e in workflow] == list(range(1, 9))
@@ -298,25 +322,23 @@ def test_sdk_and_raw_otlp_exports_become_sessions_with_costs(topics: Settings, i
     assert (failed["status"], failed["error_type"]) == ("ERROR", "TimeoutError")
 
     turn = sessions[conversation]
-    # the retried request is the same two events with the same seqs: the worker skips them
+    # the retried request is the same three events with the same seqs: the worker skips them
     assert [(e["kind"], e["seq"]) for e in turn] == [
         ("SESSION_START", 1),
         ("LLM_CALL", 2),
-        ("EVALUATION", 3),
-        ("SESSION_START", 1),
-        ("LLM_CALL", 2),
-    ]
+        ("SESSION_END", 3),
+    ] * 2
     chat_id = event_id(go_trace, "1000000000000002", "step")
     assert turn[1]["event_id"] == turn[4]["event_id"] == chat_id
     state, skipped = folded(turn)
-    assert skipped == 2
+    assert skipped == 3
     # gpt-4o-mini: 2,000 x $0.15 + 300 x $0.60 per 1M = 480 micro-USD
-    assert (state.cost_micros, state.llm_calls, state.evaluations) == (
-        480,
-        1,
-        {"faithfulness": 0.4},
-    )
-    assert state.status == "ACTIVE", "a named conversation is not ended by the receiver"
+    assert (state.cost_micros, state.llm_calls) == (480, 1)
+    assert state.status == "OK", "the turn ends at its root agent span"
+    # the evaluation came after the turn's end: the conversation's next turn, as in the
+    # in-process processor (the worker takes no events for a session after its end)
+    (late,) = sessions[f"{conversation}#2"]
+    assert (late["kind"], late["seq"], late["evaluation_score"]) == ("EVALUATION", 1, 0.4)
 
 
 def test_malformed_payloads_get_400_and_refused_spans_are_named(
@@ -343,7 +365,7 @@ def test_malformed_payloads_get_400_and_refused_spans_are_named(
     assert partial["rejectedSpans"] == "2"
     assert "span 1000000000000001 (invoke_agent): no tenant" in partial["errorMessage"]
     assert "governor.tenant" in partial["errorMessage"]
-    sessions = by_session(topics, 2)
+    sessions = by_session(topics, 3)
     assert set(sessions) == {"conv-partial"}
     with urllib.request.urlopen(f"{ingest}/metrics", timeout=5) as metrics:
         text = metrics.read().decode()
@@ -456,9 +478,238 @@ def test_the_in_process_processor_and_the_receiver_map_alike(
 
     # in process: START, 4 steps, the evaluation, END (the sub-agent shares the session and
     # its end does not end it); over OTLP: START twice (workflow, sub-agent), the same 5, and
-    # no END (a named conversation may have more turns)
-    sessions = by_session(settings, 7 + 7)
+    # the END of the turn at the workflow (its root agent span), not at the sub-agent
+    sessions = by_session(settings, 7 + 8)
     assert processor.problems == {}
     assert _steps(sessions["in-process"]) == _steps(sessions["over-otlp"])
     assert len(_steps(sessions["over-otlp"])) == 5
     assert [e["kind"] for e in sessions["in-process"]][-1] == "SESSION_END"
+    over_otlp = sorted(sessions["over-otlp"], key=lambda e: e["seq"])
+    assert [e["kind"] for e in over_otlp].count("SESSION_END") == 1
+    assert over_otlp[-1]["kind"] == "SESSION_END"
+
+
+def chat_turn(tracer: Tracer, conversation: str, input_tokens: int) -> None:
+    """One turn of a chat: an agent span (the turn's root) around one chat span."""
+    with (
+        tracer.start_as_current_span(
+            "invoke_agent support",
+            attributes={
+                "gen_ai.operation.name": "invoke_agent",
+                "gen_ai.conversation.id": conversation,
+            },
+        ),
+        tracer.start_as_current_span(
+            "chat gpt-4o-mini",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "gen_ai.operation.name": "chat",
+                "gen_ai.request.model": "gpt-4o-mini",
+                "gen_ai.usage.input_tokens": input_tokens,
+                "gen_ai.usage.output_tokens": 100,
+            },
+        ),
+    ):
+        pass
+
+
+def otlp_json(spans: list[dict[str, Any]]) -> bytes:
+    resource = {"attributes": [{"key": "governor.tenant", "value": {"stringValue": "acme"}}]}
+    return json.dumps(
+        {"resourceSpans": [{"resource": resource, "scopeSpans": [{"spans": spans}]}]}
+    ).encode()
+
+
+def json_span(
+    trace: str, span_id: int, start_ns: int, attrs: dict[str, Any], parent: int | None = None
+) -> dict[str, Any]:
+    def value(v: Any) -> dict[str, Any]:
+        return {"intValue": str(v)} if isinstance(v, int) else {"stringValue": v}
+
+    return {
+        "traceId": trace,
+        "spanId": f"{span_id:016x}",
+        **({"parentSpanId": f"{parent:016x}"} if parent is not None else {}),
+        "name": str(attrs.get("gen_ai.operation.name", "GET /chat")),
+        "kind": 1,
+        "startTimeUnixNano": str(start_ns),
+        "endTimeUnixNano": str(start_ns + 1_000_000),
+        "attributes": [{"key": k, "value": value(v)} for k, v in attrs.items()],
+    }
+
+
+def test_turns_and_one_session_served_by_two_receivers_at_once(
+    signed: tuple[Settings, SigningKey], two_ingests: list[str]
+) -> None:
+    """Turns: a real SDK's two turns of one conversation, each exported to another receiver,
+    are two sessions ended at their root agent span, the second under the first. At once: one
+    session's spans sent concurrently to both receivers (and some re-sent to the other one) are
+    each counted once, whatever order the receivers produce them in."""
+    settings = signed[0]
+    conversation = f"chat-{uuid.uuid4().hex[:8]}"
+    for url, tokens in zip(two_ingests, (1_000, 3_000), strict=True):
+        provider = TracerProvider(resource=Resource.create({"governor.tenant": "acme"}))
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(f"{url}/v1/traces")))
+        chat_turn(provider.get_tracer("chat"), conversation, tokens)
+        assert provider.force_flush(10_000)
+        provider.shutdown()
+
+    # one long session in one trace: 40 requests of 5 chat spans over both receivers at once,
+    # 8 of them re-sent to the other receiver (a retry elsewhere), then the root agent span
+    busy, trace, now = f"busy-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex, time.time_ns()
+    agent = {"gen_ai.operation.name": "invoke_agent", "gen_ai.conversation.id": busy}
+    requests = [
+        otlp_json(
+            [
+                json_span(
+                    trace,
+                    100 + 5 * r + i,
+                    now + (5 * r + i) * 1_000_000,
+                    {
+                        "gen_ai.operation.name": "chat",
+                        "gen_ai.request.model": "gpt-4o-mini",
+                        "gen_ai.usage.input_tokens": 1_000 + 10 * (5 * r + i),
+                        "gen_ai.usage.output_tokens": 50,
+                        "gen_ai.conversation.id": busy,
+                    },
+                    parent=1,
+                )
+                for i in range(5)
+            ]
+        )
+        for r in range(40)
+    ]
+    sends = [(two_ingests[r % 2], body) for r, body in enumerate(requests)]
+    sends += [(two_ingests[(r + 1) % 2], requests[r]) for r in range(0, 40, 5)]
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda s: post(f"{s[0]}/v1/traces", s[1], "application/json"), sends))
+    assert codes == [(200, {})] * len(sends)
+    root = otlp_json([json_span(trace, 1, now - 1_000_000, agent)])
+    assert post(f"{two_ingests[0]}/v1/traces", root, "application/json") == (200, {})
+
+    # a turn whose root agent span sits under an HTTP server span that comes in a later
+    # request, to the other receiver: the turn's end waits in Redis and comes with it
+    served, served_trace = f"served-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    named = {"gen_ai.operation.name": "invoke_agent", "gen_ai.conversation.id": served}
+    chat = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o-mini"}
+    split = [json_span(served_trace, 2, now, named, 3), json_span(served_trace, 4, now, chat, 2)]
+    assert post(f"{two_ingests[0]}/v1/traces", otlp_json(split), "application/json")[0] == 200
+    http_span = otlp_json([json_span(served_trace, 3, now - 1, {})])
+    assert post(f"{two_ingests[1]}/v1/traces", http_span, "application/json") == (200, {})
+
+    sessions = by_session(settings, 2 * 3 + 200 + 40 + 2 + 3)
+    assert set(sessions) == {conversation, f"{conversation}#2", busy, served}
+    assert [e["kind"] for e in sorted(sessions[served], key=lambda e: e["seq"])] == [
+        "SESSION_START",
+        "LLM_CALL",
+        "SESSION_END",
+    ]
+    # gpt-4o-mini: $0.15 in, $0.60 out per 1M tokens
+    for session, cost, parent in (
+        (conversation, 1_000 * 0.15 + 60, None),
+        (f"{conversation}#2", 3_000 * 0.15 + 60, conversation),
+    ):
+        events = sessions[session]
+        assert [e["kind"] for e in sorted(events, key=lambda e: e["seq"])] == [
+            "SESSION_START",
+            "LLM_CALL",
+            "SESSION_END",
+        ]
+        state, skipped = folded(events)
+        assert (state.status, state.cost_micros, state.parent_session_id) == ("OK", cost, parent)
+        assert skipped == 0
+
+    # the worker's fold in the partition's order against a recomputation in seq order
+    arrived = sessions[busy]
+    seen: set[int] = set()
+    late = 0  # first deliveries after a higher seq: the worker used to drop them as duplicates
+    for event in arrived:
+        late += event["seq"] not in seen and bool(seen) and event["seq"] < max(seen)
+        seen.add(event["seq"])
+    unique = sorted({e["seq"]: e for e in arrived}.values(), key=lambda e: e["seq"])
+    assert len(unique) == 200 + 2
+    state, skipped = folded(arrived)
+    truth, _ = folded(unique)
+    assert skipped == 40, f"the 40 re-sent events, and only those ({late} came late)"
+    assert (state.llm_calls, state.events, state.missing_events) == (200, 202, 0)
+    assert (
+        state.cost_micros
+        == truth.cost_micros
+        == sum(round((1_000 + 10 * n) * 0.15 + 50 * 0.6) for n in range(200))
+    )
+    assert (state.input_tokens, state.status) == (truth.input_tokens, "OK")
+
+
+#: the Collector built by ops/otel-collector/build.sh (`make test` builds it once, first)
+COLLECTOR = Path(
+    os.environ.get("GOVERNOR_OTELCOL", REPO / ".governor" / "otelcol" / "otelcol-governor")
+)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def collector_config(listen: int, tmp_path: Path) -> Path:
+    """ops/otel-collector/governor.yaml as shipped, on a private port and with short waits."""
+    config = yaml.safe_load((REPO / "ops" / "otel-collector" / "governor.yaml").read_text())
+    config["receivers"]["otlp"]["protocols"] = {"http": {"endpoint": f"127.0.0.1:{listen}"}}
+    config["processors"]["groupbytrace"]["wait_duration"] = "1s"
+    config["processors"]["batch"]["timeout"] = "200ms"
+    config["service"]["telemetry"] = {"metrics": {"level": "none"}}
+    path = tmp_path / "collector.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.skipif(
+    not COLLECTOR.exists(),
+    reason=f"no Collector at {COLLECTOR}: build it once with ops/otel-collector/build.sh "
+    "(make test tries, and keeps its output in .governor/otelcol-build.log)",
+)
+def test_an_opentelemetry_collector_forwards_to_governor_ingest(
+    signed: tuple[Settings, SigningKey], ingest: str, tmp_path: Path
+) -> None:
+    """A real SDK exports to a real OpenTelemetry Collector running the shipped config
+    (groupbytrace, the tenant set by the resource processor, otlphttp with gzip), which
+    forwards to ``governor ingest``: the same session and cost as a direct export."""
+    listen = free_port()
+    env = {**os.environ, "GOVERNOR_INGEST_URL": ingest}
+    log_file = (tmp_path / "collector.log").open("wb")
+    proc = subprocess.Popen(
+        [str(COLLECTOR), "--config", str(collector_config(listen, tmp_path))],
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            assert proc.poll() is None, (tmp_path / "collector.log").read_text()
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", listen), 1):
+                break
+            assert time.monotonic() < deadline, "the Collector did not listen in 15 s"
+            time.sleep(0.1)
+        collector = f"http://127.0.0.1:{listen}"
+        provider = TracerProvider(resource=Resource.create({"service.name": "ts-support-bot"}))
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(f"{collector}/v1/traces")))
+        trace_id = toy_agent(provider.get_tracer("toy"))
+        assert provider.force_flush(10_000)
+        provider.shutdown()
+        conversation = f"conv-{uuid.uuid4().hex[:8]}"
+        logs = evaluation_logs(conversation, time.time_ns())
+        assert post(f"{collector}/v1/logs", logs, "application/json")[0] == 200
+
+        sessions = by_session(signed[0], 8 + 1)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log_file.close()
+    assert set(sessions) == {trace_id, conversation}
+    state, skipped = folded(sorted(sessions[trace_id], key=lambda e: e["seq"]))
+    assert (skipped, state.status, state.cost_micros) == (0, "OK", 22_800 + 1_000)
+    assert {e["tenant_id"] for e in sessions[trace_id]} == {"acme"}
+    (evaluation,) = sessions[conversation]
+    assert (evaluation["evaluation_name"], evaluation["evaluation_score"]) == ("faithfulness", 0.4)

@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 CONFIG = Path(__file__).resolve().parents[3] / "ops" / "otel-collector" / "governor.yaml"
+BUILDER = CONFIG.with_name("builder.yaml")
 
 
 def test_the_collector_config_exports_traces_and_logs_to_the_receiver() -> None:
@@ -24,3 +25,21 @@ def test_the_collector_config_exports_traces_and_logs_to_the_receiver() -> None:
         assert set(pipeline["receivers"]) <= set(config["receivers"])
     # whole traces in one request: the receiver resolves conversations within a request
     assert pipelines["traces/governor"]["processors"][0] == "groupbytrace"
+
+
+def test_the_built_collector_has_every_component_the_config_names() -> None:
+    config: dict[str, Any] = yaml.safe_load(CONFIG.read_text())
+    manifest: dict[str, Any] = yaml.safe_load(BUILDER.read_text())
+    for section, suffix in (
+        ("receivers", "receiver"),
+        ("processors", "processor"),
+        ("exporters", "exporter"),
+    ):
+        modules = {m["gomod"].split()[0].rsplit("/", 1)[-1] for m in manifest[section]}
+        for component in config[section]:
+            assert f"{component.split('/')[0]}{suffix}" in modules, (section, component)
+    # one release for every collector module (mixed releases do not build)
+    versions = {
+        m["gomod"].split()[1] for s in ("receivers", "processors", "exporters") for m in manifest[s]
+    }
+    assert versions <= {"v0.165.0", "v0.165.1"}

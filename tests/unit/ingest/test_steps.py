@@ -8,7 +8,17 @@ from streams.codec import Codecs
 from streams.ingest.mapping import SpanEvent, SpanFacts, SpanKind
 from streams.ingest.otlp import OtlpLog, OtlpSpan
 from streams.ingest.seq import ordered
-from streams.ingest.steps import Draft, map_logs, map_spans
+from streams.ingest.steps import (
+    Draft,
+    PendingEnd,
+    Turn,
+    apply_turns,
+    ending_turns,
+    map_logs,
+    map_spans,
+    settle_pending,
+    turns_of,
+)
 from streams.settings import Settings
 
 T0 = 1_760_000_000_000_000_000
@@ -49,7 +59,9 @@ CHAT = "b" * 16
 TOOL = "c" * 16
 
 
-def agent_trace(conversation: str | None, *, error: bool = False) -> list[OtlpSpan]:
+def agent_trace(
+    conversation: str | None, *, error: bool = False, trace: str = TRACE
+) -> list[OtlpSpan]:
     agent_attrs: dict[str, Any] = {"gen_ai.operation.name": "invoke_agent"}
     if conversation is not None:
         agent_attrs["gen_ai.conversation.id"] = conversation
@@ -65,14 +77,16 @@ def agent_trace(conversation: str | None, *, error: bool = False) -> list[OtlpSp
             },
             parent=AGENT,
             start_ms=1,
+            trace=trace,
         ),
         span(
             TOOL,
             {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "lookup"},
             parent=AGENT,
             start_ms=20,
+            trace=trace,
         ),
-        span(AGENT, agent_attrs, ms=100, error=error),
+        span(AGENT, agent_attrs, ms=100, error=error, trace=trace),
     ]
 
 
@@ -102,10 +116,11 @@ def test_children_inherit_the_conversation_of_their_ancestor_in_the_request() ->
     mapped = map_spans(agent_trace("conv-9", error=True), default_tenant=None)
     assert {d.session_id for d in mapped.drafts} == {"conv-9"}
     assert mapped.fallbacks == {"parent_span": 2}
-    # a named conversation may have more turns: no SESSION_END; the failure is an ERROR event
-    assert kinds(mapped.drafts) == ["SESSION_START", "LLM_CALL", "TOOL_CALL", "ERROR"]
-    error = next(d.event for d in mapped.drafts if d.event["kind"] == "ERROR")
-    assert (error["status"], error["error_type"]) == ("ERROR", "_OTHER")
+    # the root agent span ends the turn, with its failure
+    assert kinds(mapped.drafts) == ["SESSION_START", "LLM_CALL", "TOOL_CALL", "SESSION_END"]
+    end = next(d.event for d in mapped.drafts if d.event["kind"] == "SESSION_END")
+    assert (end["status"], end["error_type"]) == ("ERROR", "_OTHER")
+    assert {d.turn for d in mapped.drafts} == {Turn("conv-9", TRACE)}
 
 
 def test_session_and_mcp_session_ids_are_fallbacks() -> None:
@@ -274,3 +289,149 @@ def test_a_sub_agent_in_its_own_conversation_records_its_parent_session() -> Non
     starts = {d.session_id: d.event for d in mapped.drafts if d.event["kind"] == "SESSION_START"}
     assert starts["child-conv"]["attributes"] == {"governor.parent_session_id": "parent-conv"}
     assert starts["parent-conv"]["attributes"] == {}
+
+
+TRACE_2 = "6c9f" + "1" * 28
+
+
+def started(drafts: list[Draft]) -> dict[str, dict[str, Any]]:
+    return {d.session_id: d.event for d in drafts if d.event["kind"] == "SESSION_START"}
+
+
+def test_each_trace_of_a_conversation_is_a_turn_a_session_of_its_own() -> None:
+    second = agent_trace("conv-7", trace=TRACE_2)
+    mapped = map_spans([*agent_trace("conv-7"), *second], default_tenant=None)
+    turns = turns_of(mapped.drafts)
+    assert turns == [Turn("conv-7", TRACE), Turn("conv-7", TRACE_2)]
+    drafts = apply_turns(mapped.drafts, {turns[0]: 1, turns[1]: 2})
+    sessions = {d.session_id for d in drafts}
+    assert sessions == {"conv-7", "conv-7#2"}
+    assert all(d.event["session_id"] == d.session_id for d in drafts)
+    # each turn ends at its root agent span; a later turn's parent is the first turn
+    assert [d.session_id for d in drafts if d.event["kind"] == "SESSION_END"] == [
+        "conv-7",
+        "conv-7#2",
+    ]
+    assert started(drafts)["conv-7"]["attributes"] == {}
+    assert started(drafts)["conv-7#2"]["attributes"] == {"governor.parent_session_id": "conv-7"}
+    assert mapped.open_turns == 0
+
+
+def test_a_sub_agent_in_the_same_conversation_does_not_end_the_turn() -> None:
+    sub = span(
+        "e" * 16,
+        {"gen_ai.operation.name": "invoke_agent", "gen_ai.conversation.id": "conv-1"},
+        parent=TOOL,
+        start_ms=21,
+    )
+    mapped = map_spans([*agent_trace("conv-1"), sub], default_tenant=None)
+    assert kinds(mapped.drafts).count("SESSION_END") == 1
+    end = next(d for d in mapped.drafts if d.event["kind"] == "SESSION_END")
+    assert end.event["start_time_us"] == T0 // 1000 + 100_000  # the root's end
+    # the sub-agent alone (its ancestors in a later request): the turn is left open, counted
+    alone = map_spans([sub], default_tenant=None)
+    assert "SESSION_END" not in kinds(alone.drafts)
+    assert alone.open_turns == 1
+    (pending,) = alone.pending
+    assert (pending.awaiting, pending.end.event["kind"]) == (TOOL, "SESSION_END")
+    # its ancestors come: the tool's parent is the turn's root agent, so this end is dropped
+    # (the root ends the turn itself)
+    assert settle_pending(agent_trace("conv-1"), alone.pending) == ([], [])
+
+
+def test_an_end_waits_for_its_missing_ancestor_and_comes_with_it() -> None:
+    http = "f" * 16
+    agent = span(
+        AGENT,
+        {"gen_ai.operation.name": "invoke_agent", "gen_ai.conversation.id": "conv-h"},
+        parent=http,
+        ms=50,
+    )
+    first = map_spans([agent], default_tenant=None)
+    (pending,) = first.pending
+    assert kinds(first.drafts) == ["SESSION_START"]
+    assert PendingEnd.from_json(pending.to_json()) == pending
+    # the HTTP server span above it comes in a later request, its own parent still missing
+    middle = span(http, {}, parent="9" * 16, ms=60)
+    assert settle_pending([middle], [pending]) == ([], [PendingEnd(TRACE, "9" * 16, pending.end)])
+    # then the trace's root: the turn ends, with the end the agent span gave
+    ended, again = settle_pending(
+        [span("9" * 16, {}, ms=70)], [PendingEnd(TRACE, "9" * 16, pending.end)]
+    )
+    assert (ended, again) == ([pending.end], [])
+    assert ended[0].turn == Turn("conv-h", TRACE)
+
+
+def test_an_agent_span_with_a_remote_parent_ends_its_turn() -> None:
+    remote = SpanFacts(
+        {"gen_ai.operation.name": "invoke_agent", "gen_ai.conversation.id": "conv-r"},
+        T0,
+        T0 + 5_000_000,
+        trace_id=TRACE,
+        span_id=AGENT,
+        parent_span_id="9" * 16,
+        parent_remote=True,
+    )
+    mapped = map_spans([OtlpSpan(remote, RESOURCE)], default_tenant=None)
+    assert kinds(mapped.drafts) == ["SESSION_START", "SESSION_END"]
+    assert mapped.open_turns == 0
+
+
+def test_a_sub_agent_of_another_conversation_names_its_callers_turn() -> None:
+    child_agent = span(
+        "e" * 16,
+        {"gen_ai.operation.name": "invoke_agent", "gen_ai.conversation.id": "child-conv"},
+        parent=TOOL,
+        start_ms=21,
+    )
+    mapped = map_spans([*agent_trace("parent-conv"), child_agent], default_tenant=None)
+    numbers = {Turn("parent-conv", TRACE): 3, Turn("child-conv", TRACE): 1}
+    assert set(turns_of(mapped.drafts)) == set(numbers)
+    drafts = apply_turns(mapped.drafts, numbers)
+    # the child's parent is the turn of the caller, not the caller's first turn
+    assert started(drafts)["child-conv"]["attributes"] == {
+        "governor.parent_session_id": "parent-conv#3"
+    }
+    assert started(drafts)["parent-conv#3"]["attributes"] == {
+        "governor.parent_session_id": "parent-conv"
+    }
+    # both turns end: the child at its own root agent span (its caller is another session)
+    ends = sorted(d.session_id for d in drafts if d.event["kind"] == "SESSION_END")
+    assert ends == ["child-conv", "parent-conv#3"]
+
+
+def test_a_trace_session_has_no_turn_and_is_left_as_it_is() -> None:
+    mapped = map_spans(agent_trace(None), default_tenant=None)
+    assert turns_of(mapped.drafts) == []
+    assert apply_turns(mapped.drafts, {}) == mapped.drafts
+
+
+def test_a_log_record_without_a_trace_goes_to_the_latest_turn() -> None:
+    record = OtlpLog(
+        time_ns=T0,
+        trace_id="",
+        span_id="",
+        event_name="gen_ai.evaluation.result",
+        attributes={
+            "gen_ai.conversation.id": "conv-l",
+            "gen_ai.evaluation.name": "helpfulness",
+            "gen_ai.evaluation.score.value": 0.5,
+        },
+        body=None,
+        resource=RESOURCE,
+        index=0,
+    )
+    mapped = map_logs([record], default_tenant=None)
+    (turn,) = turns_of(mapped.drafts)
+    assert (turn.conversation, turn.trace_id, turn.record) == (
+        "conv-l",
+        "",
+        mapped.drafts[0].event_id,
+    )
+    (draft,) = apply_turns(mapped.drafts, {turn: 4})
+    assert draft.session_id == "conv-l#4"
+
+
+def test_the_turns_a_request_ends() -> None:
+    mapped = map_spans([*agent_trace("conv-e"), *agent_trace(None, trace=TRACE_2)], None)
+    assert ending_turns(mapped.drafts) == {Turn("conv-e", TRACE)}
