@@ -1,26 +1,31 @@
 """Kill latency: from a budget-breaking event to the client holding the KILL, under load.
 
-    python -m bench.kill_latency [--kills 200] [--load 2000]
+    python -m bench.kill_latency [--kills 200] [--load 5000] [--loaders 2]
 
 Uses the stack of GOVERNOR_BOOTSTRAP (starting the local one if needed) and a worker of its own.
 While a background fleet sends ``--load`` events/s, one agent breaks its session budget
 ``--kills`` times; each time the clock runs from emitting the breaking LLM call to the client's
 control subscriber accepting the signed KILL. The raw Kafka produce-to-consume round trip is
-measured in the same run, under the same load, for comparison.
+measured in the same run, under the same load, for comparison. The background fleet runs in
+``--loaders`` processes of its own (as other agents would): a load thread in this process
+would make the measuring client wait for the GIL, which no real agent does.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import shutil
-import threading
 import time
 import uuid
+from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from bench.common import bench_stack, percentile
 from streams.client import Governor
+from streams.codec import Codecs
 from streams.control import session_target
 from streams.kafka_config import client_config
 from streams.settings import Settings
@@ -39,7 +44,11 @@ policies:
 """
 
 
-def background_load(settings: Settings, rate: float, stop: threading.Event) -> int:
+def _load_process(settings: Settings, rate: float, stop: Any, sent: Any) -> None:
+    sent.value = background_load(settings, rate, stop)
+
+
+def background_load(settings: Settings, rate: float, stop: Any) -> int:
     """Sessions of cheap steps from another agent at ``rate`` events/s; returns events sent."""
     gov = Governor("load", "load-bot", settings=settings, obey=False)
     sent = 0
@@ -60,8 +69,42 @@ def background_load(settings: Settings, rate: float, stop: threading.Event) -> i
     return sent
 
 
-def kill_latencies(settings: Settings, kills: int) -> list[float]:
-    gov = Governor("acme", "kill-bench", settings=settings)
+def kill_latencies(settings: Settings, kills: int) -> tuple[list[float], list[float]]:
+    """Seconds from emitting each breaking call to the client holding its KILL, and from
+    emitting it to the worker producing the KILL (the decision record's timestamp)."""
+    control = Consumer(
+        {**client_config(settings), "group.id": uuid.uuid4().hex, "enable.auto.commit": False}
+    )
+    partitions = admin_client(settings).list_topics(timeout=10).topics[settings.topic("control")]
+    ends = [
+        TopicPartition(settings.topic("control"), p, control.get_watermark_offsets(
+            TopicPartition(settings.topic("control"), p), timeout=10)[1])
+        for p in partitions.partitions
+    ]  # fmt: skip
+    control.assign(ends)
+    emitted: dict[str, float] = {}
+    held = _kills(settings, kills, emitted)
+    codec = Codecs.load(settings.schemas_dir).decision
+    produced: list[float] = []
+    deadline = time.monotonic() + 30
+    while emitted and time.monotonic() < deadline:
+        msg = control.poll(1)
+        value = None if msg is None or msg.error() is not None else msg.value()
+        if msg is None or value is None:
+            continue
+        decision = codec.decode(value)
+        sent = emitted.get(decision["target"])
+        if sent is not None and decision["action"] == "KILL":
+            del emitted[decision["target"]]
+            produced.append(msg.timestamp()[1] / 1000 - sent)
+    control.close()
+    return held, produced
+
+
+def _kills(settings: Settings, kills: int, emitted: dict[str, float]) -> list[float]:
+    # the client's own checks would refuse the breaking call before it is sent (issue 13):
+    # off, so the clock measures the worker's path (event -> worker -> KILL -> client)
+    gov = Governor("acme", "kill-bench", settings=settings, checks=False)
     latencies = []
     try:
         for _ in range(kills):
@@ -69,6 +112,7 @@ def kill_latencies(settings: Settings, kills: int) -> list[float]:
             s.start()
             target = session_target(s.session_id)
             with gov.changed:
+                emitted[target] = time.time()
                 t0 = time.perf_counter()
                 s.llm_call(model="gpt-4o", input_tokens=1, output_tokens=1, cost_usd=0.02)
                 while gov.book.latest(target) is None:
@@ -125,7 +169,10 @@ def report(name: str, seconds: list[float]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kills", type=int, default=200)
-    parser.add_argument("--load", type=float, default=2000.0, help="background events/s")
+    parser.add_argument("--load", type=float, default=5000.0, help="background events/s")
+    parser.add_argument(
+        "--loaders", type=int, default=2, help="processes sending the background load"
+    )
     args = parser.parse_args()
     with bench_stack() as base:
         policies = base.state_dir / f"bench-policies-{base.app_id}"
@@ -136,28 +183,38 @@ def main() -> None:
         with WorkerProcess(settings, settings.state_dir / "logs" / "bench-kill-worker.log") as w:
             while not (w.get_json("/ingest") or {}).get("ready"):
                 time.sleep(0.2)
-            stop = threading.Event()
-            sent: list[int] = []
-            loader = threading.Thread(
-                target=lambda: sent.append(background_load(settings, args.load, stop))
-            )
-            loader.start()
-            time.sleep(2)  # let the load settle
+            context = multiprocessing.get_context("spawn")
+            stop = context.Event()
+            counts = [context.Value("q", 0) for _ in range(args.loaders)]
+            loaders = [
+                context.Process(
+                    target=_load_process,
+                    args=(settings, args.load / args.loaders, stop, count),
+                    daemon=True,
+                )
+                for count in counts
+            ]
+            for loader in loaders:
+                loader.start()
+            time.sleep(4)  # let the load settle (the loaders import and connect first)
+            loaded_at = time.perf_counter()
             try:
                 rtts = kafka_round_trips(settings, 200)
-                started = time.perf_counter()
-                kills = kill_latencies(settings, args.kills)
-                elapsed = time.perf_counter() - started
+                kills, produced = kill_latencies(settings, args.kills)
             finally:
                 stop.set()
-                loader.join()
-        load_rate = sent[0] / (elapsed + 2 + sum(rtts) + 2.0) if sent else 0.0
+                for loader in loaders:
+                    loader.join(30)
+                elapsed = time.perf_counter() - loaded_at + 4
+        sent = sum(count.value for count in counts)
         print(
-            f"background load: {sent[0] if sent else 0:,} events (~{load_rate:,.0f}/s target "
-            f"{args.load:,.0f}/s)"
+            f"background load: {sent:,} events in {args.loaders} processes (~{sent / elapsed:,.0f}"
+            f"/s, target {args.load:,.0f}/s); load average {os.getloadavg()[0]:.1f}"
         )
         report("raw Kafka produce->consume", rtts)
         report("KILL: breaking event -> client", kills)
+        # where the time goes: to the worker's KILL record, then on to the client
+        report("  of which event -> worker's KILL", produced)
 
 
 if __name__ == "__main__":

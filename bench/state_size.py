@@ -1,6 +1,7 @@
 """Bounded state: the engine's memory and restore time after 100 k and 1 M finished sessions.
 
     python bench/state_size.py [--sessions 1000000] [--partitions 6] [--json]
+    python bench/state_size.py --open 100000     # RSS per 100 k OPEN sessions (no broker)
 
 A generated fleet (four tenants, twelve agents, realistic sessions on a diurnal day, the repo's
 policies producing kills, warnings, throttles and pauses) runs through the real Engine, which
@@ -785,6 +786,71 @@ def _verdict(met: bool) -> str:
     return "met" if met else "MISSED"
 
 
+def open_sessions(count: int, partitions: int, per_day: float, seed: int) -> dict[str, Any]:
+    """RSS and deep size of ``count`` OPEN sessions in the worker's engine (scope left to the
+    scope stage, as in the worker): the fleet's sessions without their SESSION_END, fed until
+    ``count`` have started; measured in a forked process, from an engine holding nothing."""
+    settings = Settings.from_env()
+
+    def compute() -> dict[str, Any]:
+        folder = settings.policies_dir
+        engine = Engine(
+            load_prices(folder / "prices.yaml"),
+            load_policy_set(folder),
+            idle_timeout_s=settings.session_idle_timeout_s,
+            local_scope=False,
+        )
+        for partition in range(partitions):
+            engine.assign(PartitionState(partition))
+        fleet = Fleet(per_day, seed=seed)
+        pending: dict[int, list[dict[str, Any]]] = collections.defaultdict(list)
+        crc32 = zlib.crc32
+        gc.collect()
+        before = rss_kb()
+        events = 0
+        for event in fleet.events():
+            if fleet.sessions > count:
+                break
+            if event["kind"] == "SESSION_END":
+                continue
+            pending[crc32(event["session_id"].encode()) % partitions].append(event)
+            events += 1
+            if events % 500 == 0:
+                for partition, batch in pending.items():
+                    engine.process(partition, batch)
+                pending.clear()
+        for partition, batch in pending.items():
+            engine.process(partition, batch)
+        pending.clear()
+        gc.collect()
+        grown = (rss_kb() - before) * 1024
+        parts = list(engine.partitions.values())
+        held = entries(parts)
+        sizes = state_bytes(engine, parts)
+        return {
+            "open": held["open"],
+            "events": events,
+            "rss_bytes": grown,
+            "rss_per_open": grown / max(1, held["open"]),
+            "deep_per_open": sizes["sessions"] / max(1, held["open"]),
+            "other_bytes": sizes["total"] - sizes["sessions"],
+        }
+
+    return dict(forked(compute))
+
+
+def print_open(point: dict[str, Any]) -> None:
+    per_100k = point["rss_per_open"] * 100_000 / 2**20
+    print(
+        f"{point['open']:,} open sessions ({point['events']:,} events, none ended): RSS grew "
+        f"{point['rss_bytes'] / 2**20:,.1f} MB = {per_100k:,.1f} MB per 100 k open sessions, "
+        f"{point['rss_per_open']:,.0f} B per open session (deep size of the sessions "
+        f"{point['deep_per_open']:,.0f} B each; everything else {point['other_bytes'] / 2**20:.1f}"
+        f" MB) — goal <= {GOAL_BYTES_PER_OPEN} B: "
+        + _verdict(point["rss_per_open"] <= GOAL_BYTES_PER_OPEN)
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sessions", type=int, default=1_000_000, help="finished sessions")
@@ -809,11 +875,23 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--keep-topic", action="store_true", help="leave the changelog topic")
+    parser.add_argument(
+        "--open",
+        type=int,
+        metavar="N",
+        help="only measure N open sessions (none ended; no broker): RSS per 100 k open sessions",
+    )
     parser.add_argument("--child", choices=("read", "restore"), help=argparse.SUPPRESS)
     parser.add_argument("--topic", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(restore_child(args.bootstrap, args.topic, args.partitions, args.child)))
+        return
+    if args.open:
+        point = open_sessions(args.open, args.partitions, args.per_day, args.seed)
+        print(json.dumps(point) if args.json else "", end="\n" if args.json else "")
+        if not args.json:
+            print_open(point)
         return
     if args.tick_events % args.batch:
         parser.error("--tick-events must be a multiple of --batch")

@@ -43,6 +43,7 @@ from streams.pipeline.aggregates import (
     tenant_scope,
 )
 from streams.pipeline.bypass import client_bypass
+from streams.pipeline.causes import killed_by
 from streams.pipeline.policy import (
     MAX_RATE_WINDOW_S,
     Facts,
@@ -359,6 +360,9 @@ class Engine:
                 return Rejection(
                     "event_id_reused", f"event id {event['event_id'][:64]!r} again with seq {seq}"
                 )
+        elif reuses_event_id(state, digest):  # a late seq (pipeline.seqs) already applied
+            result.duplicates += 1
+            return None
         delta = fold(state, event, self.prices, self.policies.version)
         if delta is None:
             result.duplicates += 1
@@ -391,6 +395,9 @@ class Engine:
                 if decided is not None:
                     decided_here.append(decided)
                     state.violations += outcome.level >= 2
+                    if outcome.action == "KILL" and outcome.target == f"session:{session_id}":
+                        # the killed session's failure mode names its cause (issue 19)
+                        state.error_type = killed_by(outcome.policy_id)
             result.decisions.extend(decided_here)
         opened_and_closed = self._finish(part, state, result) if delta.ended else False
         if not self.local_scope:
@@ -420,21 +427,23 @@ class Engine:
                 parent_session_id=state.parent_session_id if delta.started else None,
             )
         )  # fmt: skip
-        audits = [decision_audit(d) for d in decided]
-        audits += [bypass_audit(d, d.bypass) for d in decided if d.bypass is not None]
-        for index, audit in enumerate(audits, start=1):
-            items.append(
-                ScopeItem(
-                    *common, index, delta.event_time_us, state.tenant_id, state.agent_id,
-                    state.session_id, audit=audit,
-                )
-            )  # fmt: skip
+        if decided:  # most events decide nothing
+            audits = [decision_audit(d) for d in decided]
+            audits += [bypass_audit(d, d.bypass) for d in decided if d.bypass is not None]
+            for index, audit in enumerate(audits, start=1):
+                items.append(
+                    ScopeItem(
+                        *common, index, delta.event_time_us, state.tenant_id, state.agent_id,
+                        state.session_id, audit=audit,
+                    )
+                )  # fmt: skip
         if self.fallbacks is not None and delta.kind == "TOOL_CALL":
             failed = delta.status not in ("OK", "UNKNOWN")
             verdict = self.fallbacks.tool_call(state, delta.name or "", failed)
             if verdict is not None:
                 self._verdicts.insert(0, ("degradation", delta.event_time_us, verdict))
-        self._slo_items(common, len(items), state.session_id, items)
+        if self._verdicts:
+            self._slo_items(common, len(items), state.session_id, items)
 
     def _slo_items(
         self, common: tuple[int, int, int], index: int, session_id: str, items: list[ScopeItem]

@@ -33,6 +33,8 @@ class WorkerMetrics:
     active_sessions: Gauge
     pii_findings: Counter
     pii_skip_rate: Gauge
+    pii_lag: Gauge
+    pii_delay: Gauge
     session_quality: Counter
     session_compliance: Counter
     tool_calls: Counter
@@ -212,7 +214,20 @@ def worker_metrics() -> WorkerMetrics:
         ),
         pii_skip_rate=Gauge(
             "governor_pii_prefilter_skip_ratio",
-            "Share of texts the PII prefilter skipped",
+            "Share of texts the PII prefilter kept from Presidio (no trigger, or no window "
+            "past the phone gate)",
+            registry=r,
+        ),
+        pii_lag=Gauge(
+            "governor_pii_lag",
+            "Events the PII stage has yet to scan, by partition of the events topic",
+            ["partition"],
+            registry=r,
+        ),
+        pii_delay=Gauge(
+            "governor_pii_delay_seconds",
+            "How far the PII stage is behind: while events wait, the age of the newest event "
+            "it scanned; 0 when it is caught up",
             registry=r,
         ),
     )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -51,6 +51,8 @@ LEDGER_CHECK_S = 5.0
 #: findings held for the ledger while Redis is away; past this the oldest are let go and the
 #: ledger is rebuilt from gov.pii (where every one of them is) once Redis is back
 MAX_PENDING = 100_000
+#: how often the PII stage's lag (governor_pii_lag, governor_pii_delay_seconds) is measured
+LAG_INTERVAL_S = 5.0
 
 
 def raw_topic(app: faust.App, name: str) -> faust.TopicT:
@@ -68,14 +70,87 @@ def record_time_us(message: Any) -> int | None:
 
 def scan_event(event: dict[str, Any], scanner: PiiScanner) -> list[tuple[int, list[Match]]]:
     """Matches per content segment of one event (segments without a hop are not scanned)."""
-    found = []
-    for index, segment in enumerate(event.get("content") or ()):
-        if HOP_OF_ROLE.get(segment["role"]) is None:
-            continue
-        matches = scanner.scan(segment["text"])
+    return scan_events([event], scanner)[0]
+
+
+def scan_events(
+    events: Sequence[dict[str, Any]], scanner: PiiScanner
+) -> list[list[tuple[int, list[Match]]]]:
+    """Matches per content segment of each event, in one scanner pass over every segment of the
+    batch (the prefilter's engine scans them all at once)."""
+    where: list[tuple[int, int]] = []
+    texts: list[str] = []
+    for number, event in enumerate(events):
+        for index, segment in enumerate(event.get("content") or ()):
+            if HOP_OF_ROLE.get(segment["role"]) is not None:
+                where.append((number, index))
+                texts.append(segment["text"])
+    found: list[list[tuple[int, list[Match]]]] = [[] for _ in events]
+    for (number, index), matches in zip(where, scanner.scan_many(texts), strict=True):
         if matches:
-            found.append((index, matches))
+            found[number].append((index, matches))
     return found
+
+
+@dataclass(frozen=True)
+class PiiLag:
+    """How far the PII stage is behind: events not yet scanned per partition, and the delay."""
+
+    behind: dict[int, int]
+    #: while events wait, the age (s) of the newest event scanned; 0 when caught up
+    delay_s: float
+
+
+def pii_lag(
+    next_offsets: Mapping[int, int],
+    highwaters: Mapping[int, int],
+    newest_scanned_us: int | None,
+    now_us: int,
+) -> PiiLag:
+    """The lag of the partitions in ``highwaters`` (the end offsets the consumer knows) against
+    the next offset the stage will scan on each; a partition not scanned yet since it was
+    assigned is left out (its position is not known here)."""
+    behind = {
+        partition: max(0, end - next_offsets[partition])
+        for partition, end in highwaters.items()
+        if partition in next_offsets
+    }
+    waiting = any(behind.values())
+    delay_s = (
+        max(0.0, (now_us - newest_scanned_us) / 1e6)
+        if waiting and newest_scanned_us is not None
+        else 0.0
+    )
+    return PiiLag(behind, delay_s)
+
+
+@dataclass
+class LagTracker:
+    """Where the PII stage is, per partition, as its batches are scanned (on the event loop)."""
+
+    next_offsets: dict[int, int] = field(default_factory=dict)
+    newest_scanned_us: int | None = None
+
+    def scanned(self, positions: Iterable[tuple[int, int, int | None]]) -> None:
+        """``positions``: (partition, offset, record time µs) of each event of a batch."""
+        for partition, offset, time_us in positions:
+            if offset + 1 > self.next_offsets.get(partition, -1):
+                self.next_offsets[partition] = offset + 1
+            if time_us is not None and (
+                self.newest_scanned_us is None or time_us > self.newest_scanned_us
+            ):
+                self.newest_scanned_us = time_us
+
+    def publish(self, lag: PiiLag, metrics: WorkerMetrics, shown: set[int]) -> None:
+        """Set the gauges; partitions no longer measured (revoked) lose their series."""
+        for partition in shown - set(lag.behind):
+            metrics.pii_lag.remove(str(partition))
+            self.next_offsets.pop(partition, None)
+        shown.clear()
+        for partition, events in lag.behind.items():
+            metrics.pii_lag.labels(str(partition)).set(events)
+            shown.add(partition)
+        metrics.pii_delay.set(lag.delay_s)
 
 
 def kill_epoch(time_us: int) -> int:
@@ -144,6 +219,7 @@ class PiiHandler:
         policy = policy or self.policy
         records: list[dict[str, Any]] = []
         bypasses: list[tuple[str, int, ClientBypass]] = []
+        events: list[dict[str, Any]] = []
         for index, payload in enumerate(payloads):
             try:
                 event = self.codecs.step_event.decode(payload)
@@ -156,7 +232,8 @@ class PiiHandler:
                 if validate_event(event, key, record_us, self.bounds) is not None:
                     self.health.count_dropped("invalid_event", 1)
                     continue
-            matches = scan_event(event, scanner)
+            events.append(event)
+        for event, matches in zip(events, scan_events(events, scanner), strict=True):
             if matches:
                 found = findings(event, matches, policy, self.key, self.settings.pii_key_id)
                 records.extend(found)
@@ -369,12 +446,19 @@ def attach_pii(
             batch.sent += 1
         handler.account(batch)
 
+    lag = LagTracker()
+    shown: set[int] = set()
+
     @app.agent(events, name=AGENT_NAME)
     async def scan(stream: Any) -> None:
         async def body() -> None:
             async for events in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):
                 health.busy = True
                 health.progress()
+                positions = [
+                    (e.message.partition, e.message.offset, record_time_us(e.message))
+                    for e in events
+                ]
                 kept = [e for e in events if e.value]
                 payloads = [e.value for e in kept]
                 sources = [(e.key, record_time_us(e.message)) for e in kept]
@@ -384,6 +468,7 @@ def attach_pii(
                 if batch.records:
                     await retrier.run(partial(step, batch))
                     writer.add(batch.records)
+                lag.scanned(positions)
                 health.batches += 1
                 health.busy = False
                 health.progress()
@@ -394,6 +479,29 @@ def attach_pii(
     async def write_ledger() -> None:
         if writer.due(time.monotonic()):
             await guarded(health, partial(writer.flush, writer_retrier))
+
+    @app.timer(interval=LAG_INTERVAL_S)  # type: ignore[untyped-decorator]
+    async def measure_lag() -> None:
+        consumer = getattr(app, "consumer", None)
+        if consumer is None:
+            return
+        try:
+            highwaters = {
+                tp.partition: end
+                for tp in consumer.assignment()
+                if tp.topic == settings.events_source_topic
+                and isinstance(end := consumer.highwater(tp), int)
+                and end >= 0
+            }
+        except Exception as exc:  # the consumer is (re)starting: measured next time
+            log.debug("PII lag not measured: %s", exc)
+            return
+        now_us = int(time.time() * 1_000_000)
+        lag.publish(
+            pii_lag(lag.next_offsets, highwaters, lag.newest_scanned_us, now_us),
+            handler.metrics,
+            shown,
+        )
 
     handler.writer = writer
     return health

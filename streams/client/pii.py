@@ -9,9 +9,10 @@ Presidio is the ``[pii]`` extra (``pip install 'fleet-governor[pii]'``) and take
 (and ~100 MB) to load, so a new client never waits for it on a step that cannot need it: the
 detector loads in a background thread when the Governor starts (:meth:`PiiGuard.warm`, once
 per process and entity set), and a text the cheap prefilter rules out
-(:func:`streams.pii.scanner.may_hold_structured`: no '@', no run of digits, no token prefix)
-is not scanned at all. A text that could hold an entity waits for the detector: enforcement
-is never skipped while it loads.
+(:func:`streams.pii.scanner.may_hold_structured`: no trigger of any entity type, see
+:mod:`streams.pii.prefilter`; plain :mod:`re`, no import of presidio or hyperscan) is not
+scanned at all; the detector itself hands Presidio only the windows around triggers. A text
+that could hold an entity waits for the detector: enforcement is never skipped while it loads.
 
 Without presidio installed, ``pii_guard=True`` and ``redact=True`` refuse to start
 (:class:`PiiUnavailable`, naming the extra); by default the client runs without its PII guard,

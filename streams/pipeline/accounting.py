@@ -11,9 +11,11 @@ import base64
 import dataclasses
 import hashlib
 from dataclasses import dataclass, field
+from sys import intern
 from typing import Any
 
 from streams.pipeline.pricing import PriceTable
+from streams.pipeline.seqs import admit
 
 ACTIVE = "ACTIVE"
 FINAL_STATUSES = ("OK", "ERROR", "TIMEOUT", "KILLED")
@@ -49,6 +51,10 @@ class SessionState:
     last_event_us: int = 0
     last_seq: int = 0
     missing_events: int = 0
+    #: seqs below last_seq not applied yet, applied once if they come late (pipeline.seqs)
+    seq_open_below: int = 0
+    #: the lowest seq applied (0: restored from a checkpoint older than the window)
+    first_seq: int = 0
     events: int = 0
     cost_micros: int = 0
     input_tokens: int = 0
@@ -118,6 +124,10 @@ class SessionState:
         event_ids = raw.pop("event_ids", "")
         step_minutes = raw.pop("step_minutes", None) or {}
         state = cls(**raw)
+        for name in _SHARED_NAMES:  # as new_state does: one copy of what sessions share
+            value = getattr(state, name)
+            if value is not None:
+                setattr(state, name, intern(value))
         state.event_ids = base64.b64decode(event_ids)
         state.step_minutes = {int(m): n for m, n in step_minutes.items()}
         state.slowest = SlowestStep(**slowest) if slowest else None
@@ -126,6 +136,20 @@ class SessionState:
 
 
 _STATE_FIELDS = tuple(f.name for f in dataclasses.fields(SessionState))
+#: fields whose values many sessions share (interned)
+_SHARED_NAMES = (
+    "tenant_id",
+    "agent_id",
+    "agent_version",
+    "category",
+    "prompt_version",
+    "model_version",
+    "tool_schema_version",
+    "status",
+    "error_type",
+    "failure_step_kind",
+    "failure_tool",
+)
 
 MAX_TRACKED_EVENT_IDS = 256
 #: a SESSION_START attribute naming the session that started this one (client, OTel, ingest)
@@ -171,8 +195,12 @@ def steps_in_window(state: SessionState, now_us: int, window_s: float) -> int:
     """Steps of the session in the minutes of the window ending with ``now_us``'s minute."""
     now_min = now_us - now_us % MINUTE_US
     minutes = max(1, int(window_s // 60))
+    counted = state.step_minutes
+    if minutes < len(counted):
+        # a short window: look its minutes up (keys are minute starts) rather than scan all
+        return sum(counted.get(now_min - i * MINUTE_US, 0) for i in range(minutes))
     first = now_min - (minutes - 1) * MINUTE_US
-    return sum(n for m, n in state.step_minutes.items() if first <= m <= now_min)
+    return sum(n for m, n in counted.items() if first <= m <= now_min)
 
 
 @dataclass(slots=True)
@@ -197,10 +225,12 @@ class StepDelta:
 
 
 def new_state(event: dict[str, Any]) -> SessionState:
+    # names shared by many sessions are interned: each decoded event brings its own copies,
+    # and a session keeping them would hold ~60 bytes each of what every session holds
     return SessionState(
         session_id=event["session_id"],
-        tenant_id=event["tenant_id"],
-        agent_id=event["agent_id"],
+        tenant_id=intern(event["tenant_id"]),
+        agent_id=intern(event["agent_id"]),
         first_event_us=event["start_time_us"],
     )
 
@@ -214,11 +244,17 @@ def fold(
 ) -> StepDelta | None:
     """Apply ``event`` to ``state``; None if it was already applied (duplicate or older seq)."""
     seq = event["seq"]
-    if seq <= state.last_seq:
+    order = admit(
+        state.last_seq,
+        state.seq_open_below,
+        state.first_seq,
+        state.missing_events,
+        seq,
+        not state.events,
+    )
+    if order is None:
         return None
-    if seq > state.last_seq + 1 and state.events:
-        state.missing_events += seq - state.last_seq - 1
-    state.last_seq = seq
+    state.last_seq, state.seq_open_below, state.first_seq, state.missing_events = order
     state.events += 1
     kind = event["kind"]
     start = event["start_time_us"]
@@ -276,7 +312,7 @@ def _versions(state: SessionState, event: dict[str, Any]) -> None:
     ):
         value = event.get(name)
         if value is not None:
-            setattr(state, name, value)
+            setattr(state, name, intern(value))
 
 
 def _count(counter: dict[str, int], key: str, n: int = 1) -> None:
@@ -286,6 +322,8 @@ def _count(counter: dict[str, int], key: str, n: int = 1) -> None:
 def _step(state: SessionState, event: dict[str, Any], delta: StepDelta, prices: PriceTable) -> None:
     kind = event["kind"]
     name = step_name(event)
+    if name is not None:
+        name = intern(name)  # a key of the session's per-model and per-tool counts
     delta.name = name
     duration = delta.duration_us
     state.step_time_us += duration

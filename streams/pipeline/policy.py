@@ -181,6 +181,13 @@ def _regex(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern)
 
 
+@functools.lru_cache(maxsize=8192)
+def _matches_any(globs: tuple[str, ...], name: str) -> bool:
+    """Whether ``name`` matches any of the globs (``fnmatchcase``), remembered: tool names
+    and policy globs are few, and the hot path asks on every tool call."""
+    return any(fnmatch.fnmatchcase(name, g) for g in globs)
+
+
 class ToolPolicy(PolicyBase):
     """Tools allowed and denied by glob, and calls denied by their arguments; deny wins."""
 
@@ -192,9 +199,10 @@ class ToolPolicy(PolicyBase):
     action: Action = "kill"
 
     def permits(self, tool: str) -> bool:
-        if any(fnmatch.fnmatchcase(tool, g) for g in self.deny):
+        # asked on every tool call: the globs' answer for a tool name is remembered
+        if _matches_any(tuple(self.deny), tool):
             return False
-        return any(fnmatch.fnmatchcase(tool, g) for g in self.allow)
+        return _matches_any(tuple(self.allow), tool)
 
     def denied_arguments(self, tool: str, arguments: str | None) -> ArgumentPattern | None:
         """The first pattern the call's ``arguments`` match, if any."""

@@ -91,9 +91,12 @@ class AuditRequest:
     actor: str = "governor-worker"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ScopeItem:
-    """One applied event as the scope stage needs it, or an audit record to chain."""
+    """One applied event as the scope stage needs it, or an audit record to chain.
+
+    Read-only by convention, not frozen: one is built per event on both stages, and a frozen
+    dataclass's ``__init__`` (``object.__setattr__`` per field) costs five times as much."""
 
     order_us: int  #: merge key: the source partition's watermark after the event
     source: int  #: source (events) partition

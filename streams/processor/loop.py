@@ -47,7 +47,10 @@ from streams.workers import INSTANCE_ID, worker_client_id
 log = logging.getLogger("governor.loop")
 
 BATCH_MAX = 5000
-POLL_TIMEOUT_S = 0.02
+#: how long ``consume`` waits for a batch of BATCH_MAX: it returns only when the batch is full
+#: or this is up, so it is a floor on how soon an event reaches the engine (issue 18: the
+#: KILL path); at 5 ms an idle loop comes round 200 times a second, which costs ~nothing
+POLL_TIMEOUT_S = 0.005
 TICK_INTERVAL_S = 1.0
 PRODUCE_STALL_S = 30.0
 #: a crashed worker's open transaction holds back read_committed readers of its outputs (the

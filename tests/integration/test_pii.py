@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -130,6 +131,10 @@ def test_canaries_are_found_handled_followed_and_never_stored(
         summary = worker.get_json("/ask/pii?since=30d")
         assert summary["total"] >= len(planted)
         assert set(summary["by_hop"]) <= {"CONTEXT", "TOOL_ARGUMENTS", "TOOL_RESULT", "OUTPUT"}
+        # the PII stage's lag, measured every 5 s against the consumer's end offsets: caught up
+        lag = _pii_lag(worker.url, deadline=time.monotonic() + 15)
+        assert lag, "no governor_pii_lag series on /metrics"
+        assert sum(lag.values()) == 0, lag
         time.sleep(1.5)  # the last checkpoint
     in_events = b"\n".join(_topic_bytes(settings, events=True))
     outside = b"\n".join(
@@ -139,6 +144,22 @@ def test_canaries_are_found_handled_followed_and_never_stored(
     assert all(p["value"].encode() in in_events for _s, p in planted)
     leaked = [p["value"] for _s, p in planted if p["value"].encode() in outside]
     assert not leaked, f"clear-text PII outside gov.events: {leaked[:3]}"
+
+
+def _pii_lag(url: str, deadline: float) -> dict[str, float]:
+    """``governor_pii_lag`` by partition from /metrics, once the PII stage has caught up (or
+    as it is at ``deadline``)."""
+    while True:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        lag = {
+            line.split(" ")[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("governor_pii_lag{")
+        }
+        if (lag and not any(lag.values())) or time.monotonic() > deadline:
+            return lag
+        time.sleep(0.5)
 
 
 CARD_TEST = "test_a_card_in_a_tools_arguments_is_blocked_before_the_call_and_audited"

@@ -1,6 +1,6 @@
 """The broker goes away for 30 s: the agent keeps running and every event is accounted for.
 
-This test runs its own single-node stack (ports 33092/33379) because it stops the broker.
+This test runs its own single-node stack (ports 30092/30379) because it stops the broker.
 """
 
 from __future__ import annotations

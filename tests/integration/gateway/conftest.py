@@ -34,12 +34,9 @@ from streams.settings import Settings
 from streams.topics import ensure_topics
 from tests.conftest import isolated_settings
 from tests.integration.gateway.fake_upstream import ANTHROPIC_KEY, OPENAI_KEY, FakeProvider
+from tests.private_redis import free_low_port
 
 REPO = Path(__file__).resolve().parents[3]
-#: this helper's ports (35400-35499): the gateway, its fake provider, a port nothing listens on
-GATEWAY_PORT = 35410
-PROVIDER_PORT = 35411
-DEAD_PORT = 35412
 GATEWAY_KEY = "gw-test-acme-support"
 TENANT, AGENT = "acme", "support-bot"
 #: a second tenant (the fleet of the answers test)
@@ -246,7 +243,13 @@ def harness(
     monkeypatch_session: pytest.MonkeyPatch,
 ) -> Iterator[Harness]:
     root = tmp_path_factory.mktemp("gateway")
-    folder = policies_folder(root / "policies", PROVIDER_PORT, DEAD_PORT)
+    # the gateway, its fake provider and a port nothing listens on: free ones, as each test
+    # process (pytest-xdist) builds this harness of its own
+    ports: set[int] = set()
+    while len(ports) < 3:
+        ports.add(free_low_port())
+    gateway_port, provider_port, dead_port = sorted(ports)
+    folder = policies_folder(root / "policies", provider_port, dead_port)
     settings = isolated_settings(stack_settings, root).replace(policies_dir=folder)
     ensure_topics(settings)
     key = generate_signing_key(root / "keys", "k1")
@@ -257,9 +260,9 @@ def harness(
     config = load_gateway(folder / "gateway.yaml")
     loop = Loop()
     provider = FakeProvider()
-    provider_runner = loop.run(serve_provider(provider, PROVIDER_PORT))
+    provider_runner = loop.run(serve_provider(provider, provider_port))
     running = loop.run(
-        start(settings, config, "127.0.0.1", GATEWAY_PORT, public_keys=keyring, policy_wait_s=10)
+        start(settings, config, "127.0.0.1", gateway_port, public_keys=keyring, policy_wait_s=10)
     )
     publisher = DecisionPublisher(settings, key)
     events = Events(settings)

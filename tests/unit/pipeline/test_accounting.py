@@ -157,3 +157,41 @@ def test_an_error_end_and_a_timeout_are_outcomes() -> None:
     record = summary(silent)
     assert record["status"] == "TIMEOUT"
     assert record["slowest_step"]["name"] == "lookup"
+
+
+def test_steps_in_window_looks_minutes_up_or_scans_with_one_answer() -> None:
+    """Issue 18: a short window looks its minutes up instead of scanning the session's
+    minutes; both ways count the same steps (window ends with now's minute)."""
+    from streams.pipeline.accounting import MINUTE_US, count_step_minute, steps_in_window
+
+    state = new_state(ev(1, "SESSION_START"))
+    base = T0 - T0 % MINUTE_US
+    for minute, n in ((0, 3), (1, 1), (4, 2), (9, 5)):
+        for _ in range(n):
+            count_step_minute(state, base + minute * MINUTE_US + 1_000)
+    now = base + 9 * MINUTE_US + 30_000_000
+    # 1 and 5 minutes: fewer minutes than the session counted (look-up); 60: scan
+    assert steps_in_window(state, now, 60) == 5
+    assert steps_in_window(state, now, 300) == 5
+    assert steps_in_window(state, now, 360) == 7
+    assert steps_in_window(state, now, 600) == 11
+    assert steps_in_window(state, now, 3600) == 11
+    assert steps_in_window(state, base + 4 * MINUTE_US, 120) == 2
+
+
+def test_shared_names_are_interned_on_fold_and_restore() -> None:
+    """Issue 18 (memory per open session): every decoded event brings its own copy of the
+    tenant, agent and version strings; sessions keep one shared copy."""
+    from sys import intern
+
+    first = ev(1, "SESSION_START", category="billing", prompt_version="p7")
+    # copies, as a decoder makes them (not the interned objects of the literals)
+    first["tenant_id"], first["prompt_version"] = "".join(["ac", "me"]), "".join(["p", "7"])
+    model = "".join(["gpt-4o", "-mini"])
+    state = run([first, ev(2, "LLM_CALL", model=model, input_tokens=5)])
+    assert state.tenant_id is intern("acme")
+    assert state.prompt_version is intern("p7")
+    assert next(iter(state.tokens_by_model)) is intern("gpt-4o-mini")
+    restored = SessionState.from_dict({**state.to_dict(), "tenant_id": "".join(["ac", "me"])})
+    assert restored.tenant_id is intern("acme")
+    assert restored.to_dict() == state.to_dict()

@@ -142,3 +142,20 @@ def test_durations(text: str, seconds: float) -> None:
 def test_a_bad_duration_is_refused() -> None:
     with pytest.raises(ValueError, match="not a duration"):
         duration_s("3 weeks")
+
+
+def test_tool_globs_answer_the_same_when_remembered() -> None:
+    """Issue 18: a tools policy's globs are matched once per tool name and remembered; the
+    answers stay those of fnmatch (deny wins, allow by glob), also after the lists change."""
+    ps = policies(
+        {"id": "t", "kind": "tools", "allow": ["search_*", "get_*"], "deny": ["get_secret*"]}
+    )
+    [policy] = ps.policies
+    for _ in range(2):  # the second round answers from the cache
+        assert policy.permits("search_kb")
+        assert policy.permits("get_order")
+        assert not policy.permits("get_secret_key")
+        assert not policy.permits("delete_account")
+    policy.deny.append("search_w*")
+    assert not policy.permits("search_web")
+    assert policy.permits("search_kb")
