@@ -20,6 +20,7 @@ or token) never appear in a repr, a log line or an error message.
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -214,13 +215,21 @@ def security_from_settings(settings: Settings) -> KafkaSecurity:
     )
 
 
+#: librdkafka's own log lines (``%3|...|FAIL|...``) go through Python logging, in the process's
+#: format, instead of straight to stderr: a CLI command that turns a failure into its one
+#: error line silences them (streams/cli/base.py)
+LIBRDKAFKA_LOG = logging.getLogger("governor.librdkafka")
+
+
 def client_config(
     settings: Settings, overrides: Mapping[str, Any] | None = None, *, bootstrap: str | None = None
 ) -> dict[str, Any]:
     """The librdkafka configuration of a Governor client: ``bootstrap.servers`` (the settings'
-    or ``bootstrap``), the security properties, then ``overrides`` (group.id, acks, ...)."""
+    or ``bootstrap``), its log through :data:`LIBRDKAFKA_LOG`, the security properties, then
+    ``overrides`` (group.id, acks, ...)."""
     return {
         "bootstrap.servers": bootstrap or settings.bootstrap,
+        "logger": LIBRDKAFKA_LOG,
         **security_from_settings(settings).librdkafka(),
         **(overrides or {}),
     }
@@ -233,6 +242,7 @@ def connection_config(
     than Settings (the client's classes)."""
     return {
         "bootstrap.servers": bootstrap,
+        "logger": LIBRDKAFKA_LOG,
         **(security or KafkaSecurity()).librdkafka(),
         **(overrides or {}),
     }

@@ -17,6 +17,7 @@ from rich.console import Console, RenderableType
 from rich.logging import RichHandler
 
 from streams import workers
+from streams.kafka_config import LIBRDKAFKA_LOG
 from streams.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -28,6 +29,8 @@ WIDE_WIDTH = 250
 # tables stay readable when the output is a file or a CI log, not only in a terminal
 console = Console(width=None if sys.stdout.isatty() else TABLE_WIDTH)
 log = logging.getLogger("governor")
+#: the commands that run a service: librdkafka's own lines are part of what they report
+SERVICE_COMMANDS = frozenset({"worker", "ingest", "gateway", "console"})
 
 
 class GovernorTyper(typer.Typer):
@@ -54,6 +57,7 @@ app = GovernorTyper(
 
 @app.callback()
 def _main(
+    ctx: typer.Context,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     logging.basicConfig(
@@ -61,6 +65,10 @@ def _main(
         format="%(message)s",
         handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
     )
+    if ctx.invoked_subcommand not in SERVICE_COMMANDS and not verbose:
+        # a command's failure is its one error line with the fix: librdkafka's own lines
+        # (broker down, connection refused) would say it again, in its words (-v shows them)
+        LIBRDKAFKA_LOG.setLevel(logging.CRITICAL)
 
 
 def settings() -> Settings:

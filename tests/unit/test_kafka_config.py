@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from streams.kafka_config import (
+    LIBRDKAFKA_LOG,
     KafkaConfigError,
     KafkaSecurity,
     aiokafka_kwargs,
@@ -64,7 +65,12 @@ def sasl_env(ca: Path) -> dict[str, str]:
 
 def test_plaintext_by_default() -> None:
     config = client_config(Settings(bootstrap="b:1"), {"group.id": "g"})
-    assert config == {"bootstrap.servers": "b:1", "security.protocol": "PLAINTEXT", "group.id": "g"}
+    assert config == {
+        "bootstrap.servers": "b:1",
+        "logger": LIBRDKAFKA_LOG,
+        "security.protocol": "PLAINTEXT",
+        "group.id": "g",
+    }
     assert faust_credentials(Settings()) is None
     assert aiokafka_kwargs(Settings(bootstrap="b:1")) == {
         "bootstrap_servers": "b:1",
@@ -219,6 +225,7 @@ def test_connection_config_serves_the_clients_classes() -> None:
     assert connection_config("h:1", security, {"x": 1})["sasl.username"] == "a"
     assert connection_config("h:1", None) == {
         "bootstrap.servers": "h:1",
+        "logger": LIBRDKAFKA_LOG,
         "security.protocol": "PLAINTEXT",
     }
 
