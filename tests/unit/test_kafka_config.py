@@ -84,6 +84,7 @@ def test_sasl_ssl_settings_reach_librdkafka_aiokafka_and_faust(tmp_path: Path) -
     config = client_config(settings, {"acks": "all"})
     assert config == {
         "bootstrap.servers": "kafka-1:9093,kafka-2:9093",
+        "logger": LIBRDKAFKA_LOG,
         "security.protocol": "SASL_SSL",
         "sasl.mechanism": "SCRAM-SHA-512",
         "sasl.username": "worker",
