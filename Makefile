@@ -9,7 +9,7 @@ TEST_STATE := .governor/test/session
 help:
 	@echo "make demo   set up, then run the demo (local Kafka + Redis + worker + fleet)"
 	@echo "make test   set up, then ruff, mypy and pytest against a real local stack"
-	@echo "make down   stop the local stack   |   make clean   remove venv and state"
+	@echo "make down   stop what the demo left up  |  make clean   remove venv and state"
 
 setup: $(BIN)/.installed
 	@ops/local/setup.sh
@@ -22,8 +22,10 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $@
 
+# the demo leaves the stack, its worker and the console (http://127.0.0.1:6070) up to explore:
+# `make down` (governor demo --stop) stops them
 demo: setup
-	$(BIN)/governor demo
+	$(BIN)/governor demo --keep
 
 lint: setup
 	$(BIN)/ruff check .
@@ -54,7 +56,7 @@ test-long: setup
 	exit $$status
 
 down:
-	$(BIN)/governor down
+	$(BIN)/governor demo --stop
 
 clean: down
 	rm -rf $(VENV) .governor
