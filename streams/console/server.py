@@ -1,6 +1,7 @@
 """The console's aiohttp app: HTML pages and their JSON twins over :class:`Source`.
 
-Read-only: every route is a GET. The blocking reads (Redis, Kafka, a worker's web port) run
+Read-only but for the two mutations (POST, admin token: the ``Authorization: Bearer`` header
+console.js sends, or the form's field). The blocking reads (Redis, Kafka, a worker's web port) run
 in a thread so that one slow timeline does not hold the other pages.
 """
 
@@ -19,7 +20,7 @@ from confluent_kafka import KafkaException
 
 from streams.console.source import NotFound, Source, incident_form
 from streams.console.views import Pages, policy_diff
-from streams.http_auth import check, parse_tokens
+from streams.http_auth import bearer_token, check, parse_tokens
 from streams.pipeline.policy import duration_s
 from streams.query.session_records import SessionNotFound, TopicNotFound
 from streams.query.session_search import SessionQuery
@@ -107,7 +108,8 @@ def _json(answer: Any, status: int = 200) -> web.Response:
 
 
 def _wants_json(request: web.Request) -> bool:
-    return request.path.startswith("/api/")
+    # mounted under a root (the worker's /console), the path still starts with it
+    return request.path.removeprefix(request.app[ROOT]).startswith("/api/")
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -145,8 +147,11 @@ async def overview(request: web.Request) -> web.Response:
     answer = await asyncio.to_thread(request.app[SOURCE].overview, since, window)
     if _wants_json(request):
         return _json(answer)
-    health = await asyncio.to_thread(request.app[SOURCE].health)
-    html = request.app[PAGES].overview(answer, since, window, health)
+    source = request.app[SOURCE]
+    health, now = await asyncio.gather(
+        asyncio.to_thread(source.health), asyncio.to_thread(source.sessions_now)
+    )
+    html = request.app[PAGES].overview(answer, since, window, health, now)
     return web.Response(text=html, content_type="text/html")
 
 
@@ -174,6 +179,16 @@ async def timeline(request: web.Request) -> web.Response:
     if _wants_json(request):
         return _json(found.to_dict())
     return web.Response(text=request.app[PAGES].timeline(found), content_type="text/html")
+
+
+async def session_tree(request: web.Request) -> web.Response:
+    """One session's tree (``ask tree SESSION``), linked from its timeline."""
+    session_id = request.match_info["session_id"]
+    since = _span(request, "since", "7d")  # the CLI's default
+    answer = await asyncio.to_thread(request.app[SOURCE].session_tree, session_id, since)
+    if _wants_json(request):
+        return _json(answer)
+    return _html(request, "tree", tr=answer, since=since)
 
 
 def _ask(name: str) -> Handler:
@@ -275,6 +290,14 @@ def _version(raw: str | None) -> int:
         raise BadQuery(f"to_version: {raw!r} is not a policy version number") from None
 
 
+def request_token(authorization: str | None, form_token: str | None) -> str:
+    """The token a mutation carries: the ``Authorization: Bearer`` header's (what console.js
+    sends from the form, and what the worker's port requires when tokens are set; curl too),
+    else the form's password field (the standalone console without JS); "" with neither."""
+    from_header = bearer_token(authorization)
+    return from_header if from_header is not None else (form_token or "").strip()
+
+
 def _authorized(request: web.Request, token: str) -> None:
     """A mutation goes on only with a token the deployment's GOVERNOR_API_TOKENS gives the
     admin role (streams/http_auth.py), or, with no tokens configured, on a loopback bind; and
@@ -283,7 +306,7 @@ def _authorized(request: web.Request, token: str) -> None:
     if origin and origin.split("://", 1)[-1] != request.host:
         raise web.HTTPForbidden(text=f"a change must come from this console, not {origin}")
     tokens = parse_tokens(request.app[SOURCE].settings.api_tokens)
-    header = request.headers.get("Authorization") or (f"Bearer {token}" if token else None)
+    header = f"Bearer {token}" if token else None
     answer = check(header, tokens, mutating=True, bound_host=request.app[BOUND_HOST])
     if not answer.ok:
         raise Refused(answer.status, answer.error)
@@ -316,7 +339,7 @@ async def rollback(request: web.Request) -> web.Response:
     version = _version(fields.get("to_version"))
     if fields.get("confirm") != "yes":
         raise BadQuery("confirm: tick the box to confirm the rollback")
-    token = fields.get("token", "")
+    token = request_token(request.headers.get("Authorization"), fields.get("token"))
     _authorized(request, token)
     by = fields.get("by", "").strip() or "console"
     reply = await asyncio.to_thread(
@@ -352,7 +375,7 @@ async def open_incident(request: web.Request) -> web.StreamResponse:
         chosen = incident_form(fields)
     except ValueError as exc:
         raise BadQuery(str(exc)) from exc
-    _authorized(request, fields.get("token", ""))
+    _authorized(request, request_token(request.headers.get("Authorization"), fields.get("token")))
     by = fields.get("by", "").strip() or "console"
     record = await asyncio.to_thread(request.app[SOURCE].open_incident, chosen, by)
     if _wants_json(request):
@@ -362,6 +385,11 @@ async def open_incident(request: web.Request) -> web.StreamResponse:
 
 async def health(request: web.Request) -> web.Response:
     return _json(await asyncio.to_thread(request.app[SOURCE].health))
+
+
+async def sessions_now(request: web.Request) -> web.Response:
+    """Sessions open now, from the workers' state (``answered`` false when none answers)."""
+    return _json(await asyncio.to_thread(request.app[SOURCE].sessions_now))
 
 
 async def decisions(request: web.Request) -> web.Response:
@@ -399,6 +427,8 @@ def make_app(
     app.router.add_get("/api/overview", overview)
     app.router.add_get("/api/sessions", sessions)
     app.router.add_get("/api/sessions/{session_id}/timeline", timeline)
+    app.router.add_get("/sessions/{session_id}/tree", session_tree)
+    app.router.add_get("/api/sessions/{session_id}/tree", session_tree)
     for name in ("outcomes", "cost", "latency", "slo", "top-cost"):
         app.router.add_get(f"/api/{name}", _ask(name))
     for path, page in (("/cost", cost_page), ("/pii", pii_page), ("/drift", drift_page),
@@ -419,6 +449,7 @@ def make_app(
     app.router.add_post("/incidents", open_incident)
     app.router.add_post("/api/incidents", open_incident)
     app.router.add_get("/api/health", health)
+    app.router.add_get("/api/sessions-now", sessions_now)
     app.router.add_get("/api/decisions", decisions)
     app.router.add_get("/healthz", healthz)
     app.router.add_static("/static/", STATIC, show_index=False)

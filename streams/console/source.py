@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
+from streams.console.live import SessionsNow
 from streams.pipeline.aggregates import DAY_US
 from streams.query.answers import Answers
 from streams.query.readmodel import SessionReadModel
@@ -200,6 +201,14 @@ class Source:
         """``governor incident timeline --session ID``: raises SessionNotFound."""
         return session_timeline(self.settings, session_id)
 
+    def session_tree(self, session_id: str, since: str = "7d") -> dict[str, Any]:
+        """``governor ask tree SESSION --since S --json``: the session and every sub-agent
+        session below it that ended in the period; NotFound when it did not end in it."""
+        try:
+            return self.answers().session_tree(session_id, since=since)
+        except LookupError as exc:
+            raise NotFound(str(exc)) from None
+
     # --- the second slice: cost, PII, drift, policies, incidents, health, live decisions ----
 
     def cost_page(self, pct: float = 10.0, since: str = "24h") -> CostPage:
@@ -358,6 +367,29 @@ class Source:
         from streams.console.feed import latest_decisions
 
         return latest_decisions(self.settings, minutes, limit)
+
+    def sessions_now(self) -> SessionsNow:
+        """Sessions open now: ACTIVE in the workers' ``/state/sessions`` (this host's worker,
+        then the rest of its group), each counted once; ``answered`` False with no worker."""
+        from streams.console.live import sessions_now
+        from streams.worker import ApiAuthError, fetch_json
+        from streams.workers import GroupLookupError, group_workers
+
+        path = "/state/sessions"
+        own = self._worker_url()
+        try:
+            answer = fetch_json(f"{own}{path}", timeout_s=3)
+            if not isinstance(answer, dict):
+                return sessions_now([])
+            try:
+                # the rest of the group (the worker asked first is in it too: not twice)
+                others = [m.url for m in group_workers(self.settings) if m.url not in (None, own)]
+            except GroupLookupError:
+                others = []
+            group = [fetch_json(f"{url}{path}", timeout_s=3) for url in others]
+            return sessions_now([answer, *(a for a in group if isinstance(a, dict))])
+        except ApiAuthError as exc:
+            return sessions_now([], error=str(exc))
 
     def _worker_url(self) -> str:
         from streams.workers import web_url

@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from streams.console.live import SessionsNow, sessions_now
 from streams.console.source import Overview
 from streams.query.session_search import OUTCOMES
 from streams.query.timeline import (
@@ -216,10 +217,16 @@ class Pages:
         return self.env.get_template(f"{name}.html").render(page=name, **context)
 
     def overview(
-        self, answer: Overview, since: str, window: str, health: dict[str, Any] | None = None
+        self,
+        answer: Overview,
+        since: str,
+        window: str,
+        health: dict[str, Any] | None = None,
+        now: SessionsNow | None = None,
     ) -> str:
         health = health or {"answered": False, "http_status": None, "status": None, "checks": []}
-        return self.page("overview", o=answer, since=since, window=window, health=health)
+        now = now or sessions_now([])
+        return self.page("overview", o=answer, since=since, window=window, health=health, now=now)
 
     def sessions(self, answer: dict[str, Any], params: Mapping[str, str]) -> str:
         """The Sessions page; ``params`` is the request's query (kept by the paging links)."""

@@ -2,6 +2,11 @@
 // "g p" / "g d" / "g i" go to the overview / sessions / cost / PII / drift / incidents), the
 // overview's live decisions feed (polls /api/decisions every 5 s) and the time the page was
 // rendered. Every page works without it but the live feed.
+// The two mutation forms (rollback, open an incident) are sent with fetch() and the token the
+// user typed as an "Authorization: Bearer" header, not in the body: the worker's web port, which
+// mounts the console at /console/, takes a token only that way. The token lives in the form's
+// field only (never stored). Without the script the forms post the field, as the standalone
+// console takes it.
 "use strict";
 (function () {
   const root = document.body.dataset.root || "";
@@ -24,6 +29,49 @@
     stamp.dataset.rendered = new Date().toISOString();
     stamp.textContent = "read-only · rendered " + new Date().toLocaleTimeString();
   }
+  document.querySelectorAll("form.mutation").forEach(function (form) {
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      const data = new FormData(form);
+      const token = String(data.get("token") || "").trim();
+      data.delete("token");
+      const headers = { Accept: "text/html" };
+      if (token) headers.Authorization = "Bearer " + token;
+      const button = form.querySelector("button");
+      if (button) button.disabled = true;
+      const say = function (text) {
+        let note = form.querySelector(".mutation-error");
+        if (!note) {
+          note = document.createElement("p");
+          note.className = "warn mutation-error";
+          note.setAttribute("role", "alert");
+          form.appendChild(note);
+        }
+        note.textContent = text;
+        if (button) button.disabled = false;
+      };
+      fetch(form.action, {
+        method: "POST", headers: headers, body: new URLSearchParams(data),
+        credentials: "same-origin",
+      })
+        .then(function (r) {
+          if (r.redirected) { window.location.assign(r.url); return; }
+          const type = r.headers.get("Content-Type") || "";
+          return r.text().then(function (text) {
+            if (type.indexOf("text/html") === 0) {
+              // the console's own page (the result, or the error saying the fix)
+              document.open(); document.write(text); document.close();
+              return;
+            }
+            // the worker's guard answers JSON ({"error": ...}) before the console sees it
+            let error = "HTTP " + r.status;
+            try { error += ": " + (JSON.parse(text).error || text); } catch (e) { error += ": " + text; }
+            say(error);
+          });
+        })
+        .catch(function () { say("cannot reach the console"); });
+    });
+  });
   const feed = document.getElementById("feed");
   if (feed) {
     const item = function (text, cls) {

@@ -213,6 +213,12 @@ def test_the_overview_shows_the_answers_the_health_and_the_live_feed(fleet: Flee
     page.wait_for_selector("#feed[data-loaded]", timeout=15_000)
     assert int(page.locator("#feed").get_attribute("data-loaded")) > 0  # the fleet was governed
     assert figure(page, "health-status") == get_json(f"{fleet.url}/api/health")["status"]
+    # sessions open now: what the worker holds as ACTIVE, on the page and in the twin
+    held = get_json(f"http://{fleet.settings.web_host}:{fleet.settings.web_port}/state/sessions")
+    now = get_json(f"{fleet.url}/api/sessions-now")
+    assert (now["answered"], now["workers"], now["error"]) == (True, 1, None)
+    assert now["open"] == sum(1 for s in held["sessions"] if s["status"] == "ACTIVE")
+    assert figure(page, "sessions-open") == count(now["open"])
     assert page.locator("img.chart").evaluate("i => i.complete && i.naturalWidth > 0")
     fleet.shot("overview-light")
     page.emulate_media(color_scheme="dark")
@@ -268,6 +274,23 @@ def test_a_timeline_with_pii_shows_findings_not_values_and_leads_to_their_lineag
     assert missing.status == 404
     assert "no events of session" in page.content()
     fleet.errors.remove(NOT_FOUND)
+
+
+def test_a_session_tree_is_reached_from_its_timeline_and_is_ask_tree(fleet: Fleet) -> None:
+    page, session = fleet.page, fleet.pii_session
+    fleet.visit(f"/sessions/{session}")
+    page.click('a[data-link="tree"]')
+    page.wait_for_url(f"**/sessions/{session}/tree")
+    fleet.seen.append(page.content())
+    fleet.shot("tree")
+    tree = fleet.ask("tree", session, "--since", "7d")
+    assert get_json(f"{fleet.url}/api/sessions/{session}/tree?since=7d") == tree
+    assert figure(page, "tree-sessions") == count(tree["tree"]["sessions"])
+    assert figure(page, "tree-cost") == money(tree["tree"]["cost_usd"])
+    rows = page.locator("tr[data-member]")
+    assert [rows.nth(i).get_attribute("data-member") for i in range(rows.count())] == [
+        m["session_id"] for m in tree["members"]
+    ]
 
 
 def test_the_cost_page_is_the_cost_answers(fleet: Fleet) -> None:
@@ -329,7 +352,14 @@ def test_an_incident_opened_from_a_session_page(fleet: Fleet) -> None:
     fleet.visit(f"/sessions/{fleet.pii_session}")
     page.fill('input[name="title"]', "console test: PII sent to a tool")
     page.select_option('select[name="layer"]', "tool")
-    page.click("form.mutation button")  # loopback and no tokens: no token needed
+    # loopback and no tokens: none is needed, but a typed one goes as the header (console.js),
+    # which the worker's port requires, and not in the body
+    page.fill('input[name="token"]', "typed-token")
+    with page.expect_request(lambda r: r.method == "POST") as sent:
+        page.click("form.mutation button")
+    assert sent.value.headers.get("authorization") == "Bearer typed-token"
+    assert "typed-token" not in (sent.value.post_data or "")
+    assert "title=console+test" in (sent.value.post_data or "")
     page.wait_for_url("**/incidents/*?opened=1")
     incident_id, title = figure(page, "incident-id"), figure(page, "incident-title")
     fleet.shot("incident")

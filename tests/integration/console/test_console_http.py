@@ -82,6 +82,9 @@ async def answers_errors_and_assets(console: str, topics: Settings) -> None:
         status, _, answer = await get(f"{console}/api/sessions/nobody/timeline")
     assert status == 404
     assert "no events of session 'nobody'" in answer["error"]
+    status, _, answer = await get(f"{console}/api/sessions/nobody/tree?since=1d")
+    assert status == 404
+    assert answer == {"error": "no session 'nobody' ended in the last 1d (try a longer --since)"}
 
     status, _, answer = await get(f"{console}/api/slo")
     assert status == 503
@@ -89,6 +92,9 @@ async def answers_errors_and_assets(console: str, topics: Settings) -> None:
     status, page, _ = await get(f"{console}/")
     assert status == 200
     assert "No worker answers" in page
+    assert "open sessions are held by the worker (start one" in page
+    status, _, now = await get(f"{console}/api/sessions-now")
+    assert (status, now["answered"], now["open"]) == (200, False, 0)
 
     async with aiohttp.ClientSession() as http:
         for asset, kind in (("console.css", "text/css"), ("console.js", "javascript")):
@@ -97,6 +103,25 @@ async def answers_errors_and_assets(console: str, topics: Settings) -> None:
                 assert kind in response.content_type
         async with http.post(f"{console}/api/outcomes") as response:
             assert response.status == 405  # read-only
+
+
+async def test_mounted_under_a_root_the_api_still_answers_json(topics: Settings) -> None:
+    """The worker's port mounts the console at /console: its /console/api/ errors are JSON."""
+    from streams.console import mount_console
+
+    parent = web.Application()
+    mount_console(parent, topics)
+    runner = web.AppRunner(parent, access_log=None)
+    await runner.setup()
+    port = free_low_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        status, _, answer = await get(f"http://127.0.0.1:{port}/console/api/sessions?limit=0")
+        assert (status, answer) == (400, {"error": "limit: 0 must be 1 to 500"})
+        status, page, _ = await get(f"http://127.0.0.1:{port}/console/sessions?limit=0")
+        assert (status, "<h1>400</h1>" in page) == (400, True)
+    finally:
+        await runner.cleanup()
 
 
 async def test_no_redis_is_a_503_naming_it(topics: Settings) -> None:
@@ -140,6 +165,13 @@ async def test_the_two_mutations_need_an_admin_token_and_say_what_is_missing(
         )
         assert status == 400
         assert "choose one of model, prompt" in answer["error"]
+        # the header console.js sends (the worker's port takes only that): it wins over the field
+        bearer = {"Authorization": f"Bearer {READER}"}
+        status, answer, _ = await post(f"{console}/api/incidents", {**form, "token": ADMIN}, bearer)
+        assert (status, "needs an admin token" in answer["error"]) == (403, True)
+        bearer = {"Authorization": f"Bearer {ADMIN}"}
+        status, answer, _ = await post(f"{console}/api/incidents", {**form, "title": " "}, bearer)
+        assert status == 400  # past the token: the form is checked
         elsewhere = {"Origin": "http://evil.example"}
         status, _, _ = await post(f"{console}/incidents", {**form, "token": ADMIN}, elsewhere)
         assert status == 403
@@ -172,3 +204,7 @@ async def test_the_two_mutations_need_an_admin_token_and_say_what_is_missing(
         )
         assert status == 503
         assert "a rollback needs the running worker (start: governor worker)" in answer["error"]
+        status, answer, _ = await post(
+            rollback, {"to_version": "1", "confirm": "yes"}, {"Authorization": f"Bearer {ADMIN}"}
+        )
+        assert status == 503  # the header's token let it through to the (absent) worker
