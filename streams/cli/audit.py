@@ -6,14 +6,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
+from streams.cli import render
 from streams.cli.base import (
     GovernorTyper,
     app,
     console,
     fail,
     settings,
+    show,
 )
 
 # --- audit -------------------------------------------------------------------------------
@@ -74,28 +75,7 @@ def audit_verify(
     if as_json:
         console.print_json(json_lib.dumps(result.as_dict()))
     else:
-        for problem in result.breaks:
-            if problem.offset is None:
-                where = "end of chain"
-            elif problem.partition is None:
-                where = f"offset {problem.offset}"
-            else:
-                where = f"partition {problem.partition}, offset {problem.offset}"
-            seq = "" if problem.chain_seq is None else f" #{problem.chain_seq}"
-            # markup off: the problem quotes decoder messages, which may hold "[...]"
-            console.print(
-                f"{problem.tenant_id}{seq} ({where}): {problem.problem}",
-                style="red",
-                highlight=False,
-                markup=False,
-            )
-        verdict = "[red]BROKEN[/]" if result.breaks else "[green]intact[/]"
-        keys = ", ".join(result.keys)
-        anchored = f", {result.anchors} anchors" if result.anchors else ""
-        console.print(
-            f"{result.records:,} records in {result.tenants} chains (keys {keys}{anchored}): "
-            f"{verdict}"
-        )
+        show(render.audit_verify(result.as_dict()))
     if result.breaks:
         raise typer.Exit(code=1)
 
@@ -107,6 +87,9 @@ def audit_anchor(
     ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="The anchor(s) as JSON, to keep outside Kafka.")
+    ] = False,
+    wide: Annotated[
+        bool, typer.Option("--wide", help="Whole cells (tables wider than 100 columns).")
     ] = False,
 ) -> None:
     """Print a signed anchor of each chain: tenant, chain_seq, head hash, time, key id and the
@@ -120,7 +103,6 @@ def audit_anchor(
     from dataclasses import asdict
 
     from streams.audit import AnchorError, NoTrustedKeys, current_anchors
-    from streams.times import format_instant
 
     s = settings()
     try:
@@ -131,10 +113,4 @@ def audit_anchor(
         rows = [asdict(a) for a in anchors]
         console.print_json(json_lib.dumps(rows[0] if tenant else rows))
         return
-    table = Table("tenant", "seq", "head hash", "signed at", "key", box=None)
-    for a in anchors:
-        table.add_row(a.tenant_id, str(a.chain_seq), a.hash, format_instant(a.time_us), a.key_id)
-    console.print(table)
-    console.print(
-        "keep the --json output outside Kafka; check it with governor audit verify --anchor"
-    )
+    show(render.audit_anchors([asdict(a) for a in anchors], wide=wide), wide)

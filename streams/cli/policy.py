@@ -7,17 +7,16 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
+from streams.cli import render
 from streams.cli.base import (
     GovernorTyper,
     app,
     console,
     emit_json,
     fail,
-    money,
     settings,
+    show,
     who,
     worker_url,
 )
@@ -34,6 +33,9 @@ def policy_check(
         Path | None, typer.Argument(help="Policy folder (default: GOVERNOR_POLICIES_DIR).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable report.")] = False,
+    wide: Annotated[
+        bool, typer.Option("--wide", help="Whole cells (tables wider than 100 columns).")
+    ] = False,
 ) -> None:
     """Validate the folder as the worker loads it: the policies, prices.yaml, pii.yaml,
     slo.yaml and gateway.yaml as one bundle. Prints the set, each problem as file:line: field:
@@ -50,43 +52,17 @@ def policy_check(
     try:
         bundle = load_bundle(path)
     except PolicyError as exc:
+        refused = {"folder": str(path), "valid": False, "problems": exc.problems}
         if as_json:
-            emit_json({"folder": str(path), "valid": False, "problems": exc.problems})
+            emit_json(refused)
         else:
-            for problem in exc.problems:
-                console.print(f"[bold red]error:[/] [red]{escape(problem)}[/]", highlight=False)
-            console.print(
-                f"[bold red]refused: {_count(len(exc.problems), 'problem')}[/] "
-                "(the worker keeps its last good bundle)",
-                highlight=False,
-            )
+            show(render.policy_refused(refused), wide)
         raise typer.Exit(code=1) from exc
-    policy_set = bundle.policies
+    report = _bundle_report(path, bundle)
     if as_json:
-        emit_json(_bundle_report(path, bundle))
+        emit_json(report)
         return
-    table = Table(title=f"policies v{policy_set.version} ({policy_set.digest}) in {path}")
-    for column in ("id", "kind", "applies to", "limit", "action"):
-        table.add_column(column)
-    for policy in policy_set.policies:
-        table.add_row(
-            policy.id, policy.kind, _applies_to(policy), _limit(policy), policy.action.upper()
-        )
-    console.print(table)
-    console.print(
-        f"{len(bundle.prices.models)} model prices"
-        f"{' + genai-prices' if bundle.prices.fallback is not None else ''}, "
-        f"PII: {len(bundle.pii.entities)} entities "
-        f"({len(bundle.pii.rules)} rules, default {bundle.pii.default}), "
-        f"SLOs: {', '.join(s.name for s in bundle.slos) or 'none'}",
-        highlight=False,
-    )
-    for warning in bundle.warnings:
-        console.print(f"[bold yellow]warning:[/] [yellow]{escape(warning)}[/]", highlight=False)
-    warned = (
-        f", [bold yellow]{_count(len(bundle.warnings), 'warning')}[/]" if bundle.warnings else ""
-    )
-    console.print(f"[green]{len(policy_set.policies)} policies valid[/]{warned}")
+    show(render.policy_check(report, wide=wide), wide)
 
 
 def _count(n: int, noun: str) -> str:
@@ -114,6 +90,7 @@ def _bundle_report(path: Path, bundle: Any) -> dict[str, Any]:
             for p in bundle.policies.policies
         ],
         "prices": sorted(bundle.prices.models),
+        "genai_prices": bundle.prices.fallback is not None,
         "pii": {
             "entities": list(bundle.pii.entities),
             "default": bundle.pii.default,
@@ -140,6 +117,9 @@ def policy_backtest(
         Path | None, typer.Option(help="The live policy folder (default GOVERNOR_POLICIES_DIR).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable report.")] = False,
+    wide: Annotated[
+        bool, typer.Option("--wide", help="Whole cells (tables wider than 100 columns).")
+    ] = False,
 ) -> None:
     """Shadow mode: what the candidate policies would have done to retained history.
 
@@ -182,40 +162,7 @@ def policy_backtest(
     if as_json:
         emit_json(report.as_dict())
         return
-    runs = (report.candidate, report.live_policies, report.published)
-    table = Table(title=f"backtest of {folder}: {report.events_in_window:,} events in the window "
-                        f"({report.events:,} read), {report.elapsed_s:.1f} s")  # fmt: skip
-    for column in ("policy", "candidate (shadow)", "live policies (shadow)", "live (published)"):
-        table.add_column(column, justify="left" if column == "policy" else "right")
-    policies = sorted({p for run in runs for p in run["by_policy"]})
-    for policy in policies:
-        table.add_row(policy, *(_actions(run["by_policy"].get(policy, {})) for run in runs))
-    table.add_row("[bold]decisions", *(f"[bold]{run['decisions']:,}" for run in runs))
-    table.add_row("sessions stopped", *(f"{run['sessions_stopped']:,}" for run in runs))
-    table.add_row(
-        "cost avoided",
-        money(report.candidate["cost_avoided_usd"]),
-        money(report.live_policies["cost_avoided_usd"]),
-        "-",
-    )
-    console.print(table)
-    if report.reproduces_live:
-        console.print(
-            f"[green]the live policies reproduce the {report.published['decisions']:,} "
-            "published decisions exactly[/]"
-        )
-    else:
-        console.print(
-            f"[yellow]the live policies do not reproduce the published decisions: "
-            f"{len(report.live_only_in_shadow)} only in the shadow run, "
-            f"{len(report.live_only_published)} only published (a policy change inside the "
-            "window, or events no longer retained?)[/]"
-        )
-    console.print(f"{len(report.candidate_only):,} decisions only the candidate would make")
-
-
-def _actions(counts: dict[str, int]) -> str:
-    return ", ".join(f"{n:,} {action}" for action, n in sorted(counts.items())) or "-"
+    show(render.backtest(report.as_dict(), str(folder), wide=wide), wide)
 
 
 def _applies_to(policy: Any) -> str:
@@ -261,6 +208,9 @@ def policy_history(
             "each client reports using (clients with checks put it on every event); 0 skips.",
         ),
     ] = 2000,
+    wide: Annotated[
+        bool, typer.Option("--wide", help="Whole cells (tables wider than 100 columns).")
+    ] = False,
 ) -> None:
     """Every policy version the worker accepted (gov.policies): digest, when, policy ids, and
     which one is in force (asked of the running worker); then which version each client
@@ -273,7 +223,6 @@ def policy_history(
         load_policy_versions,
         read_event_tail,
     )
-    from streams.times import format_instant
     from streams.worker import fetch_json
 
     s = settings()
@@ -285,48 +234,8 @@ def policy_history(
     if as_json:
         emit_json(answer)
         return
-    table = Table(title=f"policy versions in {s.topic('policies')}")
-    for column in ("version", "digest", "accepted (UTC)", "policies", "files", "in force"):
-        table.add_column(column)
-    for row in answer["versions"]:
-        in_force = {True: "[green]in force[/]", False: "", None: "?"}[row["in_force"]]
-        table.add_row(
-            str(row["version"]),
-            row["digest"],
-            format_instant(row["accepted_at_us"]),
-            ", ".join(row["policies"]),
-            ", ".join(row["files"]),
-            in_force,
-        )
-    console.print(table)
-    if not answer["worker_reachable"]:
-        console.print(f"no worker answers on {s.web_host}:{s.web_port}: in force unknown")
-    _print_client_versions(answer["clients"], format_instant)
-
-
-def _print_client_versions(clients: dict[str, Any], format_instant: Any) -> None:
-    """The clients part of ``policy history``: one row per client seen in the events read."""
-    if not clients["clients"]:
-        console.print(
-            f"no client reports a policy version in the {clients['events_scanned']:,} latest "
-            "events (clients report it with Governor(checks=True))"
-        )
-        return
-    scanned = clients["events_scanned"]
-    table = Table(title=f"policy version reported by clients ({scanned:,} events)")
-    for column in ("tenant", "agent", "client", "version", "source", "last seen (UTC)", "events"):
-        table.add_column(column)
-    for row in clients["clients"]:
-        table.add_row(
-            row["tenant_id"],
-            row["agent_id"],
-            row["client_id"],
-            row["policy_version"],
-            row["source"],
-            format_instant(row["last_seen_us"]),
-            f"{row['events']:,}",
-        )
-    console.print(table)
+    worker = f"{s.web_host}:{s.web_port}"
+    show(render.policy_history(answer, s.topic("policies"), worker, wide=wide), wide)
 
 
 @policy_app.command("rollback")

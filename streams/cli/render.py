@@ -64,10 +64,12 @@ def _column(
     wide: bool,
     justify: Justify = "left",
     max_width: int | None = None,
+    whole: bool = False,
 ) -> None:
     """A column whose cells stay on one line. Text (left) columns give way when the table is
-    wider than the console, their cells cut with …; numbers (right) keep their width."""
-    if wide:
+    wider than the console, their cells cut with …; numbers (right) and ``whole`` columns
+    (times, digests) keep their width."""
+    if wide or whole:
         table.add_column(header, justify=justify, no_wrap=True)
     elif justify == "left":
         # wrap-able for rich's layout (so it narrows these first); the cells never wrap
@@ -87,9 +89,10 @@ def _row(table: Table, *cells: str) -> None:
 Spec = tuple[str, Justify, int | None]
 
 
-def _columns(table: Table, specs: Sequence[Spec], *, wide: bool) -> None:
+def _columns(table: Table, specs: Sequence[Spec], *, wide: bool, whole: Sequence[str] = ()) -> None:
+    """The columns of ``specs``; those named in ``whole`` keep their width like numbers."""
     for header, justify, width in specs:
-        _column(table, header, wide=wide, justify=justify, max_width=width)
+        _column(table, header, wide=wide, justify=justify, max_width=width, whole=header in whole)
 
 
 # --- cost ----------------------------------------------------------------------------------
@@ -572,3 +575,312 @@ def decisions(rows: Sequence[tuple[str, str, float]], *, wide: bool = False) -> 
     for policy, action, n in rows:
         _row(table, escape(policy), action, f"{n:,.0f}")
     return [table]
+
+
+# --- the local stack, the workers, the topics --------------------------------------------
+
+
+def _state(state: str) -> str:
+    """A health state as markup: ok green, no answer dim, anything else bold red."""
+    if state == "ok":
+        return "[green]ok[/]"
+    if state in ("no answer", "-"):
+        return f"[dim]{state}[/]"
+    return f"[bold red]{escape(state)}[/]"
+
+
+def stack(services: Sequence[Mapping[str, Any]], state_dir: str, *, wide: bool = False) -> Rendered:
+    """``status``: the local stack, one row per service of ``--json``'s ``stack``."""
+    table = _table(f"local stack ({state_dir})", wide)
+    specs: list[Spec] = [
+        ("service", "left", None), ("address", "left", 24), ("pid", "right", None),
+        ("state", "left", None), ("log", "left", None),
+    ]  # fmt: skip
+    _columns(table, specs, wide=wide)
+    for st in services:
+        _row(
+            table,
+            escape(st["service"]),
+            escape(st["address"]),
+            str(st["pid"] or "-"),
+            "[green]running[/]" if st["running"] else "[dim]stopped[/]",
+            escape(st["log"]),
+        )
+    return [table]
+
+
+def workers(rows: Sequence[tuple[str, str, str, str, bool]], *, wide: bool = False) -> Rendered:
+    """``status``: the group's workers, (address, partitions, /healthz, /readyz, ok) rows."""
+    table = _table("", wide)
+    specs: list[Spec] = [
+        ("worker", "left", None), ("partitions", "left", 30), ("/healthz", "left", None),
+        ("/readyz", "left", None),
+    ]  # fmt: skip
+    _columns(table, specs, wide=wide)
+    for address, partitions, healthz, readyz, _ok in rows:
+        _row(table, escape(address), escape(partitions), _state(healthz), _state(readyz))
+    return [table]
+
+
+def health(rows: Sequence[tuple[str, str, bool, str]], *, wide: bool = False) -> Rendered:
+    """``status``: the checks of the worker's views, (view, check, ok, detail) rows."""
+    table = _table("", wide)
+    specs: list[Spec] = [
+        ("view", "left", None), ("check", "left", 24), ("state", "left", None),
+        ("detail", "left", None),
+    ]  # fmt: skip
+    _columns(table, specs, wide=wide)
+    for view, check, ok, detail in rows:
+        # details carry worker text such as "partitions [0, 1]": not markup
+        state = "[green]ok[/]" if ok else "[bold red]FAIL[/]"
+        _row(table, f"/{escape(view)}", escape(check), state, escape(detail))
+    return [table]
+
+
+def topics(answer: Mapping[str, Any], *, wide: bool = False) -> Rendered:
+    """``topics list``: one row per topic, as ``topics list --json`` prints them."""
+    table = _table(f"topics on {answer['bootstrap']}", wide)
+    specs: list[Spec] = [
+        ("topic", "left", None), ("key", "left", 16), ("value", "left", 22),
+        ("partitions", "right", None), ("replicas", "right", None), ("min ISR", "right", None),
+        ("retention", "right", None), ("cleanup", "left", None),
+    ]  # fmt: skip
+    # the topic's name whole (a person copies it); its key and value schemas give way
+    _columns(table, specs, wide=wide, whole=("topic",))
+    for t in answer["topics"]:
+        if not t["exists"]:
+            _row(table, escape(t["name"]), escape(t["key"]), escape(t["value"]),
+                 "[red]missing[/]", "", "", "", "")  # fmt: skip
+            continue
+        _row(
+            table, escape(t["name"]), escape(t["key"]), escape(t["value"]),
+            str(t["partitions"]), str(t["replicas"]), escape(t["min_insync_replicas"]),
+            escape(t["retention"]), escape(t["cleanup_policy"]),
+        )  # fmt: skip
+    return [table]
+
+
+def acls(answer: Mapping[str, Any], prefix: str, *, wide: bool = False) -> Rendered:
+    """``topics acls``: one row per ACL of ``topics acls --json`` (the command prints its
+    kafka-acls.sh lines after it, unwrapped, to be copied)."""
+    table = _table(f"ACLs for the topics under {prefix!r}", wide)
+    specs: list[Spec] = [
+        ("role", "left", None), ("principal", "left", 16), ("resource", "left", None),
+        ("name", "left", None), ("pattern", "left", None), ("operations", "left", 24),
+        ("why", "left", None),
+    ]  # fmt: skip
+    _columns(table, specs, wide=wide, whole=("role", "name"))
+    for acl in answer["acls"]:
+        _row(
+            table, escape(acl["role"]), escape(acl["principal"]), escape(acl["resource"]),
+            escape(acl["name"]), escape(acl["pattern"]), escape(", ".join(acl["operations"])),
+            escape(acl["why"]),
+        )  # fmt: skip
+    return [table]
+
+
+# --- policies ------------------------------------------------------------------------------
+
+
+def policy_check(report: Mapping[str, Any], *, wide: bool = False) -> Rendered:
+    """``policy check`` of an accepted bundle, from ``policy check --json``: the policies, a
+    line on prices / PII / SLOs, the warnings and the verdict."""
+    title = f"policies v{report['version']} ({report['digest']}) in {report['folder']}"
+    table = _table(title, wide)
+    specs: list[Spec] = [
+        ("id", "left", 28), ("kind", "left", 18), ("applies to", "left", 28),
+        ("limit", "left", 30), ("action", "left", None),
+    ]  # fmt: skip
+    _columns(table, specs, wide=wide)
+    for p in report["policies"]:
+        _row(table, escape(p["id"]), escape(p["kind"]), escape(p["applies_to"]),
+             escape(p["limit"]), escape(p["action"]))  # fmt: skip
+    pii = report["pii"]
+    out: Rendered = [
+        table,
+        line(
+            f"{len(report['prices'])} model prices"
+            f"{' + genai-prices' if report.get('genai_prices') else ''}, "
+            f"PII: {len(pii['entities'])} entities ({pii['rules']} rules, default "
+            f"{pii['default']}), SLOs: {', '.join(report['slos']) or 'none'}"
+        ),
+    ]
+    warnings = report["warnings"]
+    for warning in warnings:
+        out.append(Text.from_markup(f"[bold yellow]warning:[/] [yellow]{escape(warning)}[/]"))
+    warned = f", [bold yellow]{_count(len(warnings), 'warning')}[/]" if warnings else ""
+    out.append(Text.from_markup(f"[green]{len(report['policies'])} policies valid[/]{warned}"))
+    return out
+
+
+def policy_refused(report: Mapping[str, Any]) -> Rendered:
+    """``policy check`` of a refused bundle: each problem, then the verdict."""
+    out: Rendered = [
+        Text.from_markup(f"[bold red]error:[/] [red]{escape(problem)}[/]")
+        for problem in report["problems"]
+    ]
+    out.append(
+        Text.from_markup(
+            f"[bold red]refused: {_count(len(report['problems']), 'problem')}[/] "
+            "(the worker keeps its last good bundle)"
+        )
+    )
+    return out
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _instant(time_us: int | None) -> str:
+    from streams.times import format_instant
+
+    return "-" if time_us is None else format_instant(time_us)
+
+
+def policy_history(
+    answer: Mapping[str, Any], topic: str, worker: str, *, wide: bool = False
+) -> Rendered:
+    """``policy history``: the versions in ``topic`` and which one is in force (asked of the
+    worker at ``worker``, host:port), then the version each client reports (``policy history
+    --json``)."""
+    table = _table(f"policy versions in {topic}", wide)
+    specs: list[Spec] = [
+        ("version", "right", None), ("digest", "left", 16), ("accepted (UTC)", "left", None),
+        ("policies", "left", None), ("files", "left", None), ("in force", "left", None),
+    ]  # fmt: skip
+    _columns(table, specs, wide=wide, whole=("digest", "accepted (UTC)", "in force"))
+    for row in answer["versions"]:
+        in_force = {True: "[green]in force[/]", False: "", None: "?"}[row["in_force"]]
+        _row(
+            table, str(row["version"]), escape(row["digest"]), _instant(row["accepted_at_us"]),
+            escape(", ".join(row["policies"])), escape(", ".join(row["files"])), in_force,
+        )  # fmt: skip
+    out: Rendered = [table]
+    if not answer["worker_reachable"]:
+        out.append(line(f"no worker answers on {worker}: in force unknown"))
+    clients = answer["clients"]
+    if not clients["clients"]:
+        out.append(
+            line(
+                f"no client reports a policy version in the {clients['events_scanned']:,} latest "
+                "events (clients report it with Governor(checks=True))"
+            )
+        )
+        return out
+    scanned = clients["events_scanned"]
+    table = _table(f"policy version reported by clients ({scanned:,} events)", wide)
+    specs = [
+        ("tenant/agent", "left", None), ("client", "left", None), ("version", "left", None),
+        ("source", "left", None), ("last seen (UTC)", "left", None), ("events", "right", None),
+    ]  # fmt: skip
+    _columns(table, specs, wide=wide, whole=("version", "source", "last seen (UTC)"))
+    for row in clients["clients"]:
+        version = str(row["policy_version"])  # v<version>:<digest>: the digest cut to 8
+        number, _, digest = version.partition(":")
+        if not wide and len(digest) > 9:
+            version = f"{number}:{digest[:8]}…"
+        _row(
+            table, escape(f"{row['tenant_id']}/{row['agent_id']}"), escape(row["client_id"]),
+            escape(version), escape(str(row["source"])), _instant(row["last_seen_us"]),
+            f"{row['events']:,}",
+        )  # fmt: skip
+    out.append(table)
+    return out
+
+
+RUNS = (("candidate", "candidate\n(shadow)"), ("live_policies", "live policies\n(shadow)"),
+        ("published", "live\n(published)"))  # fmt: skip
+
+
+def backtest(report: Mapping[str, Any], folder: str, *, wide: bool = False) -> Rendered:
+    """``policy backtest`` (``--json``'s report): one row per (policy, action) with the
+    decisions of the candidate and of the live policies, both run in the shadow, and of what
+    the live worker published; then the totals and whether the live policies reproduce it."""
+    title = (
+        f"backtest of {folder}: {report['events_in_window']:,} events in the window "
+        f"({report['events']:,} read), {report['elapsed_s']:.1f} s"
+    )
+    table = _table(title, wide)
+    _column(table, "policy", wide=wide, max_width=40)
+    _column(table, "action", wide=wide, whole=True)
+    for _key, header in RUNS:
+        _column(table, header, wide=wide, justify="right")
+    runs = [report[key] for key, _header in RUNS]
+    pairs = sorted({(p, a) for run in runs for p, by in run["by_policy"].items() for a in by})
+    for policy, action in pairs:
+        counts = (run["by_policy"].get(policy, {}).get(action) for run in runs)
+        _row(table, escape(policy), action, *("-" if n is None else f"{n:,}" for n in counts))
+    table.add_section()
+    _row(table, "[bold]decisions", "", *(f"[bold]{run['decisions']:,}" for run in runs))
+    _row(table, "sessions stopped", "", *(f"{run['sessions_stopped']:,}" for run in runs))
+    _row(table, "cost avoided", "", money(runs[0]["cost_avoided_usd"]),
+         money(runs[1]["cost_avoided_usd"]), "-")  # fmt: skip
+    out: Rendered = [table]
+    if report["reproduces_live"]:
+        out.append(
+            Text.from_markup(
+                f"[green]the live policies reproduce the {report['published']['decisions']:,} "
+                "published decisions exactly[/]"
+            )
+        )
+    else:
+        out.append(
+            Text.from_markup(
+                "[yellow]the live policies do not reproduce the published decisions: "
+                f"{len(report['live_only_in_shadow'])} only in the shadow run, "
+                f"{len(report['live_only_published'])} only published (a policy change inside "
+                "the window, or events no longer retained?)[/]"
+            )
+        )
+    out.append(line(f"{len(report['candidate_only']):,} decisions only the candidate would make"))
+    return out
+
+
+# --- audit ---------------------------------------------------------------------------------
+
+
+def audit_verify(result: Mapping[str, Any]) -> Rendered:
+    """``audit verify``: each break on a line of its own, then the verdict
+    (``audit verify --json``)."""
+    out: Rendered = []
+    for problem in result["breaks"]:
+        offset, partition = problem.get("offset"), problem.get("partition")
+        if offset is None:
+            where = "end of chain"
+        elif partition is None:
+            where = f"offset {offset}"
+        else:
+            where = f"partition {partition}, offset {offset}"
+        seq = "" if problem.get("chain_seq") is None else f" #{problem['chain_seq']}"
+        # plain text: the problem quotes decoder messages, which may hold "[...]"
+        out.append(
+            Text(f"{problem['tenant_id']}{seq} ({where}): {problem['problem']}", style="red")
+        )
+    verdict = "[red]BROKEN[/]" if result["breaks"] else "[green]intact[/]"
+    keys = escape(", ".join(result["keys"]))
+    anchored = f", {result['anchors']} anchors" if result["anchors"] else ""
+    out.append(
+        Text.from_markup(
+            f"{result['records']:,} records in {result['tenants']} chains "
+            f"(keys {keys}{anchored}): {verdict}"
+        )
+    )
+    return out
+
+
+def audit_anchors(rows: Sequence[Mapping[str, Any]], *, wide: bool = False) -> Rendered:
+    """``audit anchor``: one row per chain's signed anchor (``audit anchor --json``)."""
+    table = Table(box=None)
+    specs: list[Spec] = [
+        ("tenant", "left", 24), ("seq", "right", None), ("head hash", "left", None),
+        ("signed at", "left", None), ("key", "left", 16),
+    ]  # fmt: skip
+    _columns(table, specs, wide=wide, whole=("signed at",))
+    for a in rows:
+        _row(table, escape(a["tenant_id"]), str(a["chain_seq"]), escape(a["hash"]),
+             _instant(a["time_us"]), escape(a["key_id"]))  # fmt: skip
+    return [
+        table,
+        line("keep the --json output outside Kafka; check it with governor audit verify --anchor"),
+    ]

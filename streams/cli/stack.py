@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, NamedTuple, TypedDict
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple, TypedDict
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from streams import stack, workers
+from streams.cli import render
 from streams.cli.base import (
     GovernorTyper,
     app,
@@ -19,12 +19,18 @@ from streams.cli.base import (
     ensure_topics,
     fail,
     settings,
+    show,
     worker_url,
 )
 from streams.settings import Settings
 
+if TYPE_CHECKING:
+    from streams.topics import TopicInfo
+
 topics_app = GovernorTyper(help="Governor's topics: list them as the broker reports, create them.")
 app.add_typer(topics_app, name="topics")
+
+Wide = Annotated[bool, typer.Option("--wide", help="Whole cells (tables wider than 100 columns).")]
 
 
 # --- the local stack -----------------------------------------------------------------------
@@ -59,10 +65,11 @@ def down() -> None:
 @app.command()
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable report.")] = False,
+    wide: Wide = False,
 ) -> None:
     """Show what of the local stack runs where, every worker of the group (address,
     partitions, /healthz, /readyz), and the checks of the worker at GOVERNOR_WEB_PORT."""
-    _print_status(settings(), as_json=as_json)
+    _print_status(settings(), as_json=as_json, wide=wide)
 
 
 class HealthCheck(TypedDict):
@@ -284,7 +291,11 @@ def _group_health(
 
 
 def _print_workers(
-    group_id: str, group: workers.WorkerGroup | None, members: list[MemberHealth], error: str | None
+    group_id: str,
+    group: workers.WorkerGroup | None,
+    members: list[MemberHealth],
+    error: str | None,
+    wide: bool = False,
 ) -> None:
 
     if group is None:
@@ -293,23 +304,10 @@ def _print_workers(
     console.print(escape(group_summary(group)), highlight=False)
     if not members:
         return
-    table = Table()
-    for column in ("worker", "partitions", "/healthz", "/readyz"):
-        table.add_column(column)
-
-    def shown(state: str) -> str:
-        if state == "ok":
-            return "[green]ok[/]"
-        if state in ("no answer", "-"):
-            return f"[dim]{state}[/]"
-        return f"[bold red]{escape(state)}[/]"
-
-    for row in worker_rows(members):
-        table.add_row(escape(row.address), row.partitions, shown(row.healthz), shown(row.readyz))
-    console.print(table)
+    show(render.workers(worker_rows(members), wide=wide), wide)
 
 
-def _print_status(s: Settings, as_json: bool = False) -> None:
+def _print_status(s: Settings, as_json: bool = False, wide: bool = False) -> None:
 
     from streams.processor.lag import accounting_group
 
@@ -319,37 +317,26 @@ def _print_status(s: Settings, as_json: bool = False) -> None:
     running = any(view is not None for view in views.values())
     group_id = accounting_group(s)
     group, members, group_error = _group_health(s)
+    stack_rows: list[dict[str, Any]] = [
+        {
+            "service": st.service.name,
+            "address": st.service.address,
+            "pid": st.pid,
+            "running": st.running,
+            "log": str(st.service.log_file),
+        }
+        for st in services
+    ]
+    answer = {
+        "stack": stack_rows,
+        "workers": group_report(group_id, group, members, group_error),
+        "worker": {"url": url, "running": running, **views},
+    }
     if as_json:
-        emit_json(
-            {
-                "stack": [
-                    {
-                        "service": st.service.name,
-                        "address": st.service.address,
-                        "pid": st.pid,
-                        "running": st.running,
-                        "log": str(st.service.log_file),
-                    }
-                    for st in services
-                ],
-                "workers": group_report(group_id, group, members, group_error),
-                "worker": {"url": url, "running": running, **views},
-            }
-        )
+        emit_json(answer)
         return
-    table = Table(title=f"local stack ({s.state_dir})")
-    for column in ("service", "address", "pid", "state", "log"):
-        table.add_column(column)
-    for st in services:
-        table.add_row(
-            st.service.name,
-            st.service.address,
-            str(st.pid or "-"),
-            "[green]running[/]" if st.running else "[dim]stopped[/]",
-            str(st.service.log_file),
-        )
-    console.print(table)
-    _print_workers(group_id, group, members, group_error)
+    show(render.stack(stack_rows, str(s.state_dir), wide=wide), wide)
+    _print_workers(group_id, group, members, group_error, wide)
     if not running:
         if members:
             # the group has workers, only none on this shell's GOVERNOR_WEB_HOST/PORT
@@ -358,14 +345,7 @@ def _print_status(s: Settings, as_json: bool = False) -> None:
             console.print(f"worker: not running (nothing answers on {url})")
         return
     console.print(f"worker {url}: {health_summary(views)}", highlight=False)
-    health = Table()
-    for column in ("view", "check", "state", "detail"):
-        health.add_column(column)
-    for row in health_rows(views):
-        state = "[green]ok[/]" if row.ok else "[bold red]FAIL[/]"
-        # details carry worker text such as "partitions [0, 1]": not markup
-        health.add_row(f"/{row.view}", escape(row.check), state, escape(row.detail))
-    console.print(health)
+    show(render.health(health_rows(views), wide=wide), wide)
 
 
 # --- topics --------------------------------------------------------------------------------
@@ -379,26 +359,46 @@ def topics_main(ctx: typer.Context) -> None:
 
 
 @topics_app.command("list")
-def topics_list() -> None:
+def topics_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable answer.")] = False,
+    wide: Wide = False,
+) -> None:
     """List Governor's topics with the configuration the broker reports."""
     from streams.topics import admin_client, describe_topics, topic_specs
 
     s = settings()
     specs = topic_specs(s)
     infos = describe_topics(admin_client(s), [spec.name(s) for spec in specs])
-    table = Table(title=f"topics on {s.bootstrap}")
-    for column in ("topic", "key", "value", "partitions", "replicas", "min ISR", "retention",
-                   "cleanup"):  # fmt: skip
-        table.add_column(column)
-    for spec, info in zip(specs, infos, strict=True):
-        if not info.exists:
-            table.add_row(info.name, spec.key, spec.value, "[red]missing[/]", "", "", "", "")
-            continue
-        table.add_row(
-            info.name, spec.key, spec.value, str(info.partitions), str(info.replication),
-            info.min_insync_replicas, _retention(info.retention_ms), info.cleanup_policy,
-        )  # fmt: skip
-    console.print(table)
+    answer = topics_answer(s.bootstrap, [(spec.key, spec.value) for spec in specs], infos)
+    if as_json:
+        emit_json(answer)
+        return
+    show(render.topics(answer, wide=wide), wide)
+
+
+def topics_answer(
+    bootstrap: str, kinds: Sequence[tuple[str, str]], infos: Sequence[TopicInfo]
+) -> dict[str, Any]:
+    """``topics list --json``: each topic's key and value schema, and what the broker reports
+    (``exists`` false: the broker does not have it)."""
+    return {
+        "bootstrap": bootstrap,
+        "topics": [
+            {
+                "name": info.name,
+                "key": key,
+                "value": value,
+                "exists": info.exists,
+                "partitions": info.partitions,
+                "replicas": info.replication,
+                "min_insync_replicas": info.min_insync_replicas,
+                "retention_ms": info.retention_ms,
+                "retention": _retention(info.retention_ms),
+                "cleanup_policy": info.cleanup_policy,
+            }
+            for (key, value), info in zip(kinds, infos, strict=True)
+        ],
+    }
 
 
 @topics_app.command("create")
@@ -418,6 +418,7 @@ def topics_acls(
         str, typer.Option(help="Principal of read-only tools (dashboards, ask, audit verify).")
     ] = "reader",
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+    wide: Wide = False,
 ) -> None:
     """Print the Kafka ACLs the agent, worker and reader roles need, derived from the topic
     list (so new topics are covered): as a table and as kafka-acls.sh command lines to run as
@@ -429,18 +430,11 @@ def topics_acls(
     s = settings()
     acls = role_acls(s, agent=agent, worker=worker, reader=reader)
     commands = [kafka_acls_command(acl, s.bootstrap) for acl in acls]
+    answer = {"acls": [acl.as_dict() for acl in acls], "commands": commands}
     if as_json:
-        emit_json({"acls": [acl.as_dict() for acl in acls], "commands": commands})
+        emit_json(answer)
         return
-    table = Table(title=f"ACLs for the topics under {s.topic_prefix!r}")
-    for column in ("role", "principal", "resource", "name", "pattern", "operations", "why"):
-        table.add_column(column)
-    for acl in acls:
-        table.add_row(
-            acl.role, acl.principal, acl.resource, acl.name, acl.pattern,
-            ", ".join(acl.operations), acl.why,
-        )  # fmt: skip
-    console.print(table)
+    show(render.acls(answer, s.topic_prefix, wide=wide), wide)
     console.print("\n# create them (as a super user):")
     for line in commands:
         console.print(line, soft_wrap=True, markup=False, highlight=False)
