@@ -34,7 +34,7 @@ from streams.kafka_config import faust_credentials
 from streams.metrics import WorkerMetrics, worker_metrics
 from streams.pii.ledger import PiiLedger
 from streams.pii.scanner import PiiScanner
-from streams.pipeline.accounting import summary
+from streams.pipeline.accounting import ACTIVE, summary
 from streams.policy_files import PolicyBundle, PolicyError, PolicyWatch, load_bundle, log_warnings
 from streams.policy_history import (
     PolicyHistory,
@@ -407,9 +407,22 @@ def _views(app: faust.App, parts: WorkerParts) -> None:
 
     @app.page("/state/sessions")
     class SessionsView(View):
-        """Every session the worker holds (for tests and small fleets), as summaries."""
+        """Every session the worker holds (for tests and small fleets), as summaries;
+        ``?open=1``: only the open ones, as id, tenant and status (the console's "open now")."""
 
         async def get(self, request: Request) -> Response:
+            if request.query.get("open"):
+                # the accounting loop waits on this lock: ids and tenants only, no summaries
+                with parts.runner.lock:
+                    open_now = [
+                        (state.session_id, state.tenant_id)
+                        for part in parts.engine.partitions.values()
+                        for state in part.sessions.values()
+                        if state.status == ACTIVE
+                    ]
+                rows = [{"session_id": sid, "tenant_id": tenant, "status": ACTIVE}
+                        for sid, tenant in open_now]  # fmt: skip
+                return self.json({"sessions": rows, "processed": parts.runner.processed})
             with parts.runner.lock:
                 sessions = [
                     summary(state) | {"status": state.status}

@@ -375,7 +375,7 @@ class Source:
         from streams.worker import ApiAuthError, fetch_json
         from streams.workers import GroupLookupError, group_workers
 
-        path = "/state/sessions"
+        path = "/state/sessions?open=1"  # ids and tenants of the open ones, not summaries
         own = self._worker_url()
         try:
             answer = fetch_json(f"{own}{path}", timeout_s=3)

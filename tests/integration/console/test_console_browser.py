@@ -218,6 +218,13 @@ def test_the_overview_shows_the_answers_the_health_and_the_live_feed(fleet: Flee
     now = get_json(f"{fleet.url}/api/sessions-now")
     assert (now["answered"], now["workers"], now["error"]) == (True, 1, None)
     assert now["open"] == sum(1 for s in held["sessions"] if s["status"] == "ACTIVE")
+    # what the console reads: the open ones only, ids and tenants (no summaries under the lock)
+    only_open = get_json(
+        f"http://{fleet.settings.web_host}:{fleet.settings.web_port}/state/sessions?open=1"
+    )["sessions"]
+    assert sorted((r["session_id"], r["tenant_id"]) for r in only_open) == sorted(
+        (s["session_id"], s["tenant_id"]) for s in held["sessions"] if s["status"] == "ACTIVE"
+    )
     assert figure(page, "sessions-open") == count(now["open"])
     assert page.locator("img.chart").evaluate("i => i.complete && i.naturalWidth > 0")
     fleet.shot("overview-light")
