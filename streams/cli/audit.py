@@ -10,6 +10,7 @@ import typer
 from streams.cli import render
 from streams.cli.base import (
     GovernorTyper,
+    Wide,
     app,
     console,
     fail,
@@ -88,9 +89,7 @@ def audit_anchor(
     as_json: Annotated[
         bool, typer.Option("--json", help="The anchor(s) as JSON, to keep outside Kafka.")
     ] = False,
-    wide: Annotated[
-        bool, typer.Option("--wide", help="Whole cells (tables wider than 100 columns).")
-    ] = False,
+    wide: Wide = False,
 ) -> None:
     """Print a signed anchor of each chain: tenant, chain_seq, head hash, time, key id and the
     worker's signature (its head in gov.audit.heads, checked against the trail first).

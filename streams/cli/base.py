@@ -26,6 +26,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 TABLE_WIDTH = 100
 #: the width ``--wide`` allows a table
 WIDE_WIDTH = 250
+#: the ``--wide`` option of a command that draws tables
+Wide = Annotated[bool, typer.Option("--wide", help="Whole cells (tables wider than 100 columns).")]
 # tables stay readable when the output is a file or a CI log, not only in a terminal
 console = Console(width=None if sys.stdout.isatty() else TABLE_WIDTH)
 log = logging.getLogger("governor")

@@ -11,6 +11,7 @@ from rich.console import Console
 from streams.cli import render
 from streams.cli.base import (
     GovernorTyper,
+    Wide,
     app,
     console,
     emit_json,
@@ -33,9 +34,7 @@ def policy_check(
         Path | None, typer.Argument(help="Policy folder (default: GOVERNOR_POLICIES_DIR).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable report.")] = False,
-    wide: Annotated[
-        bool, typer.Option("--wide", help="Whole cells (tables wider than 100 columns).")
-    ] = False,
+    wide: Wide = False,
 ) -> None:
     """Validate the folder as the worker loads it: the policies, prices.yaml, pii.yaml,
     slo.yaml and gateway.yaml as one bundle. Prints the set, each problem as file:line: field:
@@ -117,9 +116,7 @@ def policy_backtest(
         Path | None, typer.Option(help="The live policy folder (default GOVERNOR_POLICIES_DIR).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable report.")] = False,
-    wide: Annotated[
-        bool, typer.Option("--wide", help="Whole cells (tables wider than 100 columns).")
-    ] = False,
+    wide: Wide = False,
 ) -> None:
     """Shadow mode: what the candidate policies would have done to retained history.
 
@@ -208,9 +205,7 @@ def policy_history(
             "each client reports using (clients with checks put it on every event); 0 skips.",
         ),
     ] = 2000,
-    wide: Annotated[
-        bool, typer.Option("--wide", help="Whole cells (tables wider than 100 columns).")
-    ] = False,
+    wide: Wide = False,
 ) -> None:
     """Every policy version the worker accepted (gov.policies): digest, when, policy ids, and
     which one is in force (asked of the running worker); then which version each client

@@ -13,6 +13,7 @@ from streams import stack, workers
 from streams.cli import render
 from streams.cli.base import (
     GovernorTyper,
+    Wide,
     app,
     console,
     emit_json,
@@ -29,8 +30,6 @@ if TYPE_CHECKING:
 
 topics_app = GovernorTyper(help="Governor's topics: list them as the broker reports, create them.")
 app.add_typer(topics_app, name="topics")
-
-Wide = Annotated[bool, typer.Option("--wide", help="Whole cells (tables wider than 100 columns).")]
 
 
 # --- the local stack -----------------------------------------------------------------------

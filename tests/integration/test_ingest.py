@@ -44,6 +44,7 @@ from streams.pipeline.accounting import SessionState, fold, new_state
 from streams.pipeline.pricing import load_prices
 from streams.publisher import DecisionPublisher, make_decision
 from streams.settings import Settings
+from tests.conftest import free_port
 from tests.kafka_helpers import consume
 
 REPO = Path(__file__).resolve().parents[2]
@@ -644,12 +645,6 @@ def test_turns_and_one_session_served_by_two_receivers_at_once(
 COLLECTOR = Path(
     os.environ.get("GOVERNOR_OTELCOL", REPO / ".governor" / "otelcol" / "otelcol-governor")
 )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def collector_config(listen: int, tmp_path: Path) -> Path:
